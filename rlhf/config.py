@@ -1,0 +1,321 @@
+"""Typed schemas for the pipeline config, YAML loading and dotted command-line overrides.
+
+One YAML file describes a whole pipeline. Every section is a pydantic model that forbids unknown keys,
+so a typo fails at load time with its key path and a suggestion instead of being silently ignored
+after an hour of training. `load_config` is the single way in: YAML (safe-loaded) + overrides + validation.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+from pydantic.dataclasses import dataclass as pydantic_dataclass
+
+from rlhf.data.synthetic import SynthConfig
+from rlhf.errors import ConfigError
+
+
+class Schema(BaseModel):
+    """Base of every config section: unknown keys are errors, assignments are validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class LoraSpec(Schema):
+    """A LoRA adapter through peft; the stage trains the adapter only and keeps the base frozen."""
+
+    r: int = Field(16, gt=0)
+    alpha: int = Field(32, gt=0)
+    dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    target_modules: list[str] | Literal["all-linear"] = "all-linear"
+
+
+class ModelSpec(Schema):
+    """Where a model comes from: a Hugging Face id, a local directory, or a built-in tiny spec."""
+
+    name: str
+    trust_remote_code: bool = False
+    revision: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_string(cls, value: Any) -> Any:
+        """`model: tiny-llama` is shorthand for `model: {name: tiny-llama}`."""
+        return {"name": value} if isinstance(value, str) else value
+
+
+class GenerationSpec(Schema):
+    """Sampling settings for evaluation generations."""
+
+    max_new_tokens: int = Field(16, gt=0)
+    temperature: float = Field(1.0, gt=0.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    top_k: int = Field(0, ge=0)
+    samples_per_prompt: int = Field(4, gt=0, description="Several samples per prompt steady the mean.")
+    batch_size: int = Field(64, gt=0)
+
+
+class TrainStageConfig(Schema):
+    """What every training stage shares: optimisation, schedule, precision, checkpoints, LoRA."""
+
+    model: ModelSpec | None = Field(
+        None, description="Defaults to the pipeline's model (or the previous stage's)."
+    )
+    learning_rate: float = Field(2e-5, gt=0.0)
+    num_train_epochs: float = Field(1.0, gt=0.0)
+    max_steps: int = Field(-1, description="Overrides num_train_epochs when positive.")
+    per_device_train_batch_size: int = Field(8, gt=0)
+    per_device_eval_batch_size: int = Field(16, gt=0)
+    gradient_accumulation_steps: int = Field(1, gt=0)
+    warmup_steps: float = Field(
+        0, ge=0, description="Steps of linear warmup; a value below 1 is a fraction of all steps."
+    )
+    lr_scheduler_type: str = "linear"
+    weight_decay: float = Field(0.0, ge=0.0)
+    max_grad_norm: float = Field(1.0, gt=0.0)
+    logging_steps: int = Field(10, gt=0)
+    eval_steps: int | None = Field(None, gt=0, description="Evaluate every N steps; None: once per epoch.")
+    save_steps: int = Field(200, gt=0)
+    save_total_limit: int | None = Field(2, gt=0)
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="auto: bf16 on a GPU that supports it, fp32 elsewhere."
+    )
+    gradient_checkpointing: bool = False
+    lora: LoraSpec | None = None
+    num_threads: int | None = Field(
+        None, gt=0, description="torch CPU threads per process; None: torch default."
+    )
+
+
+class SFTStageConfig(TrainStageConfig):
+    """Stage 1: supervised fine-tuning on demonstrations (TRL SFTTrainer)."""
+
+    dataset: str | None = Field(
+        None, description="JSONL, parquet or datasets directory; default: data.sft_train."
+    )
+    eval_dataset: str | None = Field(None, description="Default: data.sft_eval.")
+    max_length: int = Field(1024, gt=0)
+    packing: bool = False
+    completion_only_loss: bool = True
+    evaluation: GenerationSpec | None = Field(
+        default_factory=GenerationSpec,
+        description="Sample on held-out prompts after training and score them (gold reward where the task has one).",
+    )
+
+
+class StagesConfig(Schema):
+    """The stages to run, in dependency order; a missing section means the stage does not run."""
+
+    sft: SFTStageConfig | None = None
+
+
+SyntheticData = pydantic_dataclass(SynthConfig, frozen=True, config=ConfigDict(extra="forbid"))
+
+
+class DataConfig(Schema):
+    """Where the data comes from: the built-in synthetic task, files, or both (files win)."""
+
+    synthetic: SyntheticData | None = None  # type: ignore[valid-type]
+    sft_train: str | None = None
+    sft_eval: str | None = None
+    eval_prompts: str | None = None
+
+
+class TrackingConfig(Schema):
+    """wandb tracking; `tracking: none` turns it off."""
+
+    backend: Literal["wandb", "none"] = "wandb"
+    project: str = "rlhf"
+    entity: str | None = None
+    mode: Literal["auto", "offline", "online", "disabled"] = Field(
+        "auto", description="auto: WANDB_MODE if set, else online with an API key, else offline."
+    )
+    tags: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_string(cls, value: Any) -> Any:
+        """`tracking: none` / `tracking: wandb` are shorthands for the backend."""
+        return {"backend": value} if isinstance(value, str) else value
+
+
+class DistributedConfig(Schema):
+    """How many processes a stage runs on and how they are launched."""
+
+    num_processes: int = Field(1, gt=0)
+    num_nodes: int = Field(1, gt=0)
+    hostfile: str | None = None
+    zero_stage: Literal[0, 1, 2, 3] | None = None
+    deepspeed_config: str | None = None
+    launcher: Literal["deepspeed", "torchrun"] = "deepspeed"
+
+
+class PipelineConfig(Schema):
+    """One pipeline: a model, its data, the stages with their hyperparameters, and where things go."""
+
+    name: str = Field("rlhf", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    seed: int = 0
+    model: ModelSpec
+    data: DataConfig = Field(default_factory=DataConfig)
+    stages: StagesConfig = Field(default_factory=StagesConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    distributed: DistributedConfig = Field(default_factory=DistributedConfig)
+    registry: str = Field("registry", description="Registry directory (RLHF_REGISTRY overrides the default).")
+    runs_dir: str = Field("runs", description="Where each pipeline run gets its directory.")
+
+    @model_validator(mode="after")
+    def _some_stage(self) -> PipelineConfig:
+        names = StagesConfig.model_fields
+        if not any(getattr(self.stages, name) is not None for name in names):
+            raise ValueError(f"stages: no stage configured; expected at least one of {', '.join(names)}")
+        return self
+
+    def fingerprint(self) -> str:
+        """A stable hash of the resolved config, for lineage and caching."""
+        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------------------------------
+# Loading, overrides, error messages
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> PipelineConfig:
+    """Read a pipeline YAML, apply `a.b.c=value` overrides, and validate it."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise ConfigError(f"{where}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(
+            f"{path}: expected a mapping of sections at the top level, got {type(raw).__name__}"
+        )
+    for override in overrides or []:
+        apply_override(raw, override)
+    return validate_config(raw, source=str(path))
+
+
+def validate_config(raw: dict[str, Any], source: str = "config") -> PipelineConfig:
+    """Validate a raw pipeline mapping; the first problems become one readable ConfigError."""
+    return validate_section(PipelineConfig, raw, source)
+
+
+def validate_section(schema: Any, raw: dict[str, Any], source: str) -> Any:
+    """Validate `raw` against any schema class (model or pydantic dataclass) with our error messages."""
+    try:
+        return TypeAdapter(schema).validate_python(raw)
+    except ValidationError as exc:
+        lines = [describe_error(err, schema) for err in exc.errors()]
+        shown = "; ".join(lines[:3]) + (f" (and {len(lines) - 3} more)" if len(lines) > 3 else "")
+        raise ConfigError(f"{source}: {shown}") from None
+
+
+def parse_overrides(overrides: list[str]) -> dict[str, Any]:
+    """`a.b=1` strings to a nested mapping, values parsed as YAML."""
+    raw: dict[str, Any] = {}
+    for override in overrides:
+        apply_override(raw, override)
+    return raw
+
+
+def apply_override(raw: dict[str, Any], override: str) -> None:
+    """Set `a.b.c=value` in a raw config mapping; the value is parsed as YAML (numbers, bools, lists)."""
+    key, sep, text = override.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"override {override!r}: expected KEY=VALUE, e.g. stages.sft.max_steps=50")
+    try:
+        value = yaml.safe_load(text) if text else None
+    except yaml.YAMLError:
+        value = text
+    node = raw
+    parts = key.split(".")
+    for part in parts[:-1]:
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {override!r}: {part} is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def describe_error(err: Any, root: Any) -> str:
+    """One line for one pydantic error: the dotted key path, what was expected, what was given."""
+    loc = [str(part) for part in err["loc"] if not str(part).startswith("function-")]
+    path = ".".join(loc)
+    kind = err["type"]
+    if not path:
+        return err["msg"].removeprefix("Value error, ")
+    if kind in ("extra_forbidden", "unexpected_keyword_argument"):
+        known = _known_keys(root, loc[:-1])
+        close = difflib.get_close_matches(loc[-1], known, n=1)
+        hint = f", did you mean {close[0]}?" if close else f" (known keys: {', '.join(sorted(known))})"
+        return f"{path}: unknown key{hint}"
+    if kind == "missing":
+        return f"{path}: missing field"
+    given = err.get("input")
+    expected = _EXPECTED.get(kind)
+    if expected:
+        return f"{path}: expected {expected}, got {given!r}"
+    return f"{path}: {err['msg'].removeprefix('Value error, ')} (got {given!r})"
+
+
+_EXPECTED = {
+    "float_parsing": "a number",
+    "float_type": "a number",
+    "int_parsing": "an integer",
+    "int_type": "an integer",
+    "int_from_float": "an integer",
+    "bool_parsing": "true or false",
+    "bool_type": "true or false",
+    "string_type": "a string",
+    "dict_type": "a mapping",
+    "model_type": "a mapping",
+    "dataclass_type": "a mapping",
+    "list_type": "a list",
+    "tuple_type": "a list",
+}
+
+
+def _known_keys(root: Any, loc: list[str]) -> list[str]:
+    """The field names valid at a key path, for did-you-mean hints."""
+    model: Any = root
+    for part in loc:
+        fields = _fields_of(model)
+        if part not in fields:
+            return []
+        model = _section_type(fields[part])
+    return list(_fields_of(model))
+
+
+def _fields_of(model: Any) -> dict[str, Any]:
+    if isinstance(model, type) and issubclass(model, BaseModel):
+        return {name: info.annotation for name, info in model.model_fields.items()}
+    fields = getattr(model, "__pydantic_fields__", None) or {}
+    return {name: info.annotation for name, info in fields.items()}
+
+
+def _section_type(annotation: Any) -> Any:
+    """The schema class inside `X | None` (or X itself)."""
+    for candidate in getattr(annotation, "__args__", (annotation,)):
+        if _fields_of(candidate):
+            return candidate
+    return annotation
+
+
+def dump_config(cfg: PipelineConfig, path: Path) -> None:
+    """Save the resolved config (what actually ran) as YAML, atomically."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), encoding="utf-8")
+    tmp.replace(path)

@@ -1,0 +1,44 @@
+"""Rank helpers: who am I in a distributed run, and log lines that say so.
+
+Launchers (deepspeed, torchrun) describe a process through environment variables; reading them here keeps
+every stage free of launcher details. A single in-process run is rank 0 of world size 1.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class RankInfo:
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0 alone publishes, writes summaries and talks to wandb."""
+        return self.rank == 0
+
+
+def rank_info() -> RankInfo:
+    """This process's place in the run, from the launcher's environment variables."""
+    return RankInfo(
+        rank=int(os.environ.get("RANK", "0")),
+        local_rank=int(os.environ.get("LOCAL_RANK", "0")),
+        world_size=int(os.environ.get("WORLD_SIZE", "1")),
+    )
+
+
+def configure_logging(info: RankInfo, debug: bool = False) -> None:
+    """Log lines carry the rank, so interleaved output from several processes stays readable."""
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.INFO,
+        format=f"%(asctime)s [rank {info.rank}] %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+        force=True,
+    )
+    for noisy in ("httpx", "urllib3", "filelock", "datasets", "wandb"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)

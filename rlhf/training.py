@@ -1,0 +1,138 @@
+"""What every TRL-based stage shares: trainer arguments from our config, precision, the loss watch,
+resume from the last checkpoint, and the atomic hand-over of the final model.
+
+One helper for all stages, so SFT, reward and DPO cannot drift apart in how they checkpoint or log.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from transformers import TrainerCallback
+
+from rlhf.config import TrainStageConfig
+from rlhf.errors import StageError
+from rlhf.stage import StageContext
+
+if TYPE_CHECKING:
+    from transformers import Trainer, TrainerControl, TrainerState, TrainingArguments
+
+log = logging.getLogger(__name__)
+
+
+def precision_flags(precision: str) -> dict[str, bool]:
+    """bf16 where the device has it ("auto"), or exactly what the config asks."""
+    import torch
+
+    if precision == "auto":
+        precision = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
+    return {"bf16": precision == "bf16", "fp16": precision == "fp16"}
+
+
+def trainer_arguments(cfg: TrainStageConfig, ctx: StageContext) -> dict[str, Any]:
+    """Keyword arguments shared by every TRL config class (SFTConfig, RewardConfig, DPOConfig)."""
+    import torch
+
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    return dict(
+        output_dir=str(ctx.work_dir / "checkpoints"),
+        run_name=f"{ctx.run_dir.name}-{ctx.stage}",
+        seed=ctx.seed,
+        learning_rate=cfg.learning_rate,
+        num_train_epochs=cfg.num_train_epochs,
+        max_steps=cfg.max_steps,
+        per_device_train_batch_size=cfg.per_device_train_batch_size,
+        per_device_eval_batch_size=cfg.per_device_eval_batch_size,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        warmup_steps=cfg.warmup_steps,
+        lr_scheduler_type=cfg.lr_scheduler_type,
+        weight_decay=cfg.weight_decay,
+        max_grad_norm=cfg.max_grad_norm,
+        logging_steps=cfg.logging_steps,
+        logging_first_step=True,
+        eval_strategy="steps" if cfg.eval_steps else "epoch",
+        eval_steps=cfg.eval_steps,
+        save_strategy="steps",
+        save_steps=cfg.save_steps,
+        save_total_limit=cfg.save_total_limit,
+        gradient_checkpointing=cfg.gradient_checkpointing,
+        use_cpu=not torch.cuda.is_available(),
+        report_to=ctx.tracker.report_to if ctx.tracker else "none",
+        disable_tqdm=not ctx.rank.is_main,
+        dataloader_num_workers=0,
+        **precision_flags(cfg.precision),
+    )
+
+
+class LossWatch(TrainerCallback):
+    """Keeps the logged history and stops the stage on a NaN or infinite loss.
+
+    The checkpoint directory still holds the last good checkpoint, since we raise before the next save.
+    """
+
+    def __init__(self) -> None:
+        self.history: list[dict[str, float]] = []
+
+    def on_log(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        logs: dict | None = None,
+        **_: Any,
+    ) -> None:
+        logs = logs or {}
+        self.history.append({"step": state.global_step, **{k: v for k, v in logs.items() if _is_number(v)}})
+        loss = logs.get("loss")
+        if loss is not None and not math.isfinite(loss):
+            raise StageError(
+                f"training loss became {loss} at step {state.global_step}; last good checkpoint kept in "
+                f"{args.output_dir} (lower the learning rate or check the data)"
+            )
+
+    def losses(self) -> list[float]:
+        return [entry["loss"] for entry in self.history if "loss" in entry]
+
+    def last(self, key: str) -> float | None:
+        values = [entry[key] for entry in self.history if key in entry]
+        return values[-1] if values else None
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def train_with_resume(trainer: Trainer) -> int:
+    """Train, continuing from the newest checkpoint a previous try left; returns the step resumed from (0: fresh)."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    out = Path(trainer.args.output_dir)
+    checkpoint = get_last_checkpoint(str(out)) if out.is_dir() else None
+    if checkpoint:
+        log.info("resuming from %s", checkpoint)
+    trainer.train(resume_from_checkpoint=checkpoint)
+    return int(Path(checkpoint).name.rsplit("-", 1)[1]) if checkpoint else 0
+
+
+def save_final(trainer: Trainer, ctx: StageContext) -> Path:
+    """Save the trained model and tokenizer to the stage's output directory, atomically.
+
+    Every rank calls this (ZeRO-3 gathers shards for the save); rank 0 alone renames the result into place.
+    """
+    staging = ctx.work_dir / ".output.partial"
+    if ctx.rank.is_main and staging.exists():
+        shutil.rmtree(staging)
+    trainer.save_model(str(staging))
+    trainer.accelerator.wait_for_everyone()
+    if ctx.rank.is_main:
+        trainer.processing_class.save_pretrained(str(staging))
+        if ctx.output_dir.exists():
+            shutil.rmtree(ctx.output_dir)
+        staging.rename(ctx.output_dir)
+    trainer.accelerator.wait_for_everyone()
+    return ctx.output_dir

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Create or reuse the project's virtual environment and install rlhf into it.
+#
+# torch goes in first and is then held by a constraint, so that no later resolve can swap it for
+# another build (an unpinned torch pulls a multi-GB CUDA wheel). Override for GPU machines with
+#   RLHF_TORCH="torch==2.13.0" RLHF_TORCH_INDEX="https://download.pytorch.org/whl/cu128" bash scripts/setup.sh
+# Re-running is cheap: the install is skipped while pyproject.toml and the torch pin are unchanged.
+set -euo pipefail
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+venv="${RLHF_VENV:-$root/.venv}"
+torch_spec="${RLHF_TORCH:-torch==2.13.0}"
+python="${PYTHON:-python3}"
+
+if [ ! -x "$venv/bin/python" ]; then
+  echo "setup: creating $venv" >&2
+  "$python" -m venv "$venv"
+fi
+
+stamp="$venv/.rlhf-installed"
+want="$(cat "$root/pyproject.toml" <(echo "$torch_spec") | sha256sum | cut -d' ' -f1)"
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+  exit 0
+fi
+
+pip=("$venv/bin/python" -m pip --disable-pip-version-check -q)
+"${pip[@]}" install --upgrade pip >&2
+echo "setup: installing $torch_spec" >&2
+if [ -n "${RLHF_TORCH_INDEX:-}" ]; then
+  "${pip[@]}" install "$torch_spec" --index-url "$RLHF_TORCH_INDEX" >&2
+else
+  "${pip[@]}" install "$torch_spec" >&2
+fi
+installed_torch="$("$venv/bin/python" -c 'import torch; print(torch.__version__.split("+")[0])')"
+echo "torch==$installed_torch" > "$venv/constraints.txt"
+
+echo "setup: installing rlhf and its dependencies (torch held at $installed_torch)" >&2
+"${pip[@]}" install -c "$venv/constraints.txt" -e "$root[dev]" >&2
+echo "$want" > "$stamp"

@@ -1,0 +1,88 @@
+"""Stage 1: supervised fine-tuning on demonstrations, with TRL's SFTTrainer.
+
+Data: conversational (`messages`) or prompt/completion rows from JSONL, parquet or a `datasets` directory.
+Loss on completions only (prompt/completion data) or on assistant turns (messages data). After training,
+the policy is sampled on held-out prompts and scored (gold reward where the task has one), so every SFT
+run reports what the model actually does, not only its loss.
+
+    python -m stages.sft --config configs/quickstart.yaml [stages.sft.max_steps=50 ...]
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import TYPE_CHECKING
+
+from rlhf.config import SFTStageConfig
+from rlhf.data.files import SFT_FORMS, load_rows
+from rlhf.eval import generate, load_prompts, summarize
+from rlhf.models import load_causal_lm, lora_config
+from rlhf.stage import StageContext, StageResult, stage_main
+from rlhf.training import LossWatch, save_final, train_with_resume, trainer_arguments
+
+if TYPE_CHECKING:
+    from trl import SFTTrainer
+
+log = logging.getLogger("stages.sft")
+
+
+def build_trainer(cfg: SFTStageConfig, ctx: StageContext, watch: LossWatch) -> SFTTrainer:
+    """The configured SFTTrainer: model, data in its detected form, and our shared trainer arguments."""
+    from trl import SFTConfig, SFTTrainer
+
+    args = trainer_arguments(cfg, ctx)  # first: it sets the thread count the loads below use
+    model, tokenizer = load_causal_lm(ctx.model)
+    train, form = load_rows(cfg.dataset or ctx.input("sft_train"), SFT_FORMS)
+    eval_path = cfg.eval_dataset or ctx.inputs.get("sft_eval")
+    evaluation = load_rows(eval_path, SFT_FORMS)[0] if eval_path else None
+    if evaluation is None:
+        args["eval_strategy"] = "no"
+    log.info("sft: %d training rows (%s form), %s eval rows", len(train), form, len(evaluation or []))
+    return SFTTrainer(
+        model=model,
+        args=SFTConfig(
+            **args,
+            max_length=cfg.max_length,
+            packing=cfg.packing,
+            completion_only_loss=cfg.completion_only_loss if form == "prompt-completion" else None,
+            assistant_only_loss=cfg.completion_only_loss and form == "messages",
+        ),
+        train_dataset=train,
+        eval_dataset=evaluation,
+        processing_class=tokenizer,
+        peft_config=lora_config(cfg.lora),
+        callbacks=[watch],
+    )
+
+
+def run(cfg: SFTStageConfig, ctx: StageContext) -> StageResult:
+    watch = LossWatch()
+    trainer = build_trainer(cfg, ctx, watch)
+    resumed_from = train_with_resume(trainer)
+    output = save_final(trainer, ctx)
+
+    losses = watch.losses()
+    metrics = {
+        "train_loss_first": losses[0],
+        "train_loss_last": losses[-1],
+        "steps": trainer.state.global_step,
+        "resumed_from_step": resumed_from,
+    }
+    if (eval_loss := watch.last("eval_loss")) is not None:
+        metrics["eval_loss"] = eval_loss
+    if cfg.evaluation and "eval_prompts" in ctx.inputs and ctx.rank.is_main:
+        prompts = load_prompts(ctx.inputs["eval_prompts"])
+        samples = generate(trainer.model, trainer.processing_class, prompts, cfg.evaluation, ctx.seed)
+        metrics.update(summarize(samples, ctx.task))
+    if ctx.tracker:
+        ctx.tracker.log({f"final/{k}": v for k, v in metrics.items()})
+    return StageResult(stage=ctx.stage, output_dir=output, metrics=metrics)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return stage_main("sft", run, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,40 @@
+"""Shared fixtures: everything offline, tiny models and a small synthetic task built locally."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+# Tests never touch a network: no hub, wandb offline, quiet tokenizers.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["WANDB_MODE"] = "offline"
+os.environ["WANDB_SILENT"] = "true"
+os.environ["TOKENIZERS_PARALLELISM"] = "false"
+os.environ.pop("WANDB_API_KEY", None)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def small_task(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The built-in task at a size that trains in seconds."""
+    from rlhf.data.synthetic import SynthConfig, write_synthetic_task
+
+    cfg = SynthConfig(seed=0, num_sft_train=3000, num_sft_eval=64, num_preference_tasks=200)
+    return write_synthetic_task(tmp_path_factory.mktemp("task") / "synthetic", cfg)
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """tiny-llama materialized once as an ordinary HF directory."""
+    from rlhf.config import ModelSpec
+    from rlhf.models import materialize
+
+    return materialize(ModelSpec(name="tiny-llama"), tmp_path_factory.mktemp("models") / "tiny-llama", seed=0)
+
+
+def write_config(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path
