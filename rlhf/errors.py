@@ -25,3 +25,7 @@ class ModelError(RlhfError):
 
 class StageError(RlhfError):
     """A stage failed in a way the user can act on (diverged loss, empty dataset, ...)."""
+
+
+class RegistryError(RlhfError):
+    """A registry reference cannot be resolved, a version is corrupt, or an operation is refused."""

@@ -1,7 +1,7 @@
 """Models and tokenizers: from a Hugging Face id, a local directory, or a built-in tiny spec; LoRA.
 
-Built-in tiny specs (`tiny-llama`, `tiny-qwen2`, `tiny-gpt2`) are small random-init causal LMs of real
-transformers architectures with a word-level tokenizer trained on the spot, so that the whole pipeline runs
+Built-in specs (`tiny-llama`, `tiny-qwen2`, `tiny-gpt2`; `small-llama` for benchmarks) are small random-init
+causal LMs of real transformers architectures with a word-level tokenizer trained on the spot, so that the whole pipeline runs
 on a CPU with no download. A tiny spec is *materialized* once into a directory (weights + tokenizer), and
 every stage after that loads from disk like any other model: one loading path, reproducible bases.
 
@@ -48,7 +48,7 @@ CHAT_TEMPLATE = (
 
 # Small enough to train in seconds on 2 cores, big enough to learn the built-in task. Two wide-ish layers
 # learned it faster than four narrow ones (field notes).
-TINY_ARCHITECTURES: dict[str, dict[str, object]] = {
+BUILTIN_ARCHITECTURES: dict[str, dict[str, object]] = {
     "tiny-llama": dict(
         model_type="llama", hidden_size=128, intermediate_size=256, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=256, tie_word_embeddings=True,
@@ -58,11 +58,16 @@ TINY_ARCHITECTURES: dict[str, dict[str, object]] = {
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=True,
     ),
     "tiny-gpt2": dict(model_type="gpt2", n_embd=128, n_layer=2, n_head=4, n_positions=256),
+    # ~40M parameters: for benchmarks and GPU checks, where the tiny ones are all overhead.
+    "small-llama": dict(
+        model_type="llama", hidden_size=512, intermediate_size=1408, num_hidden_layers=12,
+        num_attention_heads=8, num_key_value_heads=8, max_position_embeddings=1024, tie_word_embeddings=True,
+    ),
 }  # fmt: skip
 
 
-def is_tiny_spec(name: str) -> bool:
-    return name in TINY_ARCHITECTURES
+def is_builtin_spec(name: str) -> bool:
+    return name in BUILTIN_ARCHITECTURES
 
 
 # --------------------------------------------------------------------------------------------------
@@ -92,15 +97,17 @@ def build_tokenizer(corpus: Iterable[str]) -> PreTrainedTokenizerBase:
     return fast
 
 
-def build_tiny_model(name: str, seed: int = 0) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+def build_builtin_model(name: str, seed: int = 0) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """A random-init causal LM of a real architecture, sized for CPU runs, deterministic for a seed."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    if not is_tiny_spec(name):
-        raise ModelError(f"model '{name}': not a built-in tiny spec (known: {', '.join(TINY_ARCHITECTURES)})")
+    if not is_builtin_spec(name):
+        raise ModelError(
+            f"model '{name}': not a built-in tiny spec (known: {', '.join(BUILTIN_ARCHITECTURES)})"
+        )
     tokenizer = build_tokenizer(task_corpus())
-    arch = dict(TINY_ARCHITECTURES[name])
+    arch = dict(BUILTIN_ARCHITECTURES[name])
     config = AutoConfig.for_model(
         arch.pop("model_type"),
         vocab_size=len(tokenizer),
@@ -120,7 +127,7 @@ def materialize(spec: ModelSpec, out_dir: Path, seed: int = 0) -> Path:
     """Write a tiny spec to `out_dir` as a standalone HF directory (reused if already there)."""
     if (out_dir / "config.json").is_file():
         return out_dir
-    model, tokenizer = build_tiny_model(spec.name, seed)
+    model, tokenizer = build_builtin_model(spec.name, seed)
     save_pretrained_atomic(model, tokenizer, out_dir)
     return out_dir
 
@@ -189,7 +196,7 @@ def load_causal_lm(
 
 def _checked_source(spec: ModelSpec) -> str:
     """Validate a model spec before transformers sees it, so errors name the spec and the fix."""
-    if is_tiny_spec(spec.name):
+    if is_builtin_spec(spec.name):
         raise ModelError(f"model '{spec.name}': tiny specs are materialized to a directory before loading")
     path = Path(spec.name).expanduser()
     if path.exists():

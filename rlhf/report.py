@@ -20,18 +20,18 @@ HEADLINE = {
 def print_pipeline_summary(run: PipelineRun, console: Console | None = None) -> None:
     console = console or Console()
     table = Table(title=f"run {run.run_dir.name}")
-    table.add_column("model")
+    table.add_column("model", no_wrap=True)
     for heading in HEADLINE.values():
         table.add_column(heading, justify="right")
     table.add_column("time", justify="right")
     if run.base_metrics:
-        table.add_row("base (untrained)", *_cells(run.base_metrics), "")
+        table.add_row("base", *_cells(run.base_metrics), "")
     for result in run.results:
         table.add_row(result.stage, *_cells(result.metrics), f"{result.seconds:.0f}s")
     console.print(table)
     for result in run.results:
-        console.print(f"{result.stage} model: {result.output_dir}")
-    console.print(f"run directory (config, logs, wandb): {run.run_dir}")
+        console.print(f"{result.stage} model: {result.output_dir}", soft_wrap=True)
+    console.print(f"run directory (config, logs, wandb): {run.run_dir}", soft_wrap=True)
 
 
 def _cells(metrics: dict[str, float]) -> list[str]:

@@ -21,7 +21,7 @@ from rlhf.config import ModelSpec, PipelineConfig, dump_config, load_config
 from rlhf.data.synthetic import write_synthetic_task
 from rlhf.distributed import RankInfo, configure_logging, rank_info
 from rlhf.errors import ConfigError, RlhfError
-from rlhf.models import is_tiny_spec, materialize
+from rlhf.models import is_builtin_spec, materialize
 from rlhf.tracking import Tracker
 
 log = logging.getLogger(__name__)
@@ -99,7 +99,7 @@ def prepare_data(cfg: PipelineConfig, run_dir: Path) -> tuple[dict[str, str], st
 
 def resolve_model(spec: ModelSpec, run_dir: Path, seed: int) -> ModelSpec:
     """A built-in tiny spec becomes a directory in the run, so every later load is an ordinary load."""
-    if not is_tiny_spec(spec.name):
+    if not is_builtin_spec(spec.name):
         return spec
     path = materialize(spec, run_dir / "base-model" / spec.name, seed=seed)
     return spec.model_copy(update={"name": str(path)})
@@ -146,6 +146,8 @@ def run_stage(
         tracker.summary(result.metrics)
     if ctx.rank.is_main:
         result.save(ctx.work_dir / RESULT_FILE)
+        shown = ", ".join(f"{k}={v:.4g}" for k, v in result.metrics.items())
+        log.info("%s: done in %.0fs: %s", ctx.stage, result.seconds, shown)
     return result
 
 

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# The GPU checks, as one short script for a lent CUDA machine (no network there: the wheels this project
+# needs beyond that machine's image travel in .whl/, see the device notes). Results go to $OUT (or ./gpu-check).
+set -uo pipefail
+out="${OUT:-gpu-check}"; mkdir -p "$out"
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 WANDB_MODE=disabled TOKENIZERS_PARALLELISM=false
+if [ -d .whl ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+  export PYTHONPATH="/tmp/site:$PWD"
+else
+  export PYTHONPATH="$PWD"
+fi
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/gpu.txt"
+python3 -c "import torch, transformers, trl, deepspeed; print('torch', torch.__version__, 'transformers', transformers.__version__, 'trl', trl.__version__, 'deepspeed', deepspeed.__version__, 'bf16', torch.cuda.is_bf16_supported())" | tee -a "$out/gpu.txt"
+
+echo "== gpu tests"; timeout 240 python3 -m pytest -q -p no:cacheprovider -m gpu tests 2>&1 | tail -5 | tee "$out/gpu_tests.txt"
+echo "== quickstart on the gpu"; timeout 240 python3 -m rlhf.cli run configs/quickstart.yaml tracking=none runs_dir=/tmp/runs 2>&1 | tail -12 | tee "$out/quickstart.txt"
+echo "== deepspeed"; timeout 300 python3 scripts/deepspeed_smoke.py 2>&1 | grep -E '^\{|smoke|Error|error' | tail -8 | tee "$out/deepspeed.txt"
+echo "== sft throughput"; timeout 300 python3 bench/sft_throughput.py --model small-llama --repeats 3 --steps 60 --warmup 10 --threads 4 --json "$out/sft_gpu.json" 2>&1 | tail -9 | tee "$out/sft_gpu.txt"

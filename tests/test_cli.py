@@ -1,0 +1,139 @@
+"""The `rlhf` command end to end: a pipeline run tracked in wandb, data synth, and one-line errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from rlhf.tracking import read_offline_run
+from tests.conftest import REPO
+
+CONFIG = """
+name: cli-test
+seed: 0
+model: tiny-llama
+data:
+  synthetic: {num_sft_train: 800, num_sft_eval: 32, num_preference_tasks: 20}
+stages:
+  sft:
+    learning_rate: 3.0e-3
+    per_device_train_batch_size: 32
+    max_steps: 12
+    logging_steps: 4
+    max_length: 64
+    evaluation: {max_new_tokens: 8, samples_per_prompt: 1}
+tracking: {backend: wandb, project: cli-test}
+"""
+
+
+def rlhf(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
+    """The CLI in a fresh process, as a user runs it."""
+    return subprocess.run(
+        [sys.executable, "-m", "rlhf.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=600
+    )
+
+
+@pytest.fixture()
+def config_file(tmp_path: Path) -> Path:
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(CONFIG + f"runs_dir: {tmp_path / 'runs'}\n", encoding="utf-8")
+    return path
+
+
+@pytest.mark.slow
+def test_run_trains_tracks_and_says_where_results_went(config_file: Path, tmp_path: Path) -> None:
+    run_dir = tmp_path / "runs" / "r1"
+    done = rlhf("run", str(config_file), "stages.sft.learning_rate=4e-3", "--run-dir", str(run_dir))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"sft model: {run_dir / 'sft' / 'output'}" in done.stdout
+    assert "│ base " in done.stdout  # the untrained baseline row of the table
+
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert saved["stages"]["sft"]["learning_rate"] == pytest.approx(4e-3)  # the override, resolved
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["stages"][0]["stage"] == "sft" and "gold_reward" in summary["stages"][0]["metrics"]
+
+    # the stage's wandb run, read back from disk
+    (run_file,) = run_dir.glob("wandb/offline-run-*/run-*.wandb")
+    run = read_offline_run(run_file)
+    assert run["group"] == "r1" and run["job_type"] == "sft" and run["project"] == "cli-test"
+    assert run["config"]["stage"]["learning_rate"] == pytest.approx(4e-3)
+    losses = [row["train/loss"] for row in run["history"] if "train/loss" in row]
+    assert len(losses) >= 3  # the trainer's own callback logged into our run
+    assert run["summary"]["gold_reward"] == pytest.approx(summary["stages"][0]["metrics"]["gold_reward"])
+    assert run["exit_code"] == 0
+
+
+def test_tracking_none_writes_no_wandb_run(config_file: Path, tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    overrides = ["tracking=none", "stages.sft.max_steps=2", "stages.sft.evaluation=null"]
+    done = rlhf("stage", "sft", str(config_file), *overrides, "--run-dir", str(run_dir))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (run_dir / "sft" / "output" / "model.safetensors").is_file()
+    assert not (run_dir / "wandb").exists()
+
+
+def test_data_synth_writes_the_task(tmp_path: Path) -> None:
+    done = rlhf("data", "synth", "--out", str(tmp_path / "task"), "--seed", "3", "num_sft_train=50")
+    assert done.returncode == 0, done.stderr
+    manifest = json.loads((tmp_path / "task" / "task.json").read_text())
+    assert manifest["config"]["seed"] == 3
+    assert len((tmp_path / "task" / "sft_train.jsonl").read_text().splitlines()) == 50
+    export = json.loads((tmp_path / "task" / "preferences_labelstudio.json").read_text())
+    assert (
+        export[0]["annotations"][0]["result"] == []
+        or export[0]["annotations"][0]["result"][0]["type"] == "pairwise"
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["data", "synth", "--out", "x", "num_sft_trian=5"],
+            "num_sft_trian: unknown key, did you mean num_sft_train?",
+        ),
+        (
+            ["run", "{cfg}", "stages.sft.learning_rate=fast"],
+            "stages.sft.learning_rate: expected a number, got 'fast'",
+        ),
+        (
+            ["run", "{cfg}", "tracking=none", "data.sft_train=/nope/train.jsonl"],
+            "/nope/train.jsonl: data file not found",
+        ),
+        (["run", "{cfg}", "tracking=none", "model=no-org/no-model"], "model 'no-org/no-model': cannot load"),
+        (["run", "{tmp}/absent.yaml"], "absent.yaml: config file not found"),
+        (["stage", "nosuch", "{cfg}"], "unknown stage 'nosuch'"),
+    ],
+)
+def test_bad_input_is_one_line_and_nonzero(
+    args: list[str], message: str, config_file: Path, tmp_path: Path
+) -> None:
+    args = [a.format(cfg=config_file, tmp=tmp_path) for a in args]
+    done = rlhf(*args, cwd=tmp_path)
+    assert done.returncode == 2, done.stderr[-3000:]
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and message in last
+    assert "Traceback" not in done.stderr
+
+
+def test_malformed_jsonl_line_is_named(config_file: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "demos.jsonl"
+    bad.write_text('{"prompt": "a", "completion": "b"}\n{"prompt": "a", "completion": \n')
+    done = rlhf("run", str(config_file), f"data.sft_train={bad}", "tracking=none", cwd=tmp_path)
+    assert done.returncode == 2
+    assert f"error: {bad}:2: not valid JSON" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_debug_shows_the_traceback(config_file: Path, tmp_path: Path) -> None:
+    done = rlhf(
+        "--debug", "run", str(config_file), "data.sft_train=/nope.jsonl", "tracking=none", cwd=tmp_path
+    )
+    assert done.returncode != 0
+    assert "Traceback" in done.stderr and "DataError" in done.stderr

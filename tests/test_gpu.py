@@ -1,0 +1,36 @@
+"""GPU paths: run only where CUDA is present (skipped elsewhere)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from rlhf.config import load_config
+from rlhf.stage import prepare_context, prepare_data, resolve_model, run_standalone
+from rlhf.training import LossWatch, precision_flags
+from stages import sft
+from tests.test_sft import CONFIG
+
+pytestmark = pytest.mark.gpu
+
+
+def test_auto_precision_is_bf16_on_a_gpu_that_has_it() -> None:
+    import torch
+
+    assert precision_flags("auto") == {"bf16": torch.cuda.is_bf16_supported(), "fp16": False}
+
+
+def test_sft_trains_on_the_gpu_in_bf16(tmp_path: Path) -> None:
+    config = tmp_path / "pipeline.yaml"
+    config.write_text(CONFIG + f"runs_dir: {tmp_path / 'runs'}\n", encoding="utf-8")
+    cfg = load_config(config)
+    run_dir = tmp_path / "probe"
+    inputs, task = prepare_data(cfg, run_dir)
+    ctx = prepare_context(cfg, "sft", run_dir, resolve_model(cfg.model, run_dir, cfg.seed), inputs, task)
+    trainer = sft.build_trainer(cfg.stages.sft, ctx, LossWatch())
+    assert trainer.args.bf16 and next(trainer.model.parameters()).device.type == "cuda"
+
+    result = run_standalone("sft", sft.run, str(config), [], str(tmp_path / "run"))
+    assert result.metrics["train_loss_last"] < 0.8 * result.metrics["train_loss_first"]
+    assert result.metrics["gold_reward"] > 0.25
