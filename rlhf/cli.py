@@ -40,6 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     stage.add_argument("--run-dir", help="run directory (default: a new one under runs_dir)")
     stage.set_defaults(handler=_stage)
 
+    _add_registry_commands(commands, common)
+
     data = commands.add_parser("data", help="data tools").add_subparsers(dest="data_command", required=True)
     synth = data.add_parser(
         "synth", help="write the built-in synthetic task (demonstrations, prompts, export)", parents=[common]
@@ -49,6 +51,141 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("overrides", nargs="*", help="SynthConfig fields, e.g. num_sft_train=2000")
     synth.set_defaults(handler=_synth)
     return parser
+
+
+def _add_registry_commands(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    registry = argparse.ArgumentParser(add_help=False, parents=[common])
+    registry.add_argument("--registry", help="registry directory (default: $RLHF_REGISTRY, else ./registry)")
+    sub = commands.add_parser("registry", help="model registry: versions, aliases, lineage, integrity")
+    verbs = sub.add_subparsers(dest="registry_command", required=True)
+
+    def verb(name: str, handler: object, help: str) -> argparse.ArgumentParser:
+        parser = verbs.add_parser(name, help=help, parents=[registry])
+        parser.set_defaults(handler=handler)
+        return parser
+
+    verb("ls", _registry_ls, "list models, versions and aliases")
+    verb("show", _registry_show, "a version's manifest and metrics").add_argument(
+        "ref", help="NAME[:VERSION|ALIAS]"
+    )
+    verb("lineage", _registry_lineage, "the tree back to the base model and datasets").add_argument("ref")
+    verify = verb("verify", _registry_verify, "re-hash files; report corrupt or missing ones")
+    verify.add_argument("ref", nargs="?", help="one version (default: all)")
+    add = verb("add", _registry_add, "register an existing HF model directory as a new version")
+    add.add_argument("name")
+    add.add_argument("dir")
+    add.add_argument("--base-model", help="what it was trained from, for lineage")
+    alias = verb("alias", _registry_alias, "point an alias at a version")
+    alias.add_argument("ref", help="NAME:VERSION")
+    alias.add_argument("alias")
+    promote = verb("promote", _registry_promote, "give the best version by a metric an alias (default: best)")
+    promote.add_argument(
+        "ref", help="NAME (best of all versions) or NAME:VERSION (this one, if at least as good)"
+    )
+    promote.add_argument("--metric", required=True)
+    promote.add_argument("--lower-is-better", action="store_true")
+    promote.add_argument("--alias", default="best")
+    promote.add_argument("--force", action="store_true", help="promote NAME:VERSION even if it is worse")
+    remove = verb("rm", _registry_rm, "remove a version (refused while others descend from it)")
+    remove.add_argument("ref")
+    remove.add_argument("--force", action="store_true")
+    verb("gc", _registry_gc, "delete leftovers of interrupted publishes")
+    export = verb("export", _registry_export, "write a version as a standalone HF model directory")
+    export.add_argument("ref")
+    export.add_argument("--to", required=True, help="output directory (must not exist or be empty)")
+    export.add_argument("--merge-lora", action="store_true", help="merge an adapter into its base model")
+
+
+def _registry(args: argparse.Namespace):
+    from rlhf.registry import Registry, default_registry_path
+
+    return Registry(default_registry_path(args.registry))
+
+
+def _registry_ls(args: argparse.Namespace) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"registry {_registry(args).root}")
+    for column in ("model", "version", "aliases", "stage", "parents", "metrics", "created"):
+        table.add_column(column)
+    for name, entry in _registry(args).list().items():
+        for manifest in entry.versions:
+            aliases = ", ".join(a for a, v in entry.aliases.items() if v == manifest.version)
+            metrics = " ".join(f"{k}={v:.3g}" for k, v in list(manifest.metrics.items())[:3])
+            table.add_row(name, manifest.version, aliases, manifest.stage or "", ", ".join(manifest.parents),
+                          metrics, manifest.created_at[:19])  # fmt: skip
+    Console().print(table)
+
+
+def _registry_show(args: argparse.Namespace) -> None:
+    print(_registry(args).manifest(args.ref).to_json())
+
+
+def _registry_lineage(args: argparse.Namespace) -> None:
+    from rich.console import Console
+    from rich.tree import Tree
+
+    def grow(tree: Tree, node: dict) -> None:
+        for dataset in node.get("datasets", []):
+            tree.add(f"dataset {dataset['name']} {dataset['fingerprint'][:12]} ({dataset.get('path', '')})")
+        for parent in node.get("parents", []):
+            grow(tree.add(f"{parent['ref']} [{parent.get('stage') or ''}]"), parent)
+        if not node.get("parents") and node.get("base_model"):
+            tree.add(f"base model {node['base_model']}")
+
+    lineage = _registry(args).lineage(args.ref)
+    root = Tree(f"{lineage['ref']} [{lineage.get('stage') or ''}]")
+    grow(root, lineage)
+    Console().print(root)
+
+
+def _registry_verify(args: argparse.Namespace) -> None:
+    problems = _registry(args).verify(args.ref)
+    for problem in problems:
+        print(problem)
+    if problems:
+        raise RlhfError(f"registry: {len(problems)} problem(s) found")
+    print("registry: all files intact")
+
+
+def _registry_add(args: argparse.Namespace) -> None:
+    manifest = _registry(args).add(args.name, args.dir, stage="external", base_model=args.base_model)
+    print(f"added {manifest.ref}")
+
+
+def _registry_alias(args: argparse.Namespace) -> None:
+    _registry(args).set_alias(args.ref, args.alias)
+    print(f"{args.alias} -> {args.ref}")
+
+
+def _registry_promote(args: argparse.Namespace) -> None:
+    name, _, version = args.ref.partition(":")
+    chosen = _registry(args).promote(
+        name, args.metric, version=version or None, higher_is_better=not args.lower_is_better,
+        alias=args.alias, force=args.force,
+    )  # fmt: skip
+    print(f"{args.alias} -> {name}:{chosen}")
+
+
+def _registry_rm(args: argparse.Namespace) -> None:
+    _registry(args).remove(args.ref, force=args.force)
+    print(f"removed {args.ref}")
+
+
+def _registry_gc(args: argparse.Namespace) -> None:
+    removed = _registry(args).gc()
+    print(f"registry: removed {len(removed)} leftover(s)")
+
+
+def _registry_export(args: argparse.Namespace) -> None:
+    from rlhf.config import ModelSpec
+    from rlhf.models import export_model
+    from rlhf.stage import registry_model
+
+    spec, manifest = registry_model(_registry(args), ModelSpec(name=args.ref), verify=True)
+    out = export_model(spec, Path(args.to), merge_lora=args.merge_lora)
+    print(f"exported {manifest.ref} to {out}")
 
 
 def _run(args: argparse.Namespace) -> None:
@@ -64,7 +201,7 @@ def _run(args: argparse.Namespace) -> None:
 
 def _stage(args: argparse.Namespace) -> None:
     from rlhf.distributed import configure_logging, rank_info
-    from rlhf.stage import run_standalone
+    from rlhf.stage import describe_result, run_standalone
 
     configure_logging(rank_info(), args.debug)
     try:
@@ -72,7 +209,7 @@ def _stage(args: argparse.Namespace) -> None:
     except ModuleNotFoundError:
         raise RlhfError(f"unknown stage '{args.stage}'") from None
     result = run_standalone(args.stage, program.run, args.config, args.overrides, args.run_dir)
-    print(f"{args.stage}: done in {result.seconds:.0f}s; output in {result.output_dir}")
+    print(f"{args.stage}: done in {result.seconds:.0f}s; {describe_result(result)}")
 
 
 def _synth(args: argparse.Namespace) -> None:

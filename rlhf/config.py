@@ -42,6 +42,9 @@ class ModelSpec(Schema):
     name: str
     trust_remote_code: bool = False
     revision: str | None = None
+    base: str | None = Field(
+        None, description="For a LoRA adapter: the model it applies to (default: the adapter's own record)."
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -166,7 +169,9 @@ class PipelineConfig(Schema):
     stages: StagesConfig = Field(default_factory=StagesConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     distributed: DistributedConfig = Field(default_factory=DistributedConfig)
-    registry: str = Field("registry", description="Registry directory (RLHF_REGISTRY overrides the default).")
+    registry: str | None = Field(
+        None, description="Registry directory; default: $RLHF_REGISTRY, else ./registry."
+    )
     runs_dir: str = Field("runs", description="Where each pipeline run gets its directory.")
 
     @model_validator(mode="after")

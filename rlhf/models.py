@@ -181,17 +181,66 @@ def load_causal_lm(
 
     tokenizer = load_tokenizer(spec)
     source = _checked_source(spec)
+    adapter = is_adapter(source)
+    weights = spec.model_copy(update={"name": spec.base}) if adapter and spec.base else spec
     try:
         model = AutoModelForCausalLM.from_pretrained(
-            source, dtype=getattr(torch, dtype), use_safetensors=True, **_load_kwargs(spec)
+            _checked_source(weights),
+            dtype=getattr(torch, dtype),
+            use_safetensors=True,
+            **_load_kwargs(weights),
         )
+        if model.get_input_embeddings().num_embeddings < len(tokenizer):
+            model.resize_token_embeddings(len(tokenizer))
+        if adapter and spec.base:
+            from peft import PeftModel
+
+            model = PeftModel.from_pretrained(model, source, is_trainable=True)
     except (OSError, ValueError) as exc:
         raise ModelError(f"model '{spec.name}': cannot load weights ({_first_line(exc)})") from None
-    if model.get_input_embeddings().num_embeddings < len(tokenizer):
-        model.resize_token_embeddings(len(tokenizer))
     model.config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer
+
+
+def is_adapter(path: str | Path) -> bool:
+    """A LoRA adapter directory (adapter weights only; the base model lives elsewhere)."""
+    return (Path(path) / "adapter_config.json").is_file()
+
+
+def export_model(spec: ModelSpec, out_dir: Path, merge_lora: bool = False) -> Path:
+    """A standalone HF directory that `from_pretrained` loads without our registry.
+
+    A full model is copied. An adapter is either merged into its base (`merge_lora`: one ordinary model
+    directory) or copied with `base_model_name_or_path` pointed at its resolved base, so peft finds it.
+    """
+    import json
+
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise ModelError(f"export: {out_dir} exists and is not empty")
+    source = Path(_checked_source(spec))
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        if is_adapter(source) and merge_lora:
+            model, tokenizer = load_causal_lm(spec)
+            model.merge_and_unload().save_pretrained(staging, safe_serialization=True)
+            tokenizer.save_pretrained(staging)
+        else:
+            shutil.copytree(
+                source, staging, dirs_exist_ok=True, ignore=shutil.ignore_patterns("manifest.json")
+            )
+            if is_adapter(source) and spec.base:
+                config_path = staging / "adapter_config.json"
+                config = json.loads(config_path.read_text(encoding="utf-8"))
+                config["base_model_name_or_path"] = str(Path(spec.base).absolute())
+                config_path.write_text(json.dumps(config, indent=2), encoding="utf-8")
+        if out_dir.exists():
+            out_dir.rmdir()
+        staging.rename(out_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return out_dir
 
 
 def _checked_source(spec: ModelSpec) -> str:

@@ -6,6 +6,7 @@ from rich.console import Console
 from rich.table import Table
 
 from rlhf.pipeline import PipelineRun
+from rlhf.stage import describe_result
 
 # Metrics worth a column, in display order, with their headings.
 HEADLINE = {
@@ -30,7 +31,7 @@ def print_pipeline_summary(run: PipelineRun, console: Console | None = None) -> 
         table.add_row(result.stage, *_cells(result.metrics), f"{result.seconds:.0f}s")
     console.print(table)
     for result in run.results:
-        console.print(f"{result.stage} model: {result.output_dir}", soft_wrap=True)
+        console.print(f"{result.stage}: {describe_result(result)}", soft_wrap=True)
     console.print(f"run directory (config, logs, wandb): {run.run_dir}", soft_wrap=True)
 
 

@@ -18,15 +18,26 @@ from pathlib import Path
 from typing import Any
 
 from rlhf.config import ModelSpec, PipelineConfig, dump_config, load_config
+from rlhf.data.files import fingerprint
 from rlhf.data.synthetic import write_synthetic_task
 from rlhf.distributed import RankInfo, configure_logging, rank_info
 from rlhf.errors import ConfigError, RlhfError
-from rlhf.models import is_builtin_spec, materialize
+from rlhf.models import is_adapter, is_builtin_spec, materialize
+from rlhf.registry import REF_PREFIX, Manifest, Registry, default_registry_path, is_reference
 from rlhf.tracking import Tracker
 
 log = logging.getLogger(__name__)
 
 RESULT_FILE = "result.json"
+
+
+@dataclass
+class ResolvedModel:
+    """A model spec made loadable, with where it came from (for lineage)."""
+
+    spec: ModelSpec  # name is a local directory or hub id; `base` set for a registry LoRA version
+    ref: str | None  # the concrete registry version ("sft-policy:v3") when it came from the registry
+    base_model: str  # the root of the chain: hub id, built-in spec or directory the first stage started from
 
 
 @dataclass
@@ -37,13 +48,19 @@ class StageContext:
     pipeline: PipelineConfig
     run_dir: Path
     work_dir: Path  # this stage's scratch: checkpoints, logs
-    output_dir: Path  # the stage's final product (a HF model directory)
+    output_dir: Path  # the stage's final product (a HF model directory) before it is published
     rank: RankInfo
     seed: int
-    model: ModelSpec  # the model this stage starts from, resolved to a loadable location
+    start: ResolvedModel  # the model this stage starts from
     inputs: dict[str, str]  # data role -> location: "sft_train", "sft_eval", "eval_prompts"
     task: str | None  # name of the gold-reward task the data comes from, if any
+    registry: Registry
+    datasets_read: list[dict[str, str]] = field(default_factory=list)  # lineage, filled by `data`
     tracker: Tracker | None = None
+
+    @property
+    def model(self) -> ModelSpec:
+        return self.start.spec
 
     def input(self, role: str) -> str:
         """A required input; a missing one is a config error naming the key to set."""
@@ -51,14 +68,23 @@ class StageContext:
             raise ConfigError(f"stages.{self.stage}: needs '{role}' but none is configured (set data.{role})")
         return self.inputs[role]
 
+    def data(self, role: str, override: str | None = None) -> str:
+        """The dataset this stage reads for `role` (the stage config's own path wins), recorded for lineage."""
+        path = override or self.input(role)
+        if not any(entry["path"] == path for entry in self.datasets_read):
+            self.datasets_read.append({"name": role, "path": path, "fingerprint": fingerprint(path)})
+        return path
+
 
 @dataclass
 class StageResult:
-    """What a stage produced: its output directory and its headline metrics."""
+    """What a stage produced: its model directory, its headline metrics, and the registry name it goes by."""
 
     stage: str
     output_dir: Path
     metrics: dict[str, float] = field(default_factory=dict)
+    publish_as: str | None = None  # registry model name, e.g. "sft-policy"; None: nothing to publish
+    ref: str | None = None  # the published version ("sft-policy:v3"), set once published
     seconds: float = 0.0
 
     def save(self, path: Path) -> None:
@@ -97,16 +123,39 @@ def prepare_data(cfg: PipelineConfig, run_dir: Path) -> tuple[dict[str, str], st
     return inputs, task
 
 
-def resolve_model(spec: ModelSpec, run_dir: Path, seed: int) -> ModelSpec:
-    """A built-in tiny spec becomes a directory in the run, so every later load is an ordinary load."""
-    if not is_builtin_spec(spec.name):
-        return spec
-    path = materialize(spec, run_dir / "base-model" / spec.name, seed=seed)
-    return spec.model_copy(update={"name": str(path)})
+def resolve_model(spec: ModelSpec, run_dir: Path, seed: int, registry: Registry) -> ResolvedModel:
+    """Make a model spec loadable: a registry reference becomes its version's directory (with its LoRA base),
+    a built-in spec a directory in the run, so every later load is an ordinary load."""
+    if is_reference(spec.name):
+        loadable, manifest = registry_model(registry, spec)
+        return ResolvedModel(loadable, manifest.ref, manifest.base_model or manifest.ref)
+    if is_builtin_spec(spec.name):
+        path = materialize(spec, run_dir / "base-model" / spec.name, seed=seed)
+        return ResolvedModel(spec.model_copy(update={"name": str(path)}), None, spec.name)
+    return ResolvedModel(spec, None, spec.name)
+
+
+def registry_model(registry: Registry, spec: ModelSpec, verify: bool = False) -> tuple[ModelSpec, Manifest]:
+    """A registry version as a loadable spec: its directory (files checked), and for an adapter its base."""
+    manifest = registry.manifest(spec.name)
+    path = registry.resolve(manifest.ref, verify=verify)
+    base = manifest.lora_base
+    if base and is_reference(base):
+        base = str(registry.resolve(base, verify=verify))
+    return spec.model_copy(update={"name": str(path), "base": base}), manifest
+
+
+def open_registry(cfg: PipelineConfig) -> Registry:
+    return Registry(default_registry_path(cfg.registry))
 
 
 def prepare_context(
-    cfg: PipelineConfig, stage: str, run_dir: Path, model: ModelSpec, inputs: dict[str, str], task: str | None
+    cfg: PipelineConfig,
+    stage: str,
+    run_dir: Path,
+    start: ResolvedModel,
+    inputs: dict[str, str],
+    task: str | None,
 ) -> StageContext:
     """The context of one stage in one run directory."""
     work_dir = run_dir / stage
@@ -119,10 +168,53 @@ def prepare_context(
         output_dir=work_dir / "output",
         rank=rank_info(),
         seed=cfg.seed,
-        model=model,
+        start=start,
         inputs=dict(inputs),
         task=task,
+        registry=open_registry(cfg),
     )
+
+
+def publish(result: StageResult, stage_cfg: Any, ctx: StageContext) -> Manifest:
+    """Move the stage's output into the registry as a new version, with its lineage; log it to wandb."""
+    manifest = ctx.registry.publish(
+        result.publish_as,
+        result.output_dir,
+        stage=ctx.stage,
+        base_model=ctx.start.base_model,
+        parents=[ctx.start.ref] if ctx.start.ref else [],
+        datasets=ctx.datasets_read,
+        config=stage_cfg.model_dump(mode="json"),
+        metrics={k: float(v) for k, v in result.metrics.items()},
+        wandb_run_id=ctx.tracker.run_id if ctx.tracker else None,
+        lora_base=_lora_base(ctx) if is_adapter(result.output_dir) else None,
+        extra={"pipeline": ctx.pipeline.name, "run_dir": str(ctx.run_dir)},
+    )
+    result.output_dir, result.ref = ctx.registry.resolve(manifest.ref), manifest.ref
+    if ctx.tracker:
+        meta = {"stage": ctx.stage, "parents": manifest.parents, "metrics": manifest.metrics,
+                "config_hash": manifest.config_hash}  # fmt: skip
+        ctx.tracker.log_model(manifest.name, manifest.version, result.output_dir, meta)
+    log.info("%s: published %s", ctx.stage, manifest.ref)
+    return manifest
+
+
+def _lora_base(ctx: StageContext) -> str:
+    """What an adapter applies to, as a registry reference where possible.
+
+    A base from the registry is named by its version; a local base directory (e.g. a materialized built-in
+    spec) is registered under its folder name first, reusing an identical earlier version; a hub id stays.
+    """
+    if ctx.start.ref:
+        return REF_PREFIX + ctx.start.ref
+    base = Path(ctx.start.spec.name)
+    if not base.is_dir():
+        return ctx.start.spec.name
+    name = base.name.lower()
+    manifest = ctx.registry.find_identical(name, base) or ctx.registry.add(
+        name, base, stage="base", base_model=ctx.start.base_model
+    )
+    return REF_PREFIX + manifest.ref
 
 
 def run_stage(
@@ -141,9 +233,12 @@ def run_stage(
         enabled=ctx.rank.is_main,
     ) as tracker:
         ctx.tracker = tracker
+        tracker.use_models([ctx.start.ref] if ctx.start.ref else [])
         result = run(stage_cfg, ctx)
+        if ctx.rank.is_main and result.publish_as:
+            publish(result, stage_cfg, ctx)
         result.seconds = time.perf_counter() - started
-        tracker.summary(result.metrics)
+        tracker.summary({**result.metrics, "registry_version": result.ref})
     if ctx.rank.is_main:
         result.save(ctx.work_dir / RESULT_FILE)
         shown = ", ".join(f"{k}={v:.4g}" for k, v in result.metrics.items())
@@ -170,8 +265,13 @@ def stage_main(
         print(f"error: [rank {rank_info().rank}] {exc}", file=sys.stderr)
         return 2
     if rank_info().is_main:
-        print(f"{stage}: done in {result.seconds:.0f}s; output in {result.output_dir}")
+        print(f"{stage}: done in {result.seconds:.0f}s; {describe_result(result)}")
     return 0
+
+
+def describe_result(result: StageResult) -> str:
+    """Where a stage's product went, for the last console line."""
+    return f"published {result.ref} ({result.output_dir})" if result.ref else f"output in {result.output_dir}"
 
 
 def run_standalone(
@@ -183,13 +283,19 @@ def run_standalone(
 ) -> StageResult:
     """One stage outside a pipeline: resolve data and model into a run directory, then run it."""
     cfg = load_config(config_path, overrides)
-    stage_cfg = getattr(cfg.stages, stage, None)
-    if stage_cfg is None:
-        raise ConfigError(f"{config_path}: stages.{stage}: missing; add a `{stage}:` section under `stages:`")
     run_path = Path(run_dir) if run_dir else new_run_dir(cfg)
     run_path.mkdir(parents=True, exist_ok=True)
     if rank_info().is_main:
         dump_config(cfg, run_path / "config.yaml")
-    inputs, task = prepare_data(cfg, run_path)
-    model = resolve_model(stage_cfg.model or cfg.model, run_path, cfg.seed)
-    return run_stage(run, stage_cfg, prepare_context(cfg, stage, run_path, model, inputs, task))
+    stage_cfg, ctx = standalone_context(cfg, stage, run_path)
+    return run_stage(run, stage_cfg, ctx)
+
+
+def standalone_context(cfg: PipelineConfig, stage: str, run_dir: Path) -> tuple[Any, StageContext]:
+    """A stage's config section and its context when it runs on its own: data and model resolved here."""
+    stage_cfg = getattr(cfg.stages, stage, None)
+    if stage_cfg is None:
+        raise ConfigError(f"stages.{stage}: missing; add a `{stage}:` section under `stages:`")
+    inputs, task = prepare_data(cfg, run_dir)
+    start = resolve_model(stage_cfg.model or cfg.model, run_dir, cfg.seed, open_registry(cfg))
+    return stage_cfg, prepare_context(cfg, stage, run_dir, start, inputs, task)

@@ -237,6 +237,33 @@ class Tracker:
 
         self._run.log({key: wandb.Table(columns=columns, data=rows)})
 
+    def log_model(self, name: str, version: str, path: Path, metadata: Mapping[str, Any]) -> None:
+        """A wandb model artifact for a registry version that *references* its files (file:// URI): nothing
+        is uploaded twice, and the artifact's versions line up with the registry's (`v1`, `latest`, ...)."""
+        if self._run is None:
+            return
+        import wandb
+
+        artifact = wandb.Artifact(
+            name, type="model", metadata=scrub_secrets({"registry_version": version, **metadata})
+        )
+        artifact.add_reference(Path(path).absolute().as_uri(), checksum=False)
+        self._run.log_artifact(artifact, aliases=[version, "latest"])
+
+    def use_models(self, refs: list[str]) -> None:
+        """Record the registry versions this run consumed: in the config always; as wandb artifact use when
+        online (wandb refuses `use_artifact` offline, so offline runs carry the lineage in their config)."""
+        if self._run is None or not refs:
+            return
+        self._run.config.update({"inputs": {"models": refs}}, allow_val_change=True)
+        if self.mode != "online":
+            return
+        for ref in refs:
+            try:
+                self._run.use_artifact(ref, type="model")
+            except Exception as err:  # an artifact logged by an offline run that was never synced
+                logger.warning("wandb: cannot mark %s as used (%s)", ref, err)
+
 
 _LOG_HEADER = struct.Struct("<4sHB")  # ident, magic, version
 _LOG_HEADER_VALUE = (b":W&B", 0xBEE1, 0)
@@ -250,14 +277,14 @@ def read_offline_run(path: Path) -> dict[str, Any]:
     """What a run recorded, read from its `.wandb` transaction log (a run directory or the file itself).
 
     Returns run_id, project, entity, group, job_type, name, tags, config, history (one dict per step,
-    with `_step`), summary and exit_code (None while the run is unfinished). Nested keys become nested
+    with `_step`), summary, artifacts logged (name, type, aliases, metadata, references) and exit_code (None while the run is unfinished). Nested keys become nested
     dicts; wandb's own `_wandb` bookkeeping is left out.
     """
     path = Path(path)
     files = sorted(path.glob("run-*.wandb")) if path.is_dir() else [path]
     if len(files) != 1:
         raise DataError(f"{path}: expected one run-*.wandb file, found {len(files)}")
-    run: dict[str, Any] = {"config": {}, "history": [], "summary": {}, "exit_code": None}
+    run: dict[str, Any] = {"config": {}, "history": [], "summary": {}, "artifacts": [], "exit_code": None}
     for record in _records(files[0]):
         _apply(run, record)
     for section in ("config", "summary"):
@@ -288,6 +315,13 @@ def _apply(run: dict[str, Any], record: Record) -> None:
         row: dict[str, Any] = {}
         _update(row, record.history.item, [])
         run["history"].append(row)
+    elif kind == "artifact":
+        artifact = record.artifact
+        references = [entry.ref for entry in artifact.manifest.contents if entry.ref]
+        run["artifacts"].append(
+            {"name": artifact.name, "type": artifact.type, "aliases": list(artifact.aliases),
+             "metadata": json.loads(artifact.metadata or "{}"), "references": references}
+        )  # fmt: skip
     elif kind == "exit":
         run["exit_code"] = record.exit.exit_code
 

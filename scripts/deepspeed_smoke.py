@@ -14,7 +14,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-os.environ.update({"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29533"})
+os.environ.update(
+    {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29533"}
+)
 
 
 def main() -> None:
@@ -29,7 +31,9 @@ def main() -> None:
 
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
-        files = write_synthetic_task(Path(tmp) / "task", SynthConfig(num_sft_train=4000, num_preference_tasks=10))
+        files = write_synthetic_task(
+            Path(tmp) / "task", SynthConfig(num_sft_train=4000, num_preference_tasks=10)
+        )
         data, _ = load_rows(files["sft_train"], SFT_FORMS)
         for stage in (2, 3):
             model, tokenizer = build_builtin_model("small-llama", seed=0)

@@ -33,9 +33,9 @@ def build_trainer(cfg: SFTStageConfig, ctx: StageContext, watch: LossWatch) -> S
 
     args = trainer_arguments(cfg, ctx)  # first: it sets the thread count the loads below use
     model, tokenizer = load_causal_lm(ctx.model)
-    train, form = load_rows(cfg.dataset or ctx.input("sft_train"), SFT_FORMS)
-    eval_path = cfg.eval_dataset or ctx.inputs.get("sft_eval")
-    evaluation = load_rows(eval_path, SFT_FORMS)[0] if eval_path else None
+    train, form = load_rows(ctx.data("sft_train", cfg.dataset), SFT_FORMS)
+    has_eval = cfg.eval_dataset or "sft_eval" in ctx.inputs
+    evaluation = load_rows(ctx.data("sft_eval", cfg.eval_dataset), SFT_FORMS)[0] if has_eval else None
     if evaluation is None:
         args["eval_strategy"] = "no"
     log.info("sft: %d training rows (%s form), %s eval rows", len(train), form, len(evaluation or []))
@@ -77,7 +77,7 @@ def run(cfg: SFTStageConfig, ctx: StageContext) -> StageResult:
         metrics.update(summarize(samples, ctx.task))
     if ctx.tracker:
         ctx.tracker.log({f"final/{k}": v for k, v in metrics.items()})
-    return StageResult(stage=ctx.stage, output_dir=output, metrics=metrics)
+    return StageResult(stage=ctx.stage, output_dir=output, metrics=metrics, publish_as="sft-policy")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -13,6 +16,8 @@ os.environ["WANDB_MODE"] = "offline"
 os.environ["WANDB_SILENT"] = "true"
 os.environ["TOKENIZERS_PARALLELISM"] = "false"
 os.environ.pop("WANDB_API_KEY", None)
+# A safety net: a test that forgets to name its registry never writes into the working tree's ./registry.
+os.environ["RLHF_REGISTRY"] = tempfile.mkdtemp(prefix="rlhf-test-registry-")
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -35,9 +40,11 @@ def tiny_llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return materialize(ModelSpec(name="tiny-llama"), tmp_path_factory.mktemp("models") / "tiny-llama", seed=0)
 
 
-def write_config(path: Path, text: str) -> Path:
-    path.write_text(text, encoding="utf-8")
-    return path
+def run_cli(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
+    """The `rlhf` command in a fresh process, as a user runs it."""
+    return subprocess.run(
+        [sys.executable, "-m", "rlhf.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=600
+    )
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
 from rlhf.tracking import read_offline_run
-from tests.conftest import REPO
+from tests.conftest import run_cli as rlhf
 
 CONFIG = """
 name: cli-test
@@ -31,17 +29,12 @@ tracking: {backend: wandb, project: cli-test}
 """
 
 
-def rlhf(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
-    """The CLI in a fresh process, as a user runs it."""
-    return subprocess.run(
-        [sys.executable, "-m", "rlhf.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=600
-    )
-
-
 @pytest.fixture()
 def config_file(tmp_path: Path) -> Path:
     path = tmp_path / "pipeline.yaml"
-    path.write_text(CONFIG + f"runs_dir: {tmp_path / 'runs'}\n", encoding="utf-8")
+    path.write_text(
+        CONFIG + f"runs_dir: {tmp_path / 'runs'}\nregistry: {tmp_path / 'registry'}\n", encoding="utf-8"
+    )
     return path
 
 
@@ -50,7 +43,10 @@ def test_run_trains_tracks_and_says_where_results_went(config_file: Path, tmp_pa
     run_dir = tmp_path / "runs" / "r1"
     done = rlhf("run", str(config_file), "stages.sft.learning_rate=4e-3", "--run-dir", str(run_dir))
     assert done.returncode == 0, done.stderr[-3000:]
-    assert f"sft model: {run_dir / 'sft' / 'output'}" in done.stdout
+    assert (
+        f"sft: published sft-policy:v1 ({tmp_path / 'registry' / 'models' / 'sft-policy' / 'v1'})"
+        in done.stdout
+    )
     assert "│ base " in done.stdout  # the untrained baseline row of the table
 
     saved = yaml.safe_load((run_dir / "config.yaml").read_text())
@@ -74,7 +70,7 @@ def test_tracking_none_writes_no_wandb_run(config_file: Path, tmp_path: Path) ->
     overrides = ["tracking=none", "stages.sft.max_steps=2", "stages.sft.evaluation=null"]
     done = rlhf("stage", "sft", str(config_file), *overrides, "--run-dir", str(run_dir))
     assert done.returncode == 0, done.stderr[-3000:]
-    assert (run_dir / "sft" / "output" / "model.safetensors").is_file()
+    assert (tmp_path / "registry" / "models" / "sft-policy" / "v1" / "model.safetensors").is_file()
     assert not (run_dir / "wandb").exists()
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from rlhf.config import load_config
-from rlhf.stage import prepare_context, prepare_data, resolve_model, run_standalone
+from rlhf.stage import run_standalone, standalone_context
 from rlhf.training import LossWatch, precision_flags
 from stages import sft
 from tests.test_sft import CONFIG
@@ -23,12 +23,11 @@ def test_auto_precision_is_bf16_on_a_gpu_that_has_it() -> None:
 
 def test_sft_trains_on_the_gpu_in_bf16(tmp_path: Path) -> None:
     config = tmp_path / "pipeline.yaml"
-    config.write_text(CONFIG + f"runs_dir: {tmp_path / 'runs'}\n", encoding="utf-8")
-    cfg = load_config(config)
-    run_dir = tmp_path / "probe"
-    inputs, task = prepare_data(cfg, run_dir)
-    ctx = prepare_context(cfg, "sft", run_dir, resolve_model(cfg.model, run_dir, cfg.seed), inputs, task)
-    trainer = sft.build_trainer(cfg.stages.sft, ctx, LossWatch())
+    config.write_text(
+        CONFIG + f"runs_dir: {tmp_path / 'runs'}\nregistry: {tmp_path / 'registry'}\n", encoding="utf-8"
+    )
+    stage_cfg, ctx = standalone_context(load_config(config), "sft", tmp_path / "probe")
+    trainer = sft.build_trainer(stage_cfg, ctx, LossWatch())
     assert trainer.args.bf16 and next(trainer.model.parameters()).device.type == "cuda"
 
     result = run_standalone("sft", sft.run, str(config), [], str(tmp_path / "run"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +14,7 @@ from rlhf.config import ModelSpec, load_config
 from rlhf.errors import StageError
 from rlhf.eval import evaluate_model
 from rlhf.models import load_causal_lm
-from rlhf.stage import prepare_context, prepare_data, resolve_model, run_standalone
+from rlhf.stage import run_standalone, standalone_context
 from rlhf.training import LossWatch
 from stages import sft
 from tests.conftest import REPO
@@ -41,7 +42,9 @@ tracking: none
 @pytest.fixture()
 def config_file(tmp_path: Path) -> Path:
     path = tmp_path / "pipeline.yaml"
-    path.write_text(CONFIG + f"runs_dir: {tmp_path / 'runs'}\n", encoding="utf-8")
+    path.write_text(
+        CONFIG + f"runs_dir: {tmp_path / 'runs'}\nregistry: {tmp_path / 'registry'}\n", encoding="utf-8"
+    )
     return path
 
 
@@ -80,10 +83,7 @@ def test_sft_with_lora_saves_an_adapter(config_file: Path, tmp_path: Path) -> No
 
 
 def _context(config_file: Path, run_dir: Path, overrides: list[str]):
-    cfg = load_config(config_file, overrides)
-    inputs, task = prepare_data(cfg, run_dir)
-    model = resolve_model(cfg.model, run_dir, cfg.seed)
-    return cfg.stages.sft, prepare_context(cfg, "sft", run_dir, model, inputs, task)
+    return standalone_context(load_config(config_file, overrides), "sft", run_dir)
 
 
 def test_loss_is_on_the_completion_only(config_file: Path, tmp_path: Path) -> None:
@@ -130,16 +130,12 @@ def test_sft_resumes_from_its_last_checkpoint(config_file: Path, tmp_path: Path)
     run_dir = tmp_path / "run"
     first = run_standalone("sft", sft.run, str(config_file), overrides, str(run_dir))
     assert first.metrics["resumed_from_step"] == 0
-    # Simulate a crash after step 10: only the first checkpoint survived, no final output.
-    checkpoints = run_dir / "sft" / "checkpoints"
-    import shutil
-
-    shutil.rmtree(checkpoints / "checkpoint-20")
-    shutil.rmtree(first.output_dir)
+    # Simulate a crash after step 10: only the first checkpoint survived.
+    shutil.rmtree(run_dir / "sft" / "checkpoints" / "checkpoint-20")
     again = run_standalone("sft", sft.run, str(config_file), overrides, str(run_dir))
     assert again.metrics["resumed_from_step"] == 10
     assert again.metrics["steps"] == 20
-    assert again.output_dir.is_dir()
+    assert (first.ref, again.ref) == ("sft-policy:v1", "sft-policy:v2")
 
 
 def test_nan_loss_stops_the_stage_with_a_clear_error() -> None:
@@ -159,8 +155,10 @@ def test_stage_runs_as_a_module(config_file: Path, tmp_path: Path) -> None:
            "stages.sft.max_steps=3", "stages.sft.evaluation=null"]  # fmt: skip
     done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert f"output in {tmp_path / 'run' / 'sft' / 'output'}" in done.stdout
-    assert (tmp_path / "run" / "sft" / "output" / "model.safetensors").is_file()
+    assert (
+        f"published sft-policy:v1 ({tmp_path / 'registry' / 'models' / 'sft-policy' / 'v1'})" in done.stdout
+    )
+    assert (tmp_path / "registry" / "models" / "sft-policy" / "v1" / "model.safetensors").is_file()
 
 
 def test_stage_module_reports_bad_data_in_one_line(config_file: Path, tmp_path: Path) -> None:

@@ -109,3 +109,20 @@ def _check_row(where: str, row: Mapping[str, Any], keys: Sequence[str]) -> None:
             if not (isinstance(message, dict) and isinstance(message.get("role"), str)
                     and isinstance(message.get("content"), str)):  # fmt: skip
                 raise DataError(f'{where}: {key}[{index}] must be a message {{"role": ..., "content": ...}}')
+
+
+def fingerprint(path: str | Path) -> str:
+    """sha256 of a data file, or of every file under a directory (names and bytes), streamed."""
+    import hashlib
+
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: data file not found")
+    digest = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for file in files:
+        digest.update(file.relative_to(path).as_posix().encode() if path.is_dir() else b"")
+        with file.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
