@@ -50,6 +50,65 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument("overrides", nargs="*", help="SynthConfig fields, e.g. num_sft_train=2000")
     synth.set_defaults(handler=_synth)
+
+    imp = data.add_parser(
+        "import", help="annotator exports / public datasets -> one preference dataset", parents=[common]
+    )
+    imp.add_argument("sources", nargs="+", help="export files or directories")
+    imp.add_argument("--out", required=True, help="output dataset directory")
+    imp.add_argument("--format", help="force a format (default: detected per file); 'mapped' needs --map")
+    imp.add_argument(
+        "--ties", choices=["drop", "keep"], default="drop", help="majority ties: drop, or keep as ties"
+    )
+    imp.add_argument("--min-votes", type=int, default=1, help="minimum annotator votes a pair needs")
+    imp.add_argument(
+        "--min-agreement", type=float, help="exclude annotators whose agreement with the majority is lower"
+    )
+    imp.add_argument("--max-tokens", type=int, help="quarantine pairs longer than this (needs --tokenizer)")
+    imp.add_argument(
+        "--tokenizer", help="model whose tokenizer measures length (id, directory or registry ref)"
+    )
+    imp.add_argument("--test-fraction", type=float, default=0.1)
+    imp.add_argument("--split-seed", type=int, default=0)
+    imp.add_argument(
+        "--map",
+        action="append",
+        default=[],
+        metavar="FIELD=COLUMN",
+        help="column mapping for --format mapped: prompt=, chosen=, rejected= (margin=, annotator=, tie=)",
+    )
+    imp.add_argument(
+        "--rating-pairs",
+        choices=["best-vs-random", "best-vs-worst", "all-above-margin"],
+        default="best-vs-random",
+        help="ratings/rankings of several completions to pairs",
+    )
+    imp.add_argument("--rating-margin", type=float, default=1.0)
+    imp.add_argument(
+        "--rating-key", default="overall", help="UltraFeedback: overall, mean, or an aspect name"
+    )
+    imp.add_argument("--argilla-question", help="Argilla: the ranking or label question to read")
+    imp.add_argument("--registry", help="registry directory, for a --tokenizer given as a registry ref")
+    imp.set_defaults(handler=_import)
+
+    export = data.add_parser(
+        "export-for-annotation",
+        help="sample a model and write a Label Studio pairwise import file",
+        parents=[common],
+    )
+    export.add_argument("--prompts", required=True, help='JSONL of {"prompt": text or messages}')
+    export.add_argument(
+        "--model", required=True, help="registry ref (registry:policy:latest), directory or id"
+    )
+    export.add_argument("--out", required=True, help="Label Studio tasks JSON to write")
+    export.add_argument(
+        "--responses", type=int, default=2, help="responses per prompt (every pair becomes a task)"
+    )
+    export.add_argument("--max-new-tokens", type=int, default=64)
+    export.add_argument("--temperature", type=float, default=1.0)
+    export.add_argument("--seed", type=int, default=0)
+    export.add_argument("--registry", help="registry directory (default: $RLHF_REGISTRY, else ./registry)")
+    export.set_defaults(handler=_export_for_annotation)
     return parser
 
 
@@ -222,6 +281,50 @@ def _synth(args: argparse.Namespace) -> None:
     files = write_synthetic_task(args.out, cfg)
     for role, path in files.items():
         print(f"{role:>12}: {path}")
+
+
+def _import(args: argparse.Namespace) -> None:
+    from rlhf.data.importers import ImportOptions
+    from rlhf.data.preferences import ImportSettings, import_preferences
+
+    column_map = dict(item.partition("=")[::2] for item in args.map)
+    options = ImportOptions(column_map=column_map, rating_pairs=args.rating_pairs, rating_margin=args.rating_margin,
+                            rating_key=args.rating_key, argilla_question=args.argilla_question)  # fmt: skip
+    settings = ImportSettings(
+        format=args.format, options=options, ties=args.ties, min_votes=args.min_votes,
+        min_annotator_agreement=args.min_agreement, max_tokens=args.max_tokens,
+        test_fraction=args.test_fraction, split_seed=args.split_seed,
+    )  # fmt: skip
+    count_tokens = _token_counter(args.tokenizer, args.registry) if args.tokenizer else None
+    report = import_preferences([Path(s) for s in args.sources], Path(args.out), settings, count_tokens)
+    print(report.identity)
+    print(f"train {report.train}, test {report.test}; quarantine: {report.quarantine_path}")
+    print(f"dataset {report.out_dir} (fingerprint {report.fingerprint[:12]}); report: {report.report_path}")
+
+
+def _token_counter(model: str, registry_dir: str | None):
+    from rlhf.config import ModelSpec
+    from rlhf.models import token_counter
+    from rlhf.registry import Registry, default_registry_path, is_reference
+    from rlhf.stage import registry_model
+
+    spec = ModelSpec(name=model)
+    if is_reference(model):
+        spec, _ = registry_model(Registry(default_registry_path(registry_dir)), spec)
+    return token_counter(spec)
+
+
+def _export_for_annotation(args: argparse.Namespace) -> None:
+    from rlhf.annotate import export_for_annotation
+    from rlhf.config import GenerationSpec
+    from rlhf.registry import Registry, default_registry_path
+
+    generation = GenerationSpec(max_new_tokens=args.max_new_tokens, temperature=args.temperature)
+    counts = export_for_annotation(args.prompts, args.model, args.out, Registry(default_registry_path(args.registry)),
+                                   args.responses, generation, args.seed)  # fmt: skip
+    print(f"{counts['tasks']} pairwise tasks from {counts['prompts']} prompts "
+          f"({counts['pairs_skipped']} pairs with an identical or empty answer skipped): {args.out}")  # fmt: skip
+    print(f"Label Studio labeling config: {Path(args.out).with_suffix('.label_config.xml')}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

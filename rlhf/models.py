@@ -15,7 +15,7 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -170,6 +170,12 @@ def load_tokenizer(spec: ModelSpec) -> PreTrainedTokenizerBase:
     if tokenizer.pad_token is None or tokenizer.pad_token == tokenizer.eos_token:
         tokenizer.add_special_tokens({"pad_token": PAD})
     return tokenizer
+
+
+def token_counter(spec: ModelSpec) -> Callable[[str], int]:
+    """Length of a text in the model's tokens (for the import's over-length check)."""
+    tokenizer = load_tokenizer(spec)
+    return lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
 def load_causal_lm(

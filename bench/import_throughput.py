@@ -1,0 +1,224 @@
+"""Preference import throughput and memory, as ratios against merely parsing the same file.
+
+Two generated exports (stdlib generators, fixed seed, written to a temporary directory):
+
+- trl: JSON lines in TRL's explicit-prompt text form {"prompt", "chosen", "rejected"}, 1,000,000 rows;
+  one row in 200 repeats an earlier one and one in 1,000 is not JSON, so those paths are exercised too.
+- labelstudio: a Label Studio JSON export (one top-level array) of 200,000 pairwise tasks with 3
+  annotations each, from a pool of annotators of varying accuracy. It is written one task per line so
+  that the baseline can parse it row by row; the import streams it as an array.
+
+Baseline: read the file and `json.loads` every row, nothing else. Each (dataset, variant, repeat) runs in its
+own process, so peak RSS (`ru_maxrss`) is that run's alone; the table reports medians over repeats. Peak RSS
+includes the interpreter and the libraries each side imports (pyarrow is most of the import's floor);
+"growth" is peak minus the process's RSS just before the work started.
+
+    python bench/import_throughput.py                     # full size, 3 repeats
+    python bench/import_throughput.py --scale 0.05 --repeats 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+WORDS = (
+    "the",
+    "a",
+    "model",
+    "answer",
+    "question",
+    "data",
+    "safety",
+    "helpful",
+    "reward",
+    "policy",
+    "train",
+    "token",
+    "user",
+    "assistant",
+    "because",
+    "therefore",
+    "however",
+    "result",
+    "example",
+    "step",
+    "first",
+    "second",
+    "finally",
+    "consider",
+    "explain",
+    "reason",
+    "value",
+    "number",
+    "list",
+)
+
+
+def sentence(rng: random.Random, words: int) -> str:
+    return " ".join(rng.choice(WORDS) for _ in range(words)).capitalize() + "."
+
+
+def write_trl(path: Path, rows: int, seed: int = 0) -> None:
+    """TRL explicit-prompt text rows, with a few duplicates and malformed lines."""
+    rng = random.Random(seed)
+    with path.open("w", encoding="utf-8") as handle:
+        earlier: list[str] = []
+        for index in range(rows):
+            if index % 1000 == 999:
+                handle.write('{"prompt": "cut off\n')
+                continue
+            if index % 200 == 199:
+                handle.write(rng.choice(earlier))
+                continue
+            line = json.dumps(
+                {
+                    "prompt": f"Question {index}: {sentence(rng, 12)}",
+                    "chosen": sentence(rng, rng.randint(20, 60)),
+                    "rejected": sentence(rng, rng.randint(20, 60)),
+                }
+            )
+            handle.write(line + "\n")
+            if len(earlier) < 1000:
+                earlier.append(line + "\n")
+
+
+def write_labelstudio(path: Path, tasks: int, annotations: int, seed: int = 0) -> None:
+    """A Label Studio JSON export of pairwise tasks; annotators agree with a hidden truth at varying rates."""
+    rng = random.Random(seed)
+    accuracy = {annotator: rng.uniform(0.55, 0.95) for annotator in range(1, 21)}
+    with path.open("w", encoding="utf-8") as handle:
+        handle.write("[\n")
+        for task in range(tasks):
+            truth = rng.choice(("left", "right"))
+            results = []
+            for number, annotator in enumerate(rng.sample(sorted(accuracy), annotations)):
+                right = rng.random() < accuracy[annotator]
+                selected = truth if right else ("right" if truth == "left" else "left")
+                pairwise = {"selected": selected}
+                result = [
+                    {
+                        "type": "pairwise",
+                        "from_name": "comparison",
+                        "to_name": "answer1,answer2",
+                        "value": pairwise,
+                    }
+                ]
+                annotation = {
+                    "id": task * annotations + number,
+                    "completed_by": annotator,
+                    "result": result,
+                    "was_cancelled": False,
+                }
+                results.append(annotation)
+            data = {
+                "prompt": f"Task {task}: {sentence(rng, 12)}",
+                "answer1": sentence(rng, rng.randint(20, 60)),
+                "answer2": sentence(rng, rng.randint(20, 60)),
+            }
+            record = {"id": task, "data": data, "annotations": results}
+            handle.write(json.dumps(record) + (",\n" if task < tasks - 1 else "\n"))
+        handle.write("]\n")
+
+
+def rss_now_kib() -> int:
+    with open("/proc/self/statm") as handle:
+        return int(handle.read().split()[1]) * resource.getpagesize() // 1024
+
+
+def worker(variant: str, file: Path, out: Path) -> dict[str, float]:
+    """One timed run in this process: the baseline parse, or the import."""
+    if variant == "import":
+        from rlhf.data.preferences import ImportSettings, import_preferences
+    start_rss = rss_now_kib()
+    start = time.perf_counter()
+    if variant == "baseline":
+        rows = 0
+        with file.open("rb") as handle:
+            for line in handle:
+                text = line.strip().rstrip(b",")
+                if text in (b"", b"[", b"]"):
+                    continue
+                rows += 1
+                try:
+                    json.loads(text)
+                except ValueError:
+                    continue
+    else:
+        rows = import_preferences([file], out, ImportSettings()).read
+    seconds = time.perf_counter() - start
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return {
+        "rows": rows,
+        "seconds": seconds,
+        "peak_mib": peak / 1024,
+        "growth_mib": (peak - start_rss) / 1024,
+    }
+
+
+def run_worker(variant: str, file: Path, out: Path) -> dict[str, float]:
+    command = [sys.executable, __file__, "--worker", variant, "--file", str(file), "--out", str(out)]
+    done = subprocess.run(command, check=True, capture_output=True, text=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--scale", type=float, default=1.0, help="fraction of the full sizes (1M rows, 200k tasks)"
+    )
+    parser.add_argument("--worker", choices=("baseline", "import"), help=argparse.SUPPRESS)
+    parser.add_argument("--file", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        print(json.dumps(worker(args.worker, args.file, args.out)))
+        return
+
+    rows, tasks = int(1_000_000 * args.scale), int(200_000 * args.scale)
+    table = []
+    with tempfile.TemporaryDirectory() as tmp:
+        files = {"trl": Path(tmp) / "trl.jsonl", "labelstudio": Path(tmp) / "labelstudio.json"}
+        write_trl(files["trl"], rows)
+        write_labelstudio(files["labelstudio"], tasks, annotations=3)
+        for name, file in files.items():
+            runs: dict[str, list[dict[str, float]]] = {"baseline": [], "import": []}
+            for repeat in range(args.repeats):
+                for variant in runs:
+                    result = run_worker(variant, file, Path(tmp) / f"out-{name}-{repeat}")
+                    runs[variant].append(result)
+                    print(f"{name} {variant} #{repeat}: {result}", file=sys.stderr)
+            median = {
+                variant: {key: statistics.median(r[key] for r in results) for key in results[0]}
+                for variant, results in runs.items()
+            }
+            table.append((name, file.stat().st_size / 2**20, median["baseline"], median["import"]))
+
+    print(f"\nmedian of {args.repeats} runs, each in its own process\n")
+    print(
+        "| export | MiB | rows | baseline rows/s | import rows/s | time ratio | baseline peak MiB "
+        "| import peak MiB | import growth MiB | peak ratio |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for name, size, base, imp in table:
+        print(
+            f"| {name} | {size:.0f} | {imp['rows']:.0f} | {base['rows'] / base['seconds']:,.0f} "
+            f"| {imp['rows'] / imp['seconds']:,.0f} | {imp['seconds'] / base['seconds']:.1f}× "
+            f"| {base['peak_mib']:.0f} | {imp['peak_mib']:.0f} | {imp['growth_mib']:.0f} "
+            f"| {imp['peak_mib'] / base['peak_mib']:.1f}× |"
+        )
+
+
+if __name__ == "__main__":
+    main()

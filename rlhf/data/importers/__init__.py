@@ -1,0 +1,90 @@
+"""Importers: one module per export format, each turning one record of the file into comparisons.
+
+The import machinery (`rlhf.data.preferences`) reads files as streams of records (JSON array items, JSONL
+lines, parquet or CSV rows) and hands each record to the format's `Importer.comparisons`. An importer
+raises `BadRow` for a record it cannot use; the machinery quarantines that record with the message and its
+source location, so a format module holds only the knowledge of its format.
+
+Formats are looked up by name and their modules imported on demand, so adding a format is adding a module
+and a line in `FORMATS`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+from rlhf.data.records import Comparison, Source
+from rlhf.errors import DataError
+
+# name -> module defining `IMPORTER`; the order is the auto-detection order (most specific first).
+FORMATS: dict[str, str] = {
+    "labelstudio": "rlhf.data.importers.labelstudio",
+    "argilla": "rlhf.data.importers.argilla",
+    "openai": "rlhf.data.importers.openai",
+    "arena": "rlhf.data.importers.arena",
+    "ultrafeedback": "rlhf.data.importers.ultrafeedback",
+    "nectar": "rlhf.data.importers.nectar",
+    "hh": "rlhf.data.importers.hh",
+    "trl": "rlhf.data.importers.trl",
+    "mapped": "rlhf.data.importers.mapped",
+}
+
+
+class BadRow(Exception):
+    """Raised by an importer for a record it cannot use; the message becomes the quarantine reason."""
+
+
+@dataclass(frozen=True)
+class ImportOptions:
+    """Format-specific choices, all with sound defaults."""
+
+    # mapped CSV/JSONL: canonical field -> column name, e.g. {"prompt": "question", "chosen": "good", "rejected": "bad"}
+    column_map: Mapping[str, str] = field(default_factory=dict)
+    # ratings of several completions (UltraFeedback): which pairs to make
+    rating_pairs: Literal["best-vs-random", "best-vs-worst", "all-above-margin"] = "best-vs-random"
+    rating_margin: float = 1.0  # minimum rating gap for a pair ("all-above-margin"; ties below are skipped)
+    rating_key: str = (
+        "overall"  # UltraFeedback: "overall" (overall_score) or an aspect name ("helpfulness", ...)
+    )
+    argilla_question: str | None = None  # Argilla: the ranking/label question to read (default: auto)
+    seed: int = 0  # for choices that need randomness (best-vs-random)
+
+
+class Importer(Protocol):
+    """What each format module exposes as `IMPORTER`."""
+
+    name: str
+
+    def sniff(self, record: Mapping[str, Any]) -> bool:
+        """True when a file's first record is unmistakably in this format (for auto-detection)."""
+        ...
+
+    def comparisons(
+        self, record: Mapping[str, Any], source: Source, options: ImportOptions
+    ) -> Iterator[Comparison]:
+        """The comparisons in one record; raise BadRow for a record that cannot be used."""
+        ...
+
+
+def get_importer(name: str) -> Importer:
+    """The importer of a format by name; an unknown name is a one-line error listing the known ones."""
+    if name not in FORMATS:
+        raise DataError(f"unknown format '{name}'; known formats: {', '.join(FORMATS)}")
+    return importlib.import_module(FORMATS[name]).IMPORTER
+
+
+def detect(record: Mapping[str, Any], where: str) -> Importer:
+    """The one format whose `sniff` accepts the first record; none or several is a clear error."""
+    matches = [get_importer(name) for name in FORMATS if get_importer(name).sniff(record)]
+    if len(matches) == 1:
+        return matches[0]
+    keys = ", ".join(sorted(record)) if isinstance(record, Mapping) else type(record).__name__
+    if not matches:
+        raise DataError(
+            f"{where}: cannot tell the format from the first record (keys: {keys}); pass --format"
+        )
+    names = ", ".join(m.name for m in matches)
+    raise DataError(f"{where}: the first record fits several formats ({names}); pass --format")

@@ -1,0 +1,631 @@
+"""`rlhf data import`: exports and public datasets in, one canonical preference dataset out, every row
+accounted for.
+
+The import streams: records are read one at a time (`readers`), turned into comparisons by the format's
+importer, checked (`quality`), voted on (`aggregate`), deduplicated, split by hashed prompt and written
+in chunks. What it holds grows only with the number of unique rows (the duplicate table, 32-64 bytes a
+row), never with the text. Excluding annotators by agreement needs their agreement first: a first pass
+re-reads the sources rather than holding them.
+
+Every unit read (each comparison an importer yields, and each record that yields none) ends in exactly one
+place: the dataset (kept), `quarantine.jsonl` (with its reason and location) or `duplicates.jsonl` (with the
+location of the row it repeats), so that rows read = kept + quarantined + duplicates.
+
+Output, written beside `out_dir` and renamed into place (a crash leaves no half dataset):
+
+    train/data.parquet  test/data.parquet   PreferenceRecord rows; `datasets.load_dataset(out_dir)` reads them
+    quarantine.jsonl  duplicates.jsonl      what was left out, and why
+    manifest.json                           fingerprint, counts, sources, settings, annotators, agreement
+    report.md                               the same for a person
+"""
+
+from __future__ import annotations
+
+import bisect
+import contextlib
+import hashlib
+import json
+import logging
+import operator
+import os
+import shutil
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from rlhf.data import quality, readers
+from rlhf.data.aggregate import Agreement, AgreementTracker, Ties, aggregate, counted_votes
+from rlhf.data.importers import BadRow, Importer, ImportOptions, detect, get_importer
+from rlhf.data.records import Comparison, PreferenceRecord, Quarantined, excerpt
+from rlhf.errors import ConfigError, DataError, RlhfError
+
+if TYPE_CHECKING:
+    from datasets import DatasetDict
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "test")
+MANIFEST, REPORT, QUARANTINE, DUPLICATES = (
+    "manifest.json",
+    "report.md",
+    "quarantine.jsonl",
+    "duplicates.jsonl",
+)
+DATASET_FORMAT, DATASET_VERSION = "rlhf-preferences", 1
+BATCH_ROWS = 4096
+PROGRESS_EVERY = 100_000
+
+_MESSAGES = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
+SCHEMA = pa.schema(
+    [
+        ("prompt", _MESSAGES),
+        ("chosen", _MESSAGES),
+        ("rejected", _MESSAGES),
+        ("margin", pa.float64()),
+        ("tie", pa.bool_()),
+        ("annotators", pa.list_(pa.string())),
+        ("votes", pa.list_(pa.string())),
+        ("source_file", pa.string()),
+        ("source_row", pa.string()),
+    ]
+)
+
+_FIELDS = operator.attrgetter(*SCHEMA.names)  # a PreferenceRecord as a row in schema order
+
+
+@dataclass(frozen=True)
+class ImportSettings:
+    """How to import; recorded in the manifest. `format=None` detects each file's format from its first record."""
+
+    format: str | None = None
+    options: ImportOptions = field(default_factory=ImportOptions)
+    ties: Ties = "drop"
+    min_votes: int = 1
+    min_annotator_agreement: float | None = None
+    max_tokens: int | None = None
+    test_fraction: float = 0.1
+    split_seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.ties not in ("drop", "keep"):
+            raise ConfigError(f"ties: expected 'drop' or 'keep', got {self.ties!r}")
+        if self.min_votes < 1:
+            raise ConfigError(f"min_votes: expected at least 1, got {self.min_votes}")
+        if self.min_annotator_agreement is not None and not 0 <= self.min_annotator_agreement <= 1:
+            raise ConfigError(f"min_annotator_agreement: expected 0..1, got {self.min_annotator_agreement}")
+        if self.max_tokens is not None and self.max_tokens < 1:
+            raise ConfigError(f"max_tokens: expected a positive number, got {self.max_tokens}")
+        if not 0 <= self.test_fraction < 1:
+            raise ConfigError(f"test_fraction: expected 0 <= fraction < 1, got {self.test_fraction}")
+
+    def to_json(self) -> dict[str, Any]:
+        """As the manifest records them (`column_map` may be any mapping, so it is copied as a dict)."""
+        options = {f.name: getattr(self.options, f.name) for f in fields(self.options)}
+        return {
+            **{f.name: getattr(self, f.name) for f in fields(self)},
+            "options": {**options, "column_map": dict(self.options.column_map)},
+        }
+
+
+@dataclass(frozen=True)
+class ImportReport:
+    """What an import did: the counts of the identity, and where everything went."""
+
+    out_dir: Path
+    fingerprint: str
+    read: int
+    kept: int
+    quarantined: int
+    duplicates: int
+    train: int
+    test: int
+    ties_kept: int
+    by_reason: dict[str, int]
+    excluded_annotators: tuple[str, ...]
+
+    @property
+    def identity(self) -> str:
+        return (
+            "rows read = kept + quarantined + duplicates: "
+            f"{self.read} = {self.kept} + {self.quarantined} + {self.duplicates}"
+        )
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.out_dir / MANIFEST
+
+    @property
+    def report_path(self) -> Path:
+        return self.out_dir / REPORT
+
+    @property
+    def quarantine_path(self) -> Path:
+        return self.out_dir / QUARANTINE
+
+    @property
+    def duplicates_path(self) -> Path:
+        return self.out_dir / DUPLICATES
+
+
+def import_preferences(
+    sources: Sequence[Path],
+    out_dir: Path,
+    settings: ImportSettings,
+    count_tokens: Callable[[str], int] | None = None,
+) -> ImportReport:
+    """Import `sources` (files or directories) into the preference dataset `out_dir`, replacing a previous
+    one there. `count_tokens` (the target tokenizer's) is needed when `settings.max_tokens` is set."""
+    if settings.max_tokens is not None and count_tokens is None:
+        raise ConfigError("max_tokens: set, but no tokenizer was given to count tokens with")
+    if settings.format is not None:
+        get_importer(settings.format)  # an unknown name fails before any reading
+    units = [(Path(source), readers.data_files(Path(source))) for source in sources]
+    if not units:
+        raise DataError("no sources to import")
+    first_pass = None
+    if settings.min_annotator_agreement is not None:
+        tracker = AgreementTracker()
+        for item in _stream(units, settings, []):
+            if (
+                isinstance(item, Comparison)
+                and quality.check(item, count_tokens, settings.max_tokens) is None
+            ):
+                tracker.add(item.votes)
+        first_pass = tracker.result()
+    excluded = first_pass.below(settings.min_annotator_agreement) if first_pass else frozenset()
+    with _staging(Path(out_dir)) as build:
+        run = _Run(build, settings, count_tokens, excluded)
+        try:
+            sources_json = []
+            for item in _stream(units, settings, sources_json):
+                run.add(item)
+        finally:
+            run.close()
+        manifest = run.finish(sources_json, first_pass)
+    counts = manifest["counts"]
+    return ImportReport(
+        out_dir=Path(out_dir),
+        fingerprint=manifest["fingerprint"],
+        read=counts["read"],
+        kept=counts["kept"],
+        quarantined=counts["quarantined"],
+        duplicates=counts["duplicates"],
+        train=counts["train"],
+        test=counts["test"],
+        ties_kept=counts["ties_kept"],
+        by_reason=counts["by_reason"],
+        excluded_annotators=tuple(sorted(excluded)),
+    )
+
+
+def load_preferences(out_dir: Path) -> DatasetDict:
+    """The train and test splits of an imported dataset, checked against the manifest's fingerprint."""
+    from datasets import Dataset, DatasetDict
+
+    out_dir = Path(out_dir)
+    try:
+        manifest = json.loads((out_dir / MANIFEST).read_text(encoding="utf-8"))
+        files = {split: [out_dir / name for name in manifest["files"][split]] for split in SPLITS}
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise DataError(f"{out_dir}: not an imported preference dataset ({exc})") from None
+    if fingerprint(out_dir, manifest["files"]) != manifest["fingerprint"]:
+        raise DataError(f"{out_dir}: data files do not match the manifest's fingerprint; re-run the import")
+    splits = {}
+    for split, paths in files.items():
+        if manifest["counts"][split]:
+            splits[split] = Dataset.from_parquet([str(path) for path in paths], split=split)
+        else:  # `datasets` refuses a parquet file without rows
+            splits[split] = Dataset(pq.read_table(paths[0]))
+    return DatasetDict(splits)
+
+
+def split_of(normalized_prompt: str, seed: int, test_fraction: float) -> str:
+    """The split ("train" or "test") a hash of the seed and the normalized prompt draws: one prompt, one side."""
+    text = f"{seed}\x00{normalized_prompt}".encode("utf-8", "surrogatepass")
+    draw = int.from_bytes(hashlib.sha256(text).digest()[:8]) / 2**64
+    return "test" if draw < test_fraction else "train"
+
+
+def fingerprint(out_dir: Path, files: dict[str, list[str]]) -> str:
+    """sha256 over the data files' names and bytes, in split order."""
+    digest = hashlib.sha256()
+    for split in SPLITS:
+        for name in files[split]:
+            digest.update(name.encode() + b"\x00")
+            with (out_dir / name).open("rb") as handle:
+                while chunk := handle.read(2**20):
+                    digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _stream(
+    units: list[tuple[Path, list[Path]]], settings: ImportSettings, sources_json: list[dict[str, Any]]
+) -> Iterator[Comparison | Quarantined]:
+    """Every unit of the identity from every source, in order, recording each file in `sources_json`."""
+    for source, files in units:
+        produced = 0
+        for path in files:
+            entry = {"file": str(path), "sha256": "", "format": None, "records": 0, "comparisons": 0}
+            sources_json.append(entry)
+            for item in _file_items(path, settings, entry):
+                produced += 1
+                yield item
+        if not produced:
+            raise DataError(f"{source}: no records")
+
+
+def _file_items(
+    path: Path, settings: ImportSettings, entry: dict[str, Any]
+) -> Iterator[Comparison | Quarantined]:
+    """The comparisons of one file's records; a record that yields none (or fails) is one quarantined unit."""
+    importer: Importer | None = None
+    for item in readers.read_records(path):
+        entry["records"] += 1
+        if isinstance(item, Quarantined):
+            yield item
+            continue
+        source, record = item
+        first = importer is None
+        if importer is None:
+            importer = (
+                get_importer(settings.format) if settings.format else detect(record, readers.location(source))
+            )
+            entry["format"] = importer.name
+        try:
+            produced = list(importer.comparisons(record, source, settings.options))
+        except BadRow as exc:
+            if first and settings.format and not importer.sniff(record):
+                raise DataError(
+                    f"{readers.location(source)}: not in the '{settings.format}' format ({exc})"
+                ) from None
+            yield Quarantined(source, str(exc) or "bad row", _raw(record))
+            continue
+        except RlhfError:
+            raise
+        except Exception as exc:  # an importer bug must cost a row, not the import
+            yield Quarantined(source, f"importer error: {type(exc).__name__}: {exc}", _raw(record))
+            continue
+        if not produced:
+            yield Quarantined(source, "no comparisons: the record holds no pair to compare", _raw(record))
+        for out in produced:
+            if isinstance(out, Comparison):
+                entry["comparisons"] += 1
+                yield out
+            elif isinstance(out, Quarantined):
+                yield out
+            else:
+                yield Quarantined(source, f"importer error: yielded a {type(out).__name__}", _raw(record))
+
+
+class _Run:
+    """The streaming state of one import: split writers, quarantine, duplicate index, counters."""
+
+    def __init__(
+        self,
+        directory: Path,
+        settings: ImportSettings,
+        count_tokens: Callable[[str], int] | None,
+        excluded: frozenset[str],
+    ) -> None:
+        self.directory = directory
+        self.settings = settings
+        self.count_tokens = count_tokens
+        self.excluded = excluded
+        self.writers = {split: _SplitWriter(directory / split) for split in SPLITS}
+        self.quarantine = _jsonl(directory / QUARANTINE)
+        self.spool = _jsonl(directory / (DUPLICATES + ".partial"))
+        self.index = quality.DuplicateIndex()
+        self.agreement = AgreementTracker()
+        self.originals: dict[str, set[int]] = {split: set() for split in SPLITS}
+        self.read = self.ties_kept = 0
+        self.by_reason: Counter[str] = Counter()
+        self.duplicates: Counter[str] = Counter()
+
+    def add(self, item: Comparison | Quarantined) -> None:
+        self.read += 1
+        if self.read % PROGRESS_EVERY == 0:
+            log.info(
+                "import: %d rows read, %d kept",
+                self.read,
+                self.writers["train"].rows + self.writers["test"].rows,
+            )
+        if isinstance(item, Quarantined):
+            self._quarantine(item)
+            return
+        settings = self.settings
+        if reason := quality.check(item, self.count_tokens, settings.max_tokens):
+            self._quarantine(Quarantined(item.source, reason, _raw_comparison(item)))
+            return
+        votes = counted_votes(item.votes, self.excluded)
+        self.agreement.add(votes)
+        record = aggregate(item, votes, settings.ties, settings.min_votes)
+        if isinstance(record, str):
+            self._quarantine(Quarantined(item.source, record, _raw_comparison(item)))
+            return
+        keys = quality.row_keys(item.prompt, item.response_a, item.response_b)
+        split = split_of(keys.prompt, settings.split_seed, settings.test_fraction)
+        writer = self.writers[split]
+        repeat = self.index.first(keys, writer.rows << 1 | (split == "test"))
+        if repeat is not None:
+            kind, where = repeat
+            self.duplicates[kind] += 1
+            self.originals[SPLITS[where & 1]].add(where >> 1)
+            entry = {"source_file": item.source.file, "source_row": item.source.row, "kind": kind}
+            self.spool.write(_dumps({**entry, "split": SPLITS[where & 1], "row": where >> 1}))
+            return
+        self.ties_kept += record.tie
+        writer.add(record)
+
+    def _quarantine(self, item: Quarantined) -> None:
+        self.by_reason[quality.category(item.reason)] += 1
+        entry = {"source_file": item.source.file, "source_row": item.source.row, "reason": item.reason}
+        self.quarantine.write(_dumps({**entry, "raw": item.raw}))
+
+    def close(self) -> None:
+        for writer in self.writers.values():
+            writer.close()
+        self.quarantine.close()
+        self.spool.close()
+
+    def finish(self, sources_json: list[dict[str, Any]], first_pass: Agreement | None) -> dict[str, Any]:
+        """Resolve duplicates to their originals, then write the manifest and the report."""
+        self._write_duplicates()
+        kept = sum(writer.rows for writer in self.writers.values())
+        quarantined, duplicates = sum(self.by_reason.values()), sum(self.duplicates.values())
+        if self.read != kept + quarantined + duplicates:
+            raise RuntimeError(
+                f"import accounting broken: {self.read} != {kept} + {quarantined} + {duplicates}"
+            )
+        files = {split: [f"{split}/{_SplitWriter.NAME}"] for split in SPLITS}
+        for entry in sources_json:
+            entry["sha256"] = readers.sha256_of(Path(entry["file"]))
+        final = self.agreement.result()
+        manifest = {
+            "format": DATASET_FORMAT,
+            "format_version": DATASET_VERSION,
+            "fingerprint": fingerprint(self.directory, files),
+            "files": files,
+            "counts": {
+                "read": self.read,
+                "kept": kept,
+                "quarantined": quarantined,
+                "duplicates": duplicates,
+                "train": self.writers["train"].rows,
+                "test": self.writers["test"].rows,
+                "ties_kept": self.ties_kept,
+                "by_reason": dict(self.by_reason.most_common()),
+                "duplicates_by_kind": dict(self.duplicates.most_common()),
+            },
+            "sources": sources_json,
+            "settings": self.settings.to_json(),
+            "annotators": {
+                name: {
+                    "votes": stats.votes,
+                    "compared": stats.compared,
+                    "agreement": stats.agreement,
+                    "excluded": name in self.excluded,
+                }
+                for name, stats in (first_pass or final).annotators.items()
+            },
+            "agreement": {
+                **_agreement_json(final),
+                **({"before_exclusion": _agreement_json(first_pass)} if first_pass else {}),
+            },
+        }
+        (self.directory / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+        (self.directory / REPORT).write_text(render_report(manifest), encoding="utf-8")
+        return manifest
+
+    def _write_duplicates(self) -> None:
+        """duplicates.jsonl: each duplicate with the dataset row it repeats and that row's source."""
+        origins = {
+            split: _origins(self.directory / split / _SplitWriter.NAME, wanted)
+            for split, wanted in self.originals.items()
+        }
+        spool = self.directory / (DUPLICATES + ".partial")
+        with spool.open(encoding="utf-8") as lines, _jsonl(self.directory / DUPLICATES) as out:
+            for line in lines:
+                entry = json.loads(line)
+                split, row = entry.pop("split"), entry.pop("row")
+                source_file, source_row = origins[split][row]
+                of = {"split": split, "row": row, "source_file": source_file, "source_row": source_row}
+                out.write(_dumps({**entry, "duplicate_of": of}))
+        spool.unlink()
+
+
+class _SplitWriter:
+    """One split's parquet file, written a batch of rows at a time."""
+
+    NAME = "data.parquet"
+
+    def __init__(self, directory: Path) -> None:
+        directory.mkdir()
+        self._writer = pq.ParquetWriter(directory / self.NAME, SCHEMA)
+        self._pending: list[PreferenceRecord] = []
+        self.rows = 0
+
+    def add(self, record: PreferenceRecord) -> None:
+        self._pending.append(record)
+        self.rows += 1
+        if len(self._pending) >= BATCH_ROWS:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._pending:
+            columns = zip(*map(_FIELDS, self._pending), strict=True)
+            columns = [pa.array(values, type=f.type) for values, f in zip(columns, SCHEMA, strict=True)]
+            self._writer.write_batch(pa.record_batch(columns, schema=SCHEMA))
+            self._pending = []
+
+    def close(self) -> None:
+        try:
+            self.flush()
+        finally:
+            self._writer.close()
+
+
+def _origins(path: Path, wanted: set[int]) -> dict[int, tuple[str, str]]:
+    """Source file and row of the wanted rows of a written split, read a batch at a time."""
+    rows, found, offset = sorted(wanted), {}, 0
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=65536, columns=["source_file", "source_row"]):
+        lo, hi = bisect.bisect_left(rows, offset), bisect.bisect_left(rows, offset + batch.num_rows)
+        if lo < hi:
+            picked = batch.take(pa.array([row - offset for row in rows[lo:hi]])).to_pylist()
+            found.update(
+                (row, (hit["source_file"], hit["source_row"]))
+                for row, hit in zip(rows[lo:hi], picked, strict=True)
+            )
+        offset += batch.num_rows
+    return found
+
+
+@contextlib.contextmanager
+def _staging(out_dir: Path) -> Iterator[Path]:
+    """A fresh directory beside `out_dir`, renamed to it on success and removed on failure.
+
+    A previous import at `out_dir` is replaced; any other non-empty directory is refused, so that an import
+    never deletes what it did not write.
+    """
+    if out_dir.exists() and not (
+        out_dir.is_dir() and (not any(out_dir.iterdir()) or (out_dir / MANIFEST).is_file())
+    ):
+        raise DataError(f"{out_dir}: exists and is not an imported preference dataset; choose another output")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    build = out_dir.parent / f".{out_dir.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.partial"
+    build.mkdir()
+    try:
+        yield build
+    except BaseException:
+        shutil.rmtree(build, ignore_errors=True)
+        raise
+    if out_dir.exists():
+        old = build.with_suffix(".old")
+        out_dir.rename(old)
+        build.rename(out_dir)
+        shutil.rmtree(old)
+    else:
+        build.rename(out_dir)
+
+
+def render_report(manifest: dict[str, Any]) -> str:
+    """report.md: the manifest for a person."""
+    counts, agreement = manifest["counts"], manifest["agreement"]
+    lines = [
+        "# Preference data import",
+        "",
+        f"**rows read = kept + quarantined + duplicates: {counts['read']} = {counts['kept']} + "
+        f"{counts['quarantined']} + {counts['duplicates']}**",
+        "",
+        f"- kept: {counts['train']} train + {counts['test']} test "
+        f"(test fraction {manifest['settings']['test_fraction']}, split seed {manifest['settings']['split_seed']}), "
+        f"of which {counts['ties_kept']} ties",
+        f"- fingerprint: `{manifest['fingerprint']}`",
+        "",
+        "Rows are comparisons: each pair an importer read, plus each record it could not read.",
+        "",
+        "## Sources",
+        "",
+        "| file | format | records | comparisons | sha256 |",
+        "|---|---|---:|---:|---|",
+        *(
+            f"| {s['file']} | {s['format'] or '-'} | {s['records']} | {s['comparisons']} | `{s['sha256'][:16]}` |"
+            for s in manifest["sources"]
+        ),
+        "",
+        f"## Quarantined ({counts['quarantined']}, in {QUARANTINE})",
+        "",
+        *_table(["reason", "rows"], counts["by_reason"].items()),
+        "",
+        f"## Duplicates ({counts['duplicates']}, in {DUPLICATES})",
+        "",
+        *_table(["kind", "rows"], counts["duplicates_by_kind"].items()),
+        "",
+        "## Annotators",
+        "",
+        "Agreement: how often an annotator chose what the majority of the *other* annotators of the same "
+        "comparison chose (comparisons without such a majority do not count). Lowest first.",
+        "",
+        *_table(
+            ["annotator", "votes", "compared", "agreement", "excluded"],
+            (
+                (name, a["votes"], a["compared"], _number(a["agreement"]), "yes" if a["excluded"] else "")
+                for name, a in sorted(manifest["annotators"].items(), key=_by_agreement)
+            ),
+        ),
+        "",
+        "## Inter-annotator agreement",
+        "",
+        *_agreement_lines(agreement),
+    ]
+    if "before_exclusion" in agreement:
+        threshold = manifest["settings"]["min_annotator_agreement"]
+        lines += [
+            "",
+            f"Before excluding annotators below {threshold} agreement:",
+            "",
+            *_agreement_lines(agreement["before_exclusion"]),
+        ]
+    lines += ["", "## Settings", "", "```json", json.dumps(manifest["settings"], indent=2), "```", ""]
+    return "\n".join(lines)
+
+
+def _by_agreement(item: tuple[str, dict[str, Any]]) -> tuple[bool, float, str]:
+    """Lowest agreement first; annotators never compared last."""
+    name, stats = item
+    return stats["agreement"] is None, stats["agreement"] or 0.0, name
+
+
+def _agreement_lines(agreement: dict[str, Any]) -> list[str]:
+    if not agreement["units"]:
+        return ["No comparison has two or more named annotators."]
+    return [
+        f"- Krippendorff's alpha (nominal): {_number(agreement['krippendorff_alpha'])} "
+        f"over {agreement['units']} comparisons with two or more annotators",
+        f"- Fleiss' kappa: {_number(agreement['fleiss_kappa'])} over {agreement['fleiss_units']} comparisons "
+        f"with {agreement['fleiss_raters']} annotators each (the most common number)",
+    ]
+
+
+def _agreement_json(agreement: Agreement) -> dict[str, Any]:
+    return {
+        "krippendorff_alpha": agreement.krippendorff_alpha,
+        "units": agreement.alpha_units,
+        "fleiss_kappa": agreement.fleiss_kappa,
+        "fleiss_units": agreement.fleiss_units,
+        "fleiss_raters": agreement.fleiss_raters,
+    }
+
+
+def _table(header: list[str], rows: Any) -> list[str]:
+    body = [f"| {' | '.join(str(cell) for cell in row)} |" for row in rows]
+    if not body:
+        return ["none"]
+    return [f"| {' | '.join(header)} |", f"|{'---|' * len(header)}", *body]
+
+
+def _number(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def _jsonl(path: Path) -> IO[str]:
+    # backslashreplace: a lone surrogate in a bad row comes out as a JSON escape instead of an error
+    return path.open("w", encoding="utf-8", errors="backslashreplace")
+
+
+def _dumps(entry: dict[str, Any]) -> str:
+    return json.dumps(entry, ensure_ascii=False) + "\n"
+
+
+def _raw(record: Any) -> str:
+    return excerpt(json.dumps(record, ensure_ascii=False, default=str))
+
+
+def _raw_comparison(comparison: Comparison) -> str:
+    fields = {"prompt": comparison.prompt, "a": comparison.response_a, "b": comparison.response_b}
+    return _raw(fields)
