@@ -14,9 +14,8 @@ from pathlib import Path
 
 from rlhf.config import GenerationSpec, ModelSpec
 from rlhf.eval import Messages, generate, load_prompts
-from rlhf.models import load_causal_lm
+from rlhf.models import load_causal_lm, registry_model
 from rlhf.registry import Registry, is_reference
-from rlhf.stage import registry_model
 
 LABEL_CONFIG = """<View>
   <Style>.prompt { white-space: pre-wrap; }</Style>

@@ -42,6 +42,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_registry_commands(commands, common)
 
+    evaluate = commands.add_parser("eval", help="a policy against a reference: gold, reward model, KL, samples",
+                                   parents=[common])  # fmt: skip
+    evaluate.add_argument("policy", help="registry ref (registry:policy:latest) or directory")
+    evaluate.add_argument(
+        "--reference", required=True, help="registry ref or directory, e.g. registry:sft-policy:v1"
+    )
+    evaluate.add_argument("--judge", help="reward model (registry ref or directory) for scores and win rate")
+    evaluate.add_argument("--prompts", required=True, help='held-out prompts, JSONL of {"prompt": ...}')
+    evaluate.add_argument("--gold", choices=["synthetic"], help="the task's programmatic gold reward, if any")
+    evaluate.add_argument("--samples-per-prompt", type=int, default=4)
+    evaluate.add_argument("--max-new-tokens", type=int, default=64)
+    evaluate.add_argument("--temperature", type=float, default=1.0)
+    evaluate.add_argument("--seed", type=int, default=0)
+    evaluate.add_argument("--registry", help="registry directory (default: $RLHF_REGISTRY, else ./registry)")
+    evaluate.add_argument("--run-dir", default="runs/eval", help="where the wandb run goes")
+    evaluate.add_argument("--tracking", choices=["wandb", "none"], default="wandb")
+    evaluate.set_defaults(handler=_eval)
+
     data = commands.add_parser("data", help="data tools").add_subparsers(dest="data_command", required=True)
     synth = data.add_parser(
         "synth", help="write the built-in synthetic task (demonstrations, prompts, export)", parents=[common]
@@ -239,12 +257,25 @@ def _registry_gc(args: argparse.Namespace) -> None:
 
 def _registry_export(args: argparse.Namespace) -> None:
     from rlhf.config import ModelSpec
-    from rlhf.models import export_model
-    from rlhf.stage import registry_model
+    from rlhf.models import export_model, registry_model
 
     spec, manifest = registry_model(_registry(args), ModelSpec(name=args.ref), verify=True)
     out = export_model(spec, Path(args.to), merge_lora=args.merge_lora)
     print(f"exported {manifest.ref} to {out}")
+
+
+def _eval(args: argparse.Namespace) -> None:
+    from rlhf.config import GenerationSpec, TrackingConfig
+    from rlhf.eval import evaluate_and_record
+    from rlhf.report import print_evaluation
+
+    gen = GenerationSpec(samples_per_prompt=args.samples_per_prompt, max_new_tokens=args.max_new_tokens,
+                         temperature=args.temperature)  # fmt: skip
+    evaluation = evaluate_and_record(
+        _registry(args), args.policy, args.reference, args.prompts, gen, args.gold,
+        TrackingConfig(backend=args.tracking, project="rlhf-eval"), Path(args.run_dir), args.seed, args.judge,
+    )  # fmt: skip
+    print_evaluation(evaluation)
 
 
 def _run(args: argparse.Namespace) -> None:
@@ -304,9 +335,8 @@ def _import(args: argparse.Namespace) -> None:
 
 def _token_counter(model: str, registry_dir: str | None):
     from rlhf.config import ModelSpec
-    from rlhf.models import token_counter
+    from rlhf.models import registry_model, token_counter
     from rlhf.registry import Registry, default_registry_path, is_reference
-    from rlhf.stage import registry_model
 
     spec = ModelSpec(name=model)
     if is_reference(model):

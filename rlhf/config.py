@@ -112,13 +112,61 @@ class SFTStageConfig(TrainStageConfig):
     )
 
 
+class RewardStageConfig(TrainStageConfig):
+    """Stage 2: a reward model (sequence-classification head, one output) on preference pairs (TRL RewardTrainer)."""
+
+    learning_rate: float = Field(1e-4, gt=0.0)
+    dataset: str | None = Field(
+        None, description="A preference dataset directory; default: the imported data."
+    )
+    max_length: int = Field(512, gt=0)
+    length_policy: Literal["truncate_prompt", "quarantine"] = Field(
+        "truncate_prompt",
+        description="Pairs over max_length: cut the prompt from the left keeping both responses whole, or set aside.",
+    )
+    use_margin: bool = Field(False, description="Use the pairs' margin in the Bradley-Terry loss.")
+    center_rewards_coefficient: float | None = Field(None, ge=0.0)
+
+
+class PolicyStageConfig(TrainStageConfig):
+    """Stage 3: preference optimization of the SFT policy (DPO on TRL's DPOTrainer)."""
+
+    algorithm: Literal["dpo"] = "dpo"
+    learning_rate: float = Field(1e-6, gt=0.0)
+    dataset: str | None = Field(
+        None, description="A preference dataset directory; default: the imported data."
+    )
+    beta: float = Field(0.1, gt=0.0)
+    loss_type: list[str] = Field(
+        default_factory=lambda: ["sigmoid"], description="TRL DPO loss types, combinable."
+    )
+    precompute_ref_log_probs: bool = False
+    max_length: int = Field(512, gt=0)
+    evaluation: GenerationSpec | None = Field(default_factory=GenerationSpec)
+
+
 class StagesConfig(Schema):
     """The stages to run, in dependency order; a missing section means the stage does not run."""
 
     sft: SFTStageConfig | None = None
+    reward: RewardStageConfig | None = None
+    policy: PolicyStageConfig | None = None
 
 
 SyntheticData = pydantic_dataclass(SynthConfig, frozen=True, config=ConfigDict(extra="forbid"))
+
+
+class PreferencesConfig(Schema):
+    """Preference exports to import (see `rlhf data import`); the synthetic task's export is added to `files`."""
+
+    files: list[str] = Field(default_factory=list)
+    format: str | None = None
+    ties: Literal["drop", "keep"] = "drop"
+    min_votes: int = Field(1, ge=1)
+    min_annotator_agreement: float | None = Field(None, ge=0.0, le=1.0)
+    test_fraction: float = Field(0.1, ge=0.0, lt=1.0)
+    split_seed: int = 0
+    column_map: dict[str, str] = Field(default_factory=dict)
 
 
 class DataConfig(Schema):
@@ -128,6 +176,7 @@ class DataConfig(Schema):
     sft_train: str | None = None
     sft_eval: str | None = None
     eval_prompts: str | None = None
+    preferences: PreferencesConfig = Field(default_factory=PreferencesConfig)
 
 
 class TrackingConfig(Schema):
@@ -169,6 +218,10 @@ class PipelineConfig(Schema):
     stages: StagesConfig = Field(default_factory=StagesConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     distributed: DistributedConfig = Field(default_factory=DistributedConfig)
+    evaluation: GenerationSpec | None = Field(
+        default_factory=GenerationSpec,
+        description="Sampling for the run's evaluations: the base model, and the policy against the SFT policy.",
+    )
     registry: str | None = Field(
         None, description="Registry directory; default: $RLHF_REGISTRY, else ./registry."
     )

@@ -13,10 +13,14 @@ from pathlib import Path
 from statistics import fmean
 from typing import TYPE_CHECKING
 
-from rlhf.config import GenerationSpec, ModelSpec
+from rlhf.config import GenerationSpec, ModelSpec, TrackingConfig
 from rlhf.data import synthetic
-from rlhf.data.files import iter_jsonl
+from rlhf.data.files import fingerprint, iter_jsonl
 from rlhf.errors import DataError
+from rlhf.models import load_causal_lm, load_reward_model, registry_model
+from rlhf.registry import Registry, is_reference
+from rlhf.rewards import score
+from rlhf.tracking import Tracker
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -32,7 +36,9 @@ class Sample:
     prompt: Messages
     response: str
     ended_with_eos: bool
-    num_tokens: int
+    num_tokens: int  # response tokens before EOS
+    prompt_ids: tuple[int, ...] = ()  # exactly what the model saw and produced, for log-probs later
+    response_ids: tuple[int, ...] = ()  # including the EOS when it ended with one
 
 
 def load_prompts(path: str | Path) -> list[Messages]:
@@ -90,21 +96,70 @@ def generate(
                     pad_token_id=tokenizer.pad_token_id,
                     eos_token_id=eos,
                 )
-            for prompt, row in zip(batch, out[:, enc["input_ids"].shape[1] :].tolist(), strict=True):
+            width = enc["input_ids"].shape[1]
+            for prompt, ids, mask, row in zip(
+                batch,
+                enc["input_ids"].tolist(),
+                enc["attention_mask"].tolist(),
+                out[:, width:].tolist(),
+                strict=True,
+            ):
                 ended = eos in row
                 tokens = row[: row.index(eos)] if ended else row
                 text = tokenizer.decode(tokens, skip_special_tokens=True).strip()
-                samples.append(Sample(prompt, text, ended, len(tokens)))
+                prompt_ids = tuple(t for t, keep in zip(ids, mask, strict=True) if keep)
+                samples.append(
+                    Sample(
+                        prompt,
+                        text,
+                        ended,
+                        len(tokens),
+                        prompt_ids,
+                        (*tokens, eos) if ended else tuple(tokens),
+                    )
+                )
     finally:
         tokenizer.padding_side = side
         model.train(was_training)
     return samples
 
 
+def response_logprobs(
+    model: PreTrainedModel, samples: Sequence[Sample], temperature: float = 1.0, batch_size: int = 64
+) -> list[float]:
+    """log p(response | prompt) of each sample under `model`: the sum over its response tokens, with logits
+    divided by the sampling temperature (as when sampling). Batched, right-padded, masked, no token loops."""
+    import torch
+
+    pad = model.config.pad_token_id or 0
+    totals: list[float] = []
+    was_training = model.training
+    model.eval()
+    try:
+        for start in range(0, len(samples), batch_size):
+            batch = samples[start : start + batch_size]
+            seqs = [list(s.prompt_ids + s.response_ids) for s in batch]
+            width = max(map(len, seqs))
+            ids = torch.tensor([q + [pad] * (width - len(q)) for q in seqs], device=model.device)
+            lengths = torch.tensor([len(q) for q in seqs], device=model.device)
+            starts = torch.tensor([len(s.prompt_ids) for s in batch], device=model.device)
+            mask = torch.arange(width, device=model.device)[None, :] < lengths[:, None]
+            with torch.no_grad():
+                logits = model(input_ids=ids, attention_mask=mask.long()).logits[:, :-1].float() / temperature
+            logp = torch.log_softmax(logits, -1).gather(-1, ids[:, 1:, None]).squeeze(-1)
+            # position j predicts token j + 1: response tokens are those at index >= prompt length
+            target = torch.arange(1, width, device=model.device)[None, :]
+            in_response = (target >= starts[:, None]) & (target < lengths[:, None])
+            totals.extend((logp * in_response).sum(-1).tolist())
+    finally:
+        model.train(was_training)
+    return totals
+
+
 def gold_scores(task: str, samples: Sequence[Sample]) -> list[float]:
     """The task's programmatic reward of each sample (prompt = the last user message)."""
     reward = GOLD_REWARDS[task]
-    return [reward(_last_user_text(s.prompt), s.response) for s in samples]
+    return [reward(last_user_text(s.prompt), s.response) for s in samples]
 
 
 def summarize(samples: Sequence[Sample], task: str | None) -> dict[str, float]:
@@ -118,7 +173,8 @@ def summarize(samples: Sequence[Sample], task: str | None) -> dict[str, float]:
     return metrics
 
 
-def _last_user_text(prompt: Messages) -> str:
+def last_user_text(prompt: Messages) -> str:
+    """The text of the last user turn: what a task's gold reward scores against."""
     return next(m["content"] for m in reversed(prompt) if m["role"] == "user")
 
 
@@ -126,7 +182,113 @@ def evaluate_model(
     spec: ModelSpec, prompts_path: str, gen: GenerationSpec, task: str | None, seed: int
 ) -> dict[str, float]:
     """Load a model, sample it on the prompts file, and summarize (e.g. the untrained base, as a baseline)."""
-    from rlhf.models import load_causal_lm
-
     model, tokenizer = load_causal_lm(spec)
     return summarize(generate(model, tokenizer, load_prompts(prompts_path), gen, seed), task)
+
+
+@dataclass
+class PolicyEvaluation:
+    """A policy against a reference on the same prompts: headline metrics and a table of samples."""
+
+    metrics: dict[str, float]
+    columns: list[str]
+    rows: list[list[object]]
+
+
+def evaluate_policy(
+    policy: ModelSpec,
+    reference: ModelSpec,
+    prompts: Sequence[Messages],
+    gen: GenerationSpec,
+    task: str | None,
+    seed: int = 0,
+    judge: ModelSpec | None = None,
+    table_rows: int = 32,
+) -> PolicyEvaluation:
+    """Sample policy and reference on the same prompts (same seed); score both.
+
+    Metrics: gold reward and win rate where the task has one; reward-model score and win rate with a judge;
+    KL(policy || reference) estimated on the policy's own samples as the mean of log p - log p_ref (k1,
+    unbiased); EOS share and response length of each.
+    """
+    policy_model, tokenizer = load_causal_lm(policy)
+    reference_model, reference_tokenizer = load_causal_lm(reference)
+    ours = generate(policy_model, tokenizer, prompts, gen, seed)
+    theirs = generate(reference_model, reference_tokenizer, prompts, gen, seed)
+    metrics = {f"policy_{k}": v for k, v in summarize(ours, task).items()}
+    metrics |= {f"reference_{k}": v for k, v in summarize(theirs, task).items()}
+    if tokenizer.get_vocab() == reference_tokenizer.get_vocab():  # KL needs one token space
+        mine = response_logprobs(policy_model, ours, gen.temperature)
+        base = response_logprobs(reference_model, ours, gen.temperature)
+        metrics["kl"] = fmean(a - b for a, b in zip(mine, base, strict=True))
+    columns = ["prompt", "policy", "reference"]
+    scores: list[tuple[list[float], list[float]]] = []
+    if task in GOLD_REWARDS:
+        scores.append((gold_scores(task, ours), gold_scores(task, theirs)))
+        metrics["gold_win_rate"] = win_rate(*scores[-1])
+        columns += ["policy_gold", "reference_gold"]
+    if judge is not None:
+        model, judge_tokenizer = load_reward_model(judge)
+        scores.append(tuple(score(model, judge_tokenizer, [s.prompt for s in side], [s.response for s in side])
+                            for side in (ours, theirs)))  # type: ignore[arg-type]  # fmt: skip
+        metrics |= {"policy_rm_score": fmean(scores[-1][0]), "reference_rm_score": fmean(scores[-1][1]),
+                    "rm_win_rate": win_rate(*scores[-1])}  # fmt: skip
+        columns += ["policy_rm", "reference_rm"]
+    rows = [
+        [
+            last_user_text(a.prompt),
+            a.response,
+            b.response,
+            *(x for pair in scores for x in (pair[0][i], pair[1][i])),
+        ]
+        for i, (a, b) in enumerate(zip(ours[:table_rows], theirs[:table_rows], strict=True))
+    ]
+    return PolicyEvaluation(metrics, columns, rows)
+
+
+def win_rate(ours: Sequence[float], theirs: Sequence[float]) -> float:
+    """Share of paired samples where ours scores higher; a tie counts half."""
+    return fmean(1.0 if a > b else 0.5 if a == b else 0.0 for a, b in zip(ours, theirs, strict=True))
+
+
+def evaluate_and_record(
+    registry: Registry,
+    policy: str,
+    reference: str,
+    prompts_path: str | Path,
+    gen: GenerationSpec,
+    task: str | None,
+    tracking: TrackingConfig,
+    run_dir: Path,
+    seed: int = 0,
+    judge: str | None = None,
+) -> PolicyEvaluation:
+    """`evaluate_policy` on models named by registry reference (or directory), with the results recorded in
+    the policy's registry manifest and in a wandb run (job_type "eval") with a table of the samples."""
+    specs = {role: _loadable(registry, name) for role, name in (("policy", policy), ("reference", reference),
+                                                               ("judge", judge)) if name}  # fmt: skip
+    evaluation = evaluate_policy(specs["policy"][0], specs["reference"][0], load_prompts(prompts_path), gen, task,
+                                 seed, specs["judge"][0] if judge else None)  # fmt: skip
+    record = {
+        "models": {role: ref or spec.name for role, (spec, ref) in specs.items()},
+        "prompts": {"path": str(prompts_path), "fingerprint": fingerprint(prompts_path)},
+        "generation": gen.model_dump(mode="json"),
+        "seed": seed,
+        "metrics": evaluation.metrics,
+    }
+    with Tracker(tracking, group=run_dir.name, job_type="eval", name=f"{run_dir.name}-eval", config=record,
+                 run_dir=run_dir) as tracker:  # fmt: skip
+        tracker.use_models([ref for _, ref in specs.values() if ref])
+        tracker.log_table("samples", evaluation.columns, evaluation.rows)
+        tracker.summary(evaluation.metrics)
+    if specs["policy"][1]:
+        registry.record(specs["policy"][1], "evaluation", record)
+    return evaluation
+
+
+def _loadable(registry: Registry, name: str) -> tuple[ModelSpec, str | None]:
+    """A model named by registry reference (resolved, with its concrete version) or by directory / hub id."""
+    if is_reference(name):
+        spec, manifest = registry_model(registry, ModelSpec(name=name))
+        return spec, manifest.ref
+    return ModelSpec(name=name), None

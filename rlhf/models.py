@@ -2,8 +2,9 @@
 
 Built-in specs (`tiny-llama`, `tiny-qwen2`, `tiny-gpt2`; `small-llama` for benchmarks) are small random-init
 causal LMs of real transformers architectures with a word-level tokenizer trained on the spot, so that the whole pipeline runs
-on a CPU with no download. A tiny spec is *materialized* once into a directory (weights + tokenizer), and
-every stage after that loads from disk like any other model: one loading path, reproducible bases.
+on a CPU with no download; `tiny-bert` is an encoder reward model (a one-output classification head) built the
+same way. A tiny spec is *materialized* once into a directory (weights + tokenizer), and every stage after that
+loads from disk like any other model: one loading path, reproducible bases.
 
 Safety defaults: safetensors only, `trust_remote_code` off unless the config asks, and `local_files_only`
 whenever the Hugging Face hub is offline.
@@ -22,6 +23,7 @@ from typing import TYPE_CHECKING
 from rlhf.config import LoraSpec, ModelSpec
 from rlhf.data.synthetic import task_corpus
 from rlhf.errors import ModelError
+from rlhf.registry import Manifest, Registry, is_reference
 
 if TYPE_CHECKING:
     from peft import LoraConfig
@@ -46,6 +48,13 @@ CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}{{ '<|assistant|> ' }}{% endif %}"
 )
 
+# Encoders have no chat template: a conversation is plain text, one `role: content` turn per paragraph
+# (`rlhf.rewards.pair_text`). Their tokenizer wraps each text RoBERTa-style, `<s> text <|end|>`: BOS serves as
+# [CLS] (BERT's pooler reads position 0) and EOS as [SEP].
+PLAIN_TURN, PLAIN_TURN_SEPARATOR = "{role}: {content}", "\n\n"
+PLAIN_ROLES = ("system", "user", "assistant")
+ENCODER_MODEL_TYPES = frozenset({"bert"})
+
 # Small enough to train in seconds on 2 cores, big enough to learn the built-in task. Two wide-ish layers
 # learned it faster than four narrow ones (field notes).
 BUILTIN_ARCHITECTURES: dict[str, dict[str, object]] = {
@@ -63,6 +72,11 @@ BUILTIN_ARCHITECTURES: dict[str, dict[str, object]] = {
         model_type="llama", hidden_size=512, intermediate_size=1408, num_hidden_layers=12,
         num_attention_heads=8, num_key_value_heads=8, max_position_embeddings=1024, tie_word_embeddings=True,
     ),
+    # An encoder reward model with its own tokenizer (no chat template), for the encoder path on a CPU.
+    "tiny-bert": dict(
+        model_type="bert", hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
+        max_position_embeddings=256, num_labels=1,
+    ),
 }  # fmt: skip
 
 
@@ -74,13 +88,14 @@ def is_builtin_spec(name: str) -> bool:
 # Built-in tiny models
 
 
-def build_tokenizer(corpus: Iterable[str]) -> PreTrainedTokenizerBase:
+def build_tokenizer(corpus: Iterable[str], encoder: bool = False) -> PreTrainedTokenizerBase:
     """A word-level tokenizer trained on `corpus`, with special tokens and our chat template.
 
     Word-level rather than BPE: on templated task text it gives ~3x shorter sequences (field notes), so a
-    tiny model sees whole words and learns the task in seconds.
+    tiny model sees whole words and learns the task in seconds. An `encoder` tokenizer has no chat template;
+    it knows the plain-text role words instead and wraps every text in `<s> ... <|end|>`.
     """
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
     specials = [PAD, UNK, BOS, EOS, *ROLE_TOKENS]
@@ -88,28 +103,40 @@ def build_tokenizer(corpus: Iterable[str]) -> PreTrainedTokenizerBase:
     tokenizer.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
     tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
     tokenizer.decoder = decoders.WordPiece(prefix="##")  # joins words with single spaces
+    if encoder:
+        corpus = [*corpus, *(PLAIN_TURN.format(role=role, content="") for role in PLAIN_ROLES)]
     tokenizer.train_from_iterator(corpus, trainers.WordLevelTrainer(special_tokens=specials))
+    if encoder:
+        ids = [(token, tokenizer.token_to_id(token)) for token in (BOS, EOS)]
+        tokenizer.post_processor = processors.TemplateProcessing(
+            single=f"{BOS} $A {EOS}", pair=f"{BOS} $A {EOS} $B:1 {EOS}:1", special_tokens=ids
+        )
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tokenizer, pad_token=PAD, unk_token=UNK, bos_token=BOS, eos_token=EOS,
         additional_special_tokens=list(ROLE_TOKENS), padding_side="right", model_max_length=256,
+        **(dict(cls_token=BOS, sep_token=EOS) if encoder else {}),
     )  # fmt: skip
-    fast.chat_template = CHAT_TEMPLATE
+    if not encoder:
+        fast.chat_template = CHAT_TEMPLATE
     return fast
 
 
 def build_builtin_model(name: str, seed: int = 0) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """A random-init causal LM of a real architecture, sized for CPU runs, deterministic for a seed."""
+    """A random-init model of a real architecture, sized for CPU runs, deterministic for a seed: a causal LM,
+    or for an encoder spec a sequence classifier with one output (a reward model)."""
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
 
     if not is_builtin_spec(name):
         raise ModelError(
             f"model '{name}': not a built-in tiny spec (known: {', '.join(BUILTIN_ARCHITECTURES)})"
         )
-    tokenizer = build_tokenizer(task_corpus())
     arch = dict(BUILTIN_ARCHITECTURES[name])
+    model_type = str(arch.pop("model_type"))
+    encoder = model_type in ENCODER_MODEL_TYPES
+    tokenizer = build_tokenizer(task_corpus(), encoder=encoder)
     config = AutoConfig.for_model(
-        arch.pop("model_type"),
+        model_type,
         vocab_size=len(tokenizer),
         pad_token_id=tokenizer.pad_token_id,
         bos_token_id=tokenizer.bos_token_id,
@@ -117,6 +144,8 @@ def build_builtin_model(name: str, seed: int = 0) -> tuple[PreTrainedModel, PreT
         **arch,
     )
     torch.manual_seed(seed)
+    if encoder:
+        return AutoModelForSequenceClassification.from_config(config), tokenizer
     model = AutoModelForCausalLM.from_config(config)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
@@ -148,6 +177,16 @@ def save_pretrained_atomic(model: PreTrainedModel, tokenizer: PreTrainedTokenize
 
 # --------------------------------------------------------------------------------------------------
 # Loading
+
+
+def registry_model(registry: Registry, spec: ModelSpec, verify: bool = False) -> tuple[ModelSpec, Manifest]:
+    """A registry version as a loadable spec: its directory (files checked), and for an adapter its base."""
+    manifest = registry.manifest(spec.name)
+    path = registry.resolve(manifest.ref, verify=verify)
+    base = manifest.lora_base
+    if base and is_reference(base):
+        base = str(registry.resolve(base, verify=verify))
+    return spec.model_copy(update={"name": str(path), "base": base}), manifest
 
 
 def hub_offline() -> bool:
@@ -182,36 +221,88 @@ def load_causal_lm(
     spec: ModelSpec, dtype: str = "float32"
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load a causal LM and its tokenizer from a directory or hub id (tiny specs: materialize first)."""
-    import torch
     from transformers import AutoModelForCausalLM
+
+    model, tokenizer = _load_model(spec, AutoModelForCausalLM, "CAUSAL_LM", dtype)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer
+
+
+def load_reward_model(
+    spec: ModelSpec, dtype: str = "float32"
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load a reward model (a sequence classifier with one output) and its tokenizer.
+
+    From a causal LM's directory (e.g. the SFT policy) the classification head (`score`) starts fresh and the
+    LM head is left out (a LoRA policy is merged into its base first); from a reward model's or an encoder's
+    directory it loads as saved, a reward-model adapter on its base. The model's pad id is the tokenizer's
+    (distinct from EOS), because a decoder's head reads the score at the last non-pad token.
+    """
+    from transformers import AutoModelForSequenceClassification
+
+    return _load_model(spec, AutoModelForSequenceClassification, "SEQ_CLS", dtype, num_labels=1)
+
+
+def _load_model(
+    spec: ModelSpec, auto_class: type, task_type: str, dtype: str, **model_kwargs: object
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """One loading path for every head: checked source, safetensors only, LoRA adapter on its base.
+
+    An adapter trained for another head (`task_type`, e.g. a LoRA SFT policy loaded as a reward model) is
+    merged into its base: its weights carry over, its head does not.
+    """
+    import torch
 
     tokenizer = load_tokenizer(spec)
     source = _checked_source(spec)
     adapter = is_adapter(source)
     weights = spec.model_copy(update={"name": spec.base}) if adapter and spec.base else spec
     try:
-        model = AutoModelForCausalLM.from_pretrained(
+        model = auto_class.from_pretrained(
             _checked_source(weights),
             dtype=getattr(torch, dtype),
             use_safetensors=True,
+            **model_kwargs,
             **_load_kwargs(weights),
         )
         if model.get_input_embeddings().num_embeddings < len(tokenizer):
             model.resize_token_embeddings(len(tokenizer))
         if adapter and spec.base:
-            from peft import PeftModel
-
-            model = PeftModel.from_pretrained(model, source, is_trainable=True)
+            model = _apply_adapter(model, source, task_type)
     except (OSError, ValueError) as exc:
         raise ModelError(f"model '{spec.name}': cannot load weights ({_first_line(exc)})") from None
     model.config.pad_token_id = tokenizer.pad_token_id
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer
+
+
+def _apply_adapter(model: PreTrainedModel, source: str, task_type: str) -> PreTrainedModel:
+    """The adapter at `source` on `model`: trainable where it fits the head, merged in where it does not."""
+    from peft import PeftConfig, PeftModel
+
+    config = PeftConfig.from_pretrained(source)
+    if config.task_type in (None, task_type):
+        return PeftModel.from_pretrained(model, source, is_trainable=True)
+    config.task_type = None  # the plain PeftModel: no head-specific wrapper for the wrong head
+    return PeftModel.from_pretrained(model, source, config=config).merge_and_unload()
 
 
 def is_adapter(path: str | Path) -> bool:
     """A LoRA adapter directory (adapter weights only; the base model lives elsewhere)."""
     return (Path(path) / "adapter_config.json").is_file()
+
+
+def is_reward_model(path: str | Path) -> bool:
+    """A sequence classifier's directory, or an adapter for one: what `load_reward_model` loads as saved."""
+    import json
+
+    path = Path(path)
+    if is_adapter(path):
+        return (
+            json.loads((path / "adapter_config.json").read_text(encoding="utf-8")).get("task_type")
+            == "SEQ_CLS"
+        )
+    config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    return any(arch.endswith("ForSequenceClassification") for arch in config.get("architectures") or ())
 
 
 def export_model(spec: ModelSpec, out_dir: Path, merge_lora: bool = False) -> Path:
@@ -229,7 +320,7 @@ def export_model(spec: ModelSpec, out_dir: Path, merge_lora: bool = False) -> Pa
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
         if is_adapter(source) and merge_lora:
-            model, tokenizer = load_causal_lm(spec)
+            model, tokenizer = (load_reward_model if is_reward_model(source) else load_causal_lm)(spec)
             model.merge_and_unload().save_pretrained(staging, safe_serialization=True)
             tokenizer.save_pretrained(staging)
         else:

@@ -1,7 +1,8 @@
 """The pipeline: one run directory, the data, then each configured stage in dependency order.
 
 A stage is started by module name (`stages.<name>`), so the library never imports the stage programs.
-Each stage's output becomes the next stage's starting model.
+Stages hand models on through the registry: the reward model and the policy start from the SFT version,
+and the run ends with the policy evaluated against the SFT policy (judged by the reward model).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from rlhf.config import ModelSpec, PipelineConfig, dump_config
-from rlhf.eval import GOLD_REWARDS, evaluate_model
+from rlhf.eval import GOLD_REWARDS, PolicyEvaluation, evaluate_and_record, evaluate_model
 from rlhf.registry import REF_PREFIX
 from rlhf.stage import (
     StageResult,
@@ -27,8 +28,9 @@ from rlhf.stage import (
 
 log = logging.getLogger(__name__)
 
-# Dependency order; later issues add reward and policy stages here.
-STAGE_ORDER = ("sft",)
+# The stages in dependency order, each with the stage whose published model it starts from (None: the
+# pipeline's base model). A stage's own `model:` overrides this.
+STARTS_FROM: dict[str, str | None] = {"sft": None, "reward": "sft", "policy": "sft"}
 
 
 @dataclass
@@ -37,6 +39,7 @@ class PipelineRun:
     base_model: ModelSpec
     base_metrics: dict[str, float] = field(default_factory=dict)
     results: list[StageResult] = field(default_factory=list)
+    evaluation: PolicyEvaluation | None = None  # the policy against the SFT policy
 
 
 def run_pipeline(cfg: PipelineConfig, run_dir: Path | None = None) -> PipelineRun:
@@ -46,28 +49,40 @@ def run_pipeline(cfg: PipelineConfig, run_dir: Path | None = None) -> PipelineRu
     dump_config(cfg, run_dir / "config.yaml")
     inputs, task = prepare_data(cfg, run_dir)
     registry = open_registry(cfg)
-    model = cfg.model
-    base = resolve_model(model, run_dir, cfg.seed, registry)
+    base = resolve_model(cfg.model, run_dir, cfg.seed, registry)
     run = PipelineRun(run_dir=run_dir, base_model=base.spec)
     log.info("run directory: %s", run_dir)
+    if task in GOLD_REWARDS and "eval_prompts" in inputs and cfg.evaluation is not None:
+        run.base_metrics = evaluate_model(base.spec, inputs["eval_prompts"], cfg.evaluation, task, cfg.seed)
 
-    sft = cfg.stages.sft
-    if task in GOLD_REWARDS and "eval_prompts" in inputs and sft is not None and sft.evaluation is not None:
-        run.base_metrics = evaluate_model(base.spec, inputs["eval_prompts"], sft.evaluation, task, cfg.seed)
-
-    for name in STAGE_ORDER:
+    published: dict[str, str] = {}  # stage -> registry reference of what it published
+    for name, parent in STARTS_FROM.items():
         stage_cfg = getattr(cfg.stages, name)
         if stage_cfg is None:
             continue
-        start = resolve_model(stage_cfg.model or model, run_dir, cfg.seed, registry)
+        default = (
+            cfg.model.model_copy(update={"name": published[parent]}) if parent in published else cfg.model
+        )
+        start = resolve_model(stage_cfg.model or default, run_dir, cfg.seed, registry)
         program = importlib.import_module(f"stages.{name}")
-        log.info("stage %s: starting", name)
+        log.info("stage %s: starting from %s", name, start.ref or start.base_model)
         result = run_stage(program.run, stage_cfg, prepare_context(cfg, name, run_dir, start, inputs, task))
         run.results.append(result)
-        if result.ref:  # the next stage starts from what this one published
-            model = model.model_copy(update={"name": REF_PREFIX + result.ref})
+        if result.ref:
+            published[name] = REF_PREFIX + result.ref
+            inputs[f"{name}_model"] = published[
+                name
+            ]  # e.g. the reward model, for later stages and evaluation
+
+    if "policy" in published and "eval_prompts" in inputs and cfg.evaluation is not None:
+        reference = published.get("sft", base.spec.name)
+        run.evaluation = evaluate_and_record(
+            registry, published["policy"], reference, inputs["eval_prompts"], cfg.evaluation, task,
+            cfg.tracking, run_dir, cfg.seed, judge=published.get("reward"),
+        )  # fmt: skip
 
     summary = {"base_model": run.base_model.name, "base_metrics": run.base_metrics,
-               "stages": [asdict(r) for r in run.results]}  # fmt: skip
+               "stages": [asdict(r) for r in run.results],
+               "evaluation": run.evaluation.metrics if run.evaluation else None}  # fmt: skip
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str), encoding="utf-8")
     return run

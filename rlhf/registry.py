@@ -484,6 +484,24 @@ class Registry:
             index["models"][manifest.name]["aliases"][alias] = manifest.version
             self._write_index(index)
 
+    def record(self, ref: str | Reference, key: str, value: Mapping[str, Any]) -> Manifest:
+        """Attach results computed after publishing (e.g. an evaluation) to a version's manifest `extra`.
+
+        The files of a version never change; its record may grow. manifest.json is rewritten before the index,
+        so `verify` sees them agree once the index update (the commit point) is done.
+        """
+        with self._locked():
+            index = self._read_index()
+            manifest, _ = self._find(index, ref)
+            manifest.extra = {**manifest.extra, key: _jsonable(_drop_secrets(dict(value)))}
+            target = self._version_dir(manifest.name, manifest.version) / MANIFEST
+            temp = target.with_name(f".{MANIFEST}.{uuid.uuid4().hex}.tmp")
+            _write_durable(temp, manifest.to_json())
+            os.replace(temp, target)  # never half a manifest, even on a crash
+            index["models"][manifest.name]["versions"][manifest.version] = manifest.to_dict()
+            self._write_index(index)
+        return manifest
+
     def promote(
         self,
         name: str,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
+from rlhf.eval import PolicyEvaluation
 from rlhf.pipeline import PipelineRun
 from rlhf.stage import describe_result
 
@@ -13,12 +14,15 @@ HEADLINE = {
     "gold_reward": "gold reward",
     "eos_share": "ends with EOS",
     "response_tokens": "resp. tokens",
+    "kl": "KL from SFT",
+    "accuracy_gold": "RM acc gold",
+    "accuracy": "RM acc maj.",
     "train_loss_last": "train loss",
-    "eval_loss": "eval loss",
 }
 
 
 def print_pipeline_summary(run: PipelineRun, console: Console | None = None) -> None:
+    """One table: the base model, then each stage's product, with the run's headline numbers."""
     console = console or Console()
     table = Table(title=f"run {run.run_dir.name}")
     table.add_column("model", no_wrap=True)
@@ -28,8 +32,16 @@ def print_pipeline_summary(run: PipelineRun, console: Console | None = None) -> 
     if run.base_metrics:
         table.add_row("base", *_cells(run.base_metrics), "")
     for result in run.results:
-        table.add_row(result.stage, *_cells(result.metrics), f"{result.seconds:.0f}s")
+        metrics = dict(result.metrics)
+        if result.stage == "policy" and run.evaluation:  # measured against the SFT policy on the same prompts
+            evaluated = run.evaluation.metrics
+            metrics |= {k.removeprefix("policy_"): v for k, v in evaluated.items() if k.startswith("policy_")}
+            metrics["kl"] = evaluated.get("kl", float("nan"))
+        table.add_row(result.stage, *_cells(metrics), f"{result.seconds:.0f}s")
     console.print(table)
+    if run.evaluation:
+        shown = {k: v for k, v in run.evaluation.metrics.items() if "win_rate" in k}
+        console.print("policy vs SFT: " + ", ".join(f"{k} {v:.3f}" for k, v in shown.items()), soft_wrap=True)
     for result in run.results:
         console.print(f"{result.stage}: {describe_result(result)}", soft_wrap=True)
     console.print(f"run directory (config, logs, wandb): {run.run_dir}", soft_wrap=True)
@@ -37,3 +49,20 @@ def print_pipeline_summary(run: PipelineRun, console: Console | None = None) -> 
 
 def _cells(metrics: dict[str, float]) -> list[str]:
     return [f"{metrics[key]:.3f}" if key in metrics else "-" for key in HEADLINE]
+
+
+def print_evaluation(evaluation: PolicyEvaluation, console: Console | None = None, samples: int = 8) -> None:
+    """The headline metrics, then a few sample generations side by side."""
+    console = console or Console()
+    metrics = Table(title="policy vs reference")
+    metrics.add_column("metric")
+    metrics.add_column("value", justify="right")
+    for key, value in evaluation.metrics.items():
+        metrics.add_row(key, f"{value:.4f}")
+    console.print(metrics)
+    table = Table(title="samples")
+    for column in evaluation.columns:
+        table.add_column(column)
+    for row in evaluation.rows[:samples]:
+        table.add_row(*(f"{cell:.3f}" if isinstance(cell, float) else str(cell) for cell in row))
+    console.print(table)

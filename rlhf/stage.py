@@ -17,12 +17,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rlhf.config import ModelSpec, PipelineConfig, dump_config, load_config
+from rlhf.config import ModelSpec, PipelineConfig, PreferencesConfig, dump_config, load_config
 from rlhf.data.files import fingerprint
+from rlhf.data.importers import ImportOptions
+from rlhf.data.preferences import ImportSettings, import_preferences
 from rlhf.data.synthetic import write_synthetic_task
 from rlhf.distributed import RankInfo, configure_logging, rank_info
 from rlhf.errors import ConfigError, RlhfError
-from rlhf.models import is_adapter, is_builtin_spec, materialize
+from rlhf.models import is_adapter, is_builtin_spec, materialize, registry_model
 from rlhf.registry import REF_PREFIX, Manifest, Registry, default_registry_path, is_reference
 from rlhf.tracking import Tracker
 
@@ -112,15 +114,32 @@ def prepare_data(cfg: PipelineConfig, run_dir: Path) -> tuple[dict[str, str], st
     """
     inputs: dict[str, str] = {}
     task = None
+    exports = [Path(path) for path in cfg.data.preferences.files]
     if cfg.data.synthetic is not None:
         files = write_synthetic_task(run_dir / "data" / "synthetic", cfg.data.synthetic)
-        inputs.update({role: str(path) for role, path in files.items()})
+        inputs.update({role: str(path) for role, path in files.items() if role != "preferences"})
+        exports.append(files["preferences"])
         task = "synthetic"
     for role in ("sft_train", "sft_eval", "eval_prompts"):
         value = getattr(cfg.data, role)
         if value is not None:
             inputs[role] = value
+    if exports:
+        inputs["preferences"] = str(
+            import_exports(exports, cfg.data.preferences, run_dir / "data" / "preferences")
+        )
     return inputs, task
+
+
+def import_exports(exports: list[Path], prefs: PreferencesConfig, out_dir: Path) -> Path:
+    """The configured preference exports through `rlhf data import`'s machinery, into the run."""
+    options = ImportOptions(column_map=prefs.column_map)
+    settings = ImportSettings(format=prefs.format, options=options, ties=prefs.ties, min_votes=prefs.min_votes,
+                              min_annotator_agreement=prefs.min_annotator_agreement,
+                              test_fraction=prefs.test_fraction, split_seed=prefs.split_seed)  # fmt: skip
+    report = import_preferences(exports, out_dir, settings)
+    log.info("preferences: %s (report: %s)", report.identity, report.report_path)
+    return out_dir
 
 
 def resolve_model(spec: ModelSpec, run_dir: Path, seed: int, registry: Registry) -> ResolvedModel:
@@ -133,16 +152,6 @@ def resolve_model(spec: ModelSpec, run_dir: Path, seed: int, registry: Registry)
         path = materialize(spec, run_dir / "base-model" / spec.name, seed=seed)
         return ResolvedModel(spec.model_copy(update={"name": str(path)}), None, spec.name)
     return ResolvedModel(spec, None, spec.name)
-
-
-def registry_model(registry: Registry, spec: ModelSpec, verify: bool = False) -> tuple[ModelSpec, Manifest]:
-    """A registry version as a loadable spec: its directory (files checked), and for an adapter its base."""
-    manifest = registry.manifest(spec.name)
-    path = registry.resolve(manifest.ref, verify=verify)
-    base = manifest.lora_base
-    if base and is_reference(base):
-        base = str(registry.resolve(base, verify=verify))
-    return spec.model_copy(update={"name": str(path), "base": base}), manifest
 
 
 def open_registry(cfg: PipelineConfig) -> Registry:
@@ -205,8 +214,8 @@ def _lora_base(ctx: StageContext) -> str:
     A base from the registry is named by its version; a local base directory (e.g. a materialized built-in
     spec) is registered under its folder name first, reusing an identical earlier version; a hub id stays.
     """
-    if ctx.start.ref:
-        return REF_PREFIX + ctx.start.ref
+    if ctx.start.ref:  # an adapter trained on an adapter version applies to that version's own base
+        return ctx.registry.manifest(ctx.start.ref).lora_base or REF_PREFIX + ctx.start.ref
     base = Path(ctx.start.spec.name)
     if not base.is_dir():
         return ctx.start.spec.name
@@ -235,6 +244,7 @@ def run_stage(
         ctx.tracker = tracker
         tracker.use_models([ctx.start.ref] if ctx.start.ref else [])
         result = run(stage_cfg, ctx)
+        tracker.log({f"final/{k}": v for k, v in result.metrics.items()})
         if ctx.rank.is_main and result.publish_as:
             publish(result, stage_cfg, ctx)
         result.seconds = time.perf_counter() - started

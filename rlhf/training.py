@@ -9,19 +9,30 @@ from __future__ import annotations
 import logging
 import math
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from transformers import TrainerCallback
 
-from rlhf.config import TrainStageConfig
+from rlhf.config import GenerationSpec, TrainStageConfig
 from rlhf.errors import StageError
+from rlhf.eval import generate, load_prompts, summarize
 from rlhf.stage import StageContext
 
 if TYPE_CHECKING:
-    from transformers import Trainer, TrainerControl, TrainerState, TrainingArguments
+    from transformers import (
+        PreTrainedModel,
+        PreTrainedTokenizerBase,
+        Trainer,
+        TrainerControl,
+        TrainerState,
+        TrainingArguments,
+    )
 
 log = logging.getLogger(__name__)
+
+TRACKED = {"loss": "train_loss"}  # trainer log key -> our metric name (first and last values reported)
 
 
 def precision_flags(precision: str) -> dict[str, bool]:
@@ -95,12 +106,37 @@ class LossWatch(TrainerCallback):
                 f"{args.output_dir} (lower the learning rate or check the data)"
             )
 
-    def losses(self) -> list[float]:
-        return [entry["loss"] for entry in self.history if "loss" in entry]
+    def values(self, key: str) -> list[float]:
+        return [entry[key] for entry in self.history if key in entry]
 
-    def last(self, key: str) -> float | None:
-        values = [entry[key] for entry in self.history if key in entry]
-        return values[-1] if values else None
+    def first_and_last(self, names: Mapping[str, str]) -> dict[str, float]:
+        """Each logged metric's first and last value under our name: did the loss fall, the margin widen."""
+        metrics: dict[str, float] = {}
+        for key, name in names.items():
+            if values := self.values(key):
+                metrics |= {f"{name}_first": values[0], f"{name}_last": values[-1]}
+        return metrics
+
+
+def outcome_metrics(
+    trainer: Trainer, watch: LossWatch, resumed_from: int, tracked: Mapping[str, str] = TRACKED
+) -> dict[str, float]:
+    """What every stage reports of its training: steps, where it resumed, and first/last of tracked metrics."""
+    metrics = {"steps": trainer.state.global_step, "resumed_from_step": resumed_from}
+    metrics |= watch.first_and_last(tracked)
+    if eval_loss := watch.values("eval_loss"):
+        metrics["eval_loss"] = eval_loss[-1]
+    return metrics
+
+
+def held_out_samples(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, spec: GenerationSpec | None, ctx: StageContext
+) -> dict[str, float]:
+    """The trained policy sampled on the held-out prompts and scored (rank 0; nothing when not configured)."""
+    if spec is None or "eval_prompts" not in ctx.inputs or not ctx.rank.is_main:
+        return {}
+    samples = generate(model, tokenizer, load_prompts(ctx.inputs["eval_prompts"]), spec, ctx.seed)
+    return summarize(samples, ctx.task)
 
 
 def _is_number(value: object) -> bool:

@@ -16,10 +16,16 @@ from typing import TYPE_CHECKING
 
 from rlhf.config import SFTStageConfig
 from rlhf.data.files import SFT_FORMS, load_rows
-from rlhf.eval import generate, load_prompts, summarize
 from rlhf.models import load_causal_lm, lora_config
 from rlhf.stage import StageContext, StageResult, stage_main
-from rlhf.training import LossWatch, save_final, train_with_resume, trainer_arguments
+from rlhf.training import (
+    LossWatch,
+    held_out_samples,
+    outcome_metrics,
+    save_final,
+    train_with_resume,
+    trainer_arguments,
+)
 
 if TYPE_CHECKING:
     from trl import SFTTrainer
@@ -62,21 +68,8 @@ def run(cfg: SFTStageConfig, ctx: StageContext) -> StageResult:
     resumed_from = train_with_resume(trainer)
     output = save_final(trainer, ctx)
 
-    losses = watch.losses()
-    metrics = {
-        "train_loss_first": losses[0],
-        "train_loss_last": losses[-1],
-        "steps": trainer.state.global_step,
-        "resumed_from_step": resumed_from,
-    }
-    if (eval_loss := watch.last("eval_loss")) is not None:
-        metrics["eval_loss"] = eval_loss
-    if cfg.evaluation and "eval_prompts" in ctx.inputs and ctx.rank.is_main:
-        prompts = load_prompts(ctx.inputs["eval_prompts"])
-        samples = generate(trainer.model, trainer.processing_class, prompts, cfg.evaluation, ctx.seed)
-        metrics.update(summarize(samples, ctx.task))
-    if ctx.tracker:
-        ctx.tracker.log({f"final/{k}": v for k, v in metrics.items()})
+    metrics = outcome_metrics(trainer, watch, resumed_from)
+    metrics |= held_out_samples(trainer.model, trainer.processing_class, cfg.evaluation, ctx)
     return StageResult(stage=ctx.stage, output_dir=output, metrics=metrics, publish_as="sft-policy")
 
 

@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from rlhf.registry import Registry
 from rlhf.tracking import read_offline_run
+from tests.conftest import REPO
 from tests.conftest import run_cli as rlhf
 
 CONFIG = """
@@ -133,3 +135,37 @@ def test_debug_shows_the_traceback(config_file: Path, tmp_path: Path) -> None:
     )
     assert done.returncode != 0
     assert "Traceback" in done.stderr and "DataError" in done.stderr
+
+
+@pytest.mark.slow
+def test_the_quickstart_pipeline_end_to_end_at_small_size(tmp_path: Path) -> None:
+    """All three stages chained through the registry, and the closing evaluation, on the quickstart config."""
+    small = ["data.synthetic.num_sft_train=1500", "data.synthetic.num_preference_tasks=300",
+             "stages.sft.num_train_epochs=1", "stages.reward.num_train_epochs=1", "stages.policy.num_train_epochs=1",
+             "evaluation.samples_per_prompt=1", f"registry={tmp_path / 'registry'}", f"runs_dir={tmp_path / 'runs'}",
+             "tracking=none"]  # fmt: skip
+    done = rlhf("run", str(REPO / "configs" / "quickstart.yaml"), *small, "--run-dir", str(tmp_path / "run"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    for line in (
+        "sft: published sft-policy:v1",
+        "reward: published reward-model:v1",
+        "policy: published policy:v1",
+    ):
+        assert line in done.stdout
+    assert "policy vs SFT: gold_win_rate" in done.stdout
+    registry = Registry(tmp_path / "registry")
+    assert registry.manifest("reward-model:v1").parents == ["sft-policy:v1"]
+    policy = registry.manifest("policy:v1")
+    assert policy.parents == ["sft-policy:v1"]
+    assert {d["name"] for d in policy.datasets} == {"preferences"}
+    assert policy.extra["evaluation"]["models"] == {"policy": "policy:v1", "reference": "sft-policy:v1",
+                                                    "judge": "reward-model:v1"}  # fmt: skip
+    assert {"reward_mean", "reward_std", "accuracy"} <= registry.manifest("reward-model:v1").metrics.keys()
+
+    # the same evaluation, by hand, through `rlhf eval`
+    done = rlhf("eval", "registry:policy:v1", "--reference", "registry:sft-policy:v1", "--judge",
+                "registry:reward-model:latest", "--prompts", str(tmp_path / "run" / "data" / "synthetic" /
+                "eval_prompts.jsonl"), "--gold", "synthetic", "--samples-per-prompt", "1", "--max-new-tokens", "8",
+                "--tracking", "none", "--registry", str(tmp_path / "registry"))  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "rm_win_rate" in done.stdout and "gold_win_rate" in done.stdout and "kl" in done.stdout

@@ -1,0 +1,229 @@
+"""Stage 3: preference optimization of the SFT policy. `algorithm: dpo` runs TRL's DPOTrainer.
+
+The policy starts from the stage's model (in a pipeline: the `sft-policy` version) and is trained on the
+imported preference dataset; ties carry no preference and are dropped (counted). The reference is that
+same SFT version: with `lora:` it is the base with the adapters disabled (no second copy); with full
+fine-tuning an explicit frozen copy loaded from the same directory, or none at all when reference log-probs
+are precomputed before the first step; an SFT adapter is trained further against a frozen copy of itself.
+`algorithm` picks the trainer (`ALGORITHMS`); every algorithm ends the same way: the trained policy is
+sampled on held-out prompts and scored, so every run reports what the policy does, not only its
+implicit-reward margin.
+
+    python -m stages.policy --config configs/quickstart.yaml [stages.policy.beta=0.5 ...]
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from rlhf.config import PolicyStageConfig
+from rlhf.data.preferences import load_preferences
+from rlhf.errors import DataError
+from rlhf.models import is_adapter, load_causal_lm, lora_config
+from rlhf.stage import StageContext, StageResult, stage_main
+from rlhf.training import (
+    LossWatch,
+    held_out_samples,
+    outcome_metrics,
+    save_final,
+    train_with_resume,
+    trainer_arguments,
+)
+
+if TYPE_CHECKING:
+    from datasets import Dataset, DatasetDict
+    from peft import LoraConfig
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+    from trl import DPOTrainer
+
+log = logging.getLogger("stages.policy")
+
+PAIR_COLUMNS = ["prompt", "chosen", "rejected"]  # TRL's conversational preference form
+
+# TRL's logged name -> ours; first and last values of each go in the stage's metrics.
+TRAINER_METRICS = {
+    "loss": "train_loss",
+    "rewards/margins": "reward_margin",
+    "rewards/accuracies": "reward_accuracy",
+    "eval_loss": "eval_loss",
+    "eval_rewards/margins": "eval_reward_margin",
+    "eval_rewards/accuracies": "eval_reward_accuracy",
+}
+
+
+@dataclass
+class Trained:
+    """What an algorithm hands back to `run`: the policy in memory (for sampling), where it was saved, metrics."""
+
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    output_dir: Path
+    metrics: dict[str, float]
+
+
+@dataclass
+class Start:
+    """The policy to train and how its reference is obtained (see `load_start`)."""
+
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    ref_model: PreTrainedModel | None
+    peft_config: LoraConfig | None
+    reference: str  # for the log: what the reference is
+
+
+# --------------------------------------------------------------------------------------------------
+# Data
+
+
+def preference_pairs(cfg: PolicyStageConfig, ctx: StageContext) -> tuple[DatasetDict, dict[str, float]]:
+    """The imported preference dataset as TRL conversational pairs, ties dropped and counted.
+
+    A tie states no preference, so a DPO pair built from it would teach an arbitrary order.
+    """
+    path = ctx.data("preferences", cfg.dataset)
+    data = load_preferences(Path(path))
+    ties = sum(sum(split["tie"]) for split in data.values())
+    pairs = data.filter(lambda row: not row["tie"]).select_columns(PAIR_COLUMNS)
+    if len(pairs["train"]) == 0:
+        raise DataError(f"{path}: no preference pairs to train on (ties dropped: {ties})")
+    if ties:
+        log.info("policy: dropped %d tied pairs (no preference to learn)", ties)
+    counts = {"pairs_train": len(pairs["train"]), "pairs_eval": len(pairs["test"]), "ties_dropped": ties}
+    return pairs, counts
+
+
+def length_counts(trainer: DPOTrainer, given: dict[str, int], max_length: int) -> dict[str, float]:
+    """Pairs TRL dropped (prompt alone fills `max_length`) or will truncate (a response cut short), per split.
+
+    TRL filters the first without a word and cuts the second in its collator; both are counted and logged here.
+    """
+    counts: dict[str, float] = {}
+    for split, dataset in (("train", trainer.train_dataset), ("eval", trainer.eval_dataset)):
+        if dataset is None:
+            continue
+        counts[f"pairs_overlength_dropped_{split}"] = given[split] - len(dataset)
+        counts[f"pairs_truncated_{split}"] = truncated(dataset, max_length)
+        if counts[f"pairs_overlength_dropped_{split}"] or counts[f"pairs_truncated_{split}"]:
+            log.warning(
+                "policy: %s split: %d pairs dropped (prompt alone reaches max_length=%d), %d truncated "
+                "(a response cut short); raise stages.policy.max_length to keep them whole",
+                split, counts[f"pairs_overlength_dropped_{split}"], max_length, counts[f"pairs_truncated_{split}"],
+            )  # fmt: skip
+    if len(trainer.train_dataset) == 0:
+        raise DataError(
+            f"stages.policy.max_length={max_length}: every training prompt fills it, no pair is left; raise it"
+        )
+    return counts
+
+
+def truncated(dataset: Dataset, max_length: int) -> int:
+    """Tokenized pairs whose prompt + longer response exceeds `max_length` (batched: bounded memory)."""
+    count = 0
+    for batch in dataset.select_columns(["prompt_ids", "chosen_ids", "rejected_ids"]).iter(batch_size=4096):
+        for prompt, chosen, rejected in zip(*batch.values(), strict=True):
+            count += len(prompt) + max(len(chosen), len(rejected)) > max_length
+    return count
+
+
+# --------------------------------------------------------------------------------------------------
+# DPO
+
+
+def load_start(cfg: PolicyStageConfig, ctx: StageContext) -> Start:
+    """The SFT policy, and its reference made explicit rather than left to TRL's defaults.
+
+    TRL's own fallback rebuilds the reference from `config._name_or_path`; we choose instead:
+    - `lora:` -> a fresh adapter on the SFT weights; the reference is the same model, adapters disabled.
+    - the start is itself a LoRA adapter (SFT trained one) -> DPO goes on training it; TRL keeps a frozen
+      copy of that adapter ("ref") inside the same model, so the reference is still the SFT policy.
+    - full fine-tuning with precomputed reference log-probs -> computed from the policy before step 1.
+    - full fine-tuning otherwise -> a second, frozen copy loaded from the same SFT directory.
+    """
+    model, tokenizer = load_causal_lm(ctx.model)
+    if is_adapter(ctx.model.name):
+        if cfg.lora:
+            log.info(
+                "policy: the start is a LoRA adapter; training it further (its r/alpha, not stages.policy.lora)"
+            )
+        return Start(model, tokenizer, None, None, "frozen copy of the SFT adapter")
+    if cfg.lora:
+        return Start(model, tokenizer, None, lora_config(cfg.lora), "SFT weights, adapters disabled")
+    if cfg.precompute_ref_log_probs:
+        return Start(model, tokenizer, None, None, "precomputed from the SFT weights")
+    ref_model, _ = load_causal_lm(ctx.model)
+    return Start(model, tokenizer, ref_model, None, "frozen copy of the SFT weights")
+
+
+def build_dpo_trainer(
+    cfg: PolicyStageConfig, ctx: StageContext, watch: LossWatch, pairs: DatasetDict
+) -> DPOTrainer:
+    """The configured DPOTrainer: SFT policy, its reference, the pairs, and our shared trainer arguments."""
+    from trl import DPOConfig, DPOTrainer
+
+    args = trainer_arguments(cfg, ctx)  # first: it sets the thread count the loads below use
+    has_eval = len(pairs["test"]) > 0
+    args.update(eval_strategy=args["eval_strategy"] if has_eval else "no", eval_on_start=has_eval)
+    start = load_start(cfg, ctx)
+    log.info("policy: DPO (%s, beta=%g), reference: %s", "+".join(cfg.loss_type), cfg.beta, start.reference)
+    return DPOTrainer(
+        model=start.model,
+        ref_model=start.ref_model,
+        args=DPOConfig(
+            **args,
+            beta=cfg.beta,
+            loss_type=list(cfg.loss_type),
+            precompute_ref_log_probs=cfg.precompute_ref_log_probs,
+            max_length=cfg.max_length,
+        ),
+        train_dataset=pairs["train"],
+        eval_dataset=pairs["test"] if has_eval else None,
+        processing_class=start.tokenizer,
+        peft_config=start.peft_config,
+        callbacks=[watch],
+    )
+
+
+def run_dpo(cfg: PolicyStageConfig, ctx: StageContext) -> Trained:
+    pairs, counts = preference_pairs(cfg, ctx)
+    watch = LossWatch()
+    trainer = build_dpo_trainer(cfg, ctx, watch, pairs)
+    given = {"train": counts["pairs_train"], "eval": counts["pairs_eval"]}
+    counts.update(length_counts(trainer, given, cfg.max_length))
+    resumed_from = train_with_resume(trainer)
+    drop_reference_adapter(trainer.model)
+    output = save_final(trainer, ctx)
+    metrics = {**counts, **outcome_metrics(trainer, watch, resumed_from, TRAINER_METRICS)}
+    return Trained(trainer.model, trainer.processing_class, output, metrics)
+
+
+def drop_reference_adapter(model: PreTrainedModel) -> None:
+    """TRL's frozen copy of a retrained adapter ("ref") is the reference, not the policy: keep it out of the output."""
+    if "ref" in getattr(model, "peft_config", {}):
+        model.delete_adapter("ref")
+
+
+# --------------------------------------------------------------------------------------------------
+# The stage
+
+
+ALGORITHMS: dict[str, Callable[[PolicyStageConfig, StageContext], Trained]] = {"dpo": run_dpo}
+
+
+def run(cfg: PolicyStageConfig, ctx: StageContext) -> StageResult:
+    trained = ALGORITHMS[cfg.algorithm](cfg, ctx)
+    metrics = trained.metrics | held_out_samples(trained.model, trained.tokenizer, cfg.evaluation, ctx)
+    return StageResult(stage=ctx.stage, output_dir=trained.output_dir, metrics=metrics, publish_as="policy")
+
+
+def main(argv: list[str] | None = None) -> int:
+    return stage_main("policy", run, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
