@@ -17,7 +17,7 @@ from rlhf.config import GenerationSpec, ModelSpec, TrackingConfig
 from rlhf.data import synthetic
 from rlhf.data.files import fingerprint, iter_jsonl
 from rlhf.errors import DataError
-from rlhf.models import load_causal_lm, load_reward_model, registry_model
+from rlhf.models import inference, load_causal_lm, load_reward_model, registry_model, right_padded
 from rlhf.registry import Registry, is_reference
 from rlhf.rewards import score
 from rlhf.tracking import Tracker
@@ -70,57 +70,51 @@ def generate(
 
     prompts = [p for p in prompts for _ in range(spec.samples_per_prompt)]
     torch.manual_seed(seed)
-    was_training = model.training
-    model.eval()
     side = tokenizer.padding_side
     tokenizer.padding_side = "left"
-    eos = tokenizer.eos_token_id
-    samples: list[Sample] = []
     try:
-        for start in range(0, len(prompts), spec.batch_size):
-            batch = prompts[start : start + spec.batch_size]
-            texts = [
-                tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=False) for p in batch
+        with inference(model):
+            return [
+                sample
+                for start in range(0, len(prompts), spec.batch_size)
+                for sample in _sample_batch(model, tokenizer, prompts[start : start + spec.batch_size], spec)
             ]
-            enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(
-                model.device
-            )
-            with torch.no_grad():
-                out = model.generate(
-                    **enc,
-                    do_sample=True,
-                    temperature=spec.temperature,
-                    top_p=spec.top_p,
-                    top_k=spec.top_k,
-                    max_new_tokens=spec.max_new_tokens,
-                    pad_token_id=tokenizer.pad_token_id,
-                    eos_token_id=eos,
-                )
-            width = enc["input_ids"].shape[1]
-            for prompt, ids, mask, row in zip(
-                batch,
-                enc["input_ids"].tolist(),
-                enc["attention_mask"].tolist(),
-                out[:, width:].tolist(),
-                strict=True,
-            ):
-                ended = eos in row
-                tokens = row[: row.index(eos)] if ended else row
-                text = tokenizer.decode(tokens, skip_special_tokens=True).strip()
-                prompt_ids = tuple(t for t, keep in zip(ids, mask, strict=True) if keep)
-                samples.append(
-                    Sample(
-                        prompt,
-                        text,
-                        ended,
-                        len(tokens),
-                        prompt_ids,
-                        (*tokens, eos) if ended else tuple(tokens),
-                    )
-                )
     finally:
         tokenizer.padding_side = side
-        model.train(was_training)
+
+
+def _sample_batch(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    batch: Sequence[Messages],
+    spec: GenerationSpec,
+) -> list[Sample]:
+    """One batch of prompts sampled; each response cut at its first EOS, its token ids kept for log-probs."""
+    eos = tokenizer.eos_token_id
+    texts = [tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=False) for p in batch]
+    enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+    out = model.generate(
+        **enc,
+        do_sample=True,
+        temperature=spec.temperature,
+        top_p=spec.top_p,
+        top_k=spec.top_k,
+        max_new_tokens=spec.max_new_tokens,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=eos,
+    )
+    width = enc["input_ids"].shape[1]
+    samples = []
+    rows = zip(
+        batch, enc["input_ids"].tolist(), enc["attention_mask"].tolist(), out[:, width:].tolist(), strict=True
+    )
+    for prompt, ids, mask, row in rows:
+        ended = eos in row
+        tokens = row[: row.index(eos)] if ended else row
+        text = tokenizer.decode(tokens, skip_special_tokens=True).strip()
+        prompt_ids = tuple(t for t, keep in zip(ids, mask, strict=True) if keep)
+        response_ids = (*tokens, eos) if ended else tuple(tokens)
+        samples.append(Sample(prompt, text, ended, len(tokens), prompt_ids, response_ids))
     return samples
 
 
@@ -133,26 +127,17 @@ def response_logprobs(
 
     pad = model.config.pad_token_id or 0
     totals: list[float] = []
-    was_training = model.training
-    model.eval()
-    try:
+    with inference(model):
         for start in range(0, len(samples), batch_size):
             batch = samples[start : start + batch_size]
-            seqs = [list(s.prompt_ids + s.response_ids) for s in batch]
-            width = max(map(len, seqs))
-            ids = torch.tensor([q + [pad] * (width - len(q)) for q in seqs], device=model.device)
-            lengths = torch.tensor([len(q) for q in seqs], device=model.device)
-            starts = torch.tensor([len(s.prompt_ids) for s in batch], device=model.device)
-            mask = torch.arange(width, device=model.device)[None, :] < lengths[:, None]
-            with torch.no_grad():
-                logits = model(input_ids=ids, attention_mask=mask.long()).logits[:, :-1].float() / temperature
+            ids, mask = right_padded([s.prompt_ids + s.response_ids for s in batch], pad, model.device)
+            logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float() / temperature
             logp = torch.log_softmax(logits, -1).gather(-1, ids[:, 1:, None]).squeeze(-1)
             # position j predicts token j + 1: response tokens are those at index >= prompt length
-            target = torch.arange(1, width, device=model.device)[None, :]
-            in_response = (target >= starts[:, None]) & (target < lengths[:, None])
+            starts = torch.tensor([len(s.prompt_ids) for s in batch], device=model.device)
+            target = torch.arange(1, ids.shape[1], device=model.device)[None, :]
+            in_response = (target >= starts[:, None]) & (target < mask.sum(-1, keepdim=True))
             totals.extend((logp * in_response).sum(-1).tolist())
-    finally:
-        model.train(was_training)
     return totals
 
 

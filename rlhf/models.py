@@ -16,9 +16,10 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from rlhf.config import LoraSpec, ModelSpec
 from rlhf.data.synthetic import task_corpus
@@ -284,6 +285,30 @@ def _apply_adapter(model: PreTrainedModel, source: str, task_type: str) -> PreTr
         return PeftModel.from_pretrained(model, source, is_trainable=True)
     config.task_type = None  # the plain PeftModel: no head-specific wrapper for the wrong head
     return PeftModel.from_pretrained(model, source, config=config).merge_and_unload()
+
+
+@contextmanager
+def inference(model: PreTrainedModel) -> Iterator[PreTrainedModel]:
+    """Eval mode (dropout off) and no gradients for the block; the model's own mode is restored after."""
+    import torch
+
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield model
+    finally:
+        model.train(was_training)
+
+
+def right_padded(sequences: Sequence[Sequence[int]], pad_id: int, device: object = "cpu") -> tuple[Any, Any]:
+    """Token id lists as one batch: (ids, attention mask), padded on the right to the longest."""
+    import torch
+
+    width = max(map(len, sequences))
+    ids = torch.tensor([[*seq, *[pad_id] * (width - len(seq))] for seq in sequences], device=device)
+    mask = torch.tensor([[1] * len(seq) + [0] * (width - len(seq)) for seq in sequences], device=device)
+    return ids, mask
 
 
 def is_adapter(path: str | Path) -> bool:

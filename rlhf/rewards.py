@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from statistics import fmean, pstdev
 from typing import TYPE_CHECKING, Literal
 
-from rlhf.models import PLAIN_TURN, PLAIN_TURN_SEPARATOR
+from rlhf.models import PLAIN_TURN, PLAIN_TURN_SEPARATOR, inference, right_padded
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -157,22 +157,11 @@ def score_ids(
     The model's head picks the position (a decoder's last non-pad token, an encoder's first), so this works
     for both kinds as long as the model's pad id is `pad_token_id`.
     """
-    import torch
-
     scores: list[float] = []
-    was_training = model.training
-    model.eval()
-    try:
+    with inference(model):
         for start in range(0, len(sequences), batch_size):
-            batch = sequences[start : start + batch_size]
-            width = max(map(len, batch))
-            ids = torch.tensor([[*seq, *[pad_token_id] * (width - len(seq))] for seq in batch])
-            mask = torch.tensor([[1] * len(seq) + [0] * (width - len(seq)) for seq in batch])
-            with torch.no_grad():
-                logits = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device)).logits
-            scores.extend(logits[:, 0].float().tolist())
-    finally:
-        model.train(was_training)
+            ids, mask = right_padded(sequences[start : start + batch_size], pad_token_id, model.device)
+            scores.extend(model(input_ids=ids, attention_mask=mask).logits[:, 0].float().tolist())
     return scores
 
 
