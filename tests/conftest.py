@@ -40,6 +40,15 @@ def tiny_llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return materialize(ModelSpec(name="tiny-llama"), tmp_path_factory.mktemp("models") / "tiny-llama", seed=0)
 
 
+def pipeline_config(folder: Path, text: str) -> Path:
+    """A pipeline YAML in `folder` whose runs and registry stay inside that folder."""
+    path = folder / "pipeline.yaml"
+    path.write_text(
+        text + f"runs_dir: {folder / 'runs'}\nregistry: {folder / 'registry'}\n", encoding="utf-8"
+    )
+    return path
+
+
 def run_cli(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
     """The `rlhf` command in a fresh process, as a user runs it."""
     return subprocess.run(

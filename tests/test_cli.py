@@ -10,7 +10,7 @@ import yaml
 
 from rlhf.registry import Registry
 from rlhf.tracking import read_offline_run
-from tests.conftest import REPO
+from tests.conftest import REPO, pipeline_config
 from tests.conftest import run_cli as rlhf
 
 CONFIG = """
@@ -33,11 +33,7 @@ tracking: {backend: wandb, project: cli-test}
 
 @pytest.fixture()
 def config_file(tmp_path: Path) -> Path:
-    path = tmp_path / "pipeline.yaml"
-    path.write_text(
-        CONFIG + f"runs_dir: {tmp_path / 'runs'}\nregistry: {tmp_path / 'registry'}\n", encoding="utf-8"
-    )
-    return path
+    return pipeline_config(tmp_path, CONFIG)
 
 
 @pytest.mark.slow

@@ -19,6 +19,7 @@ from rlhf.registry import Registry
 from rlhf.stage import run_standalone, standalone_context
 from rlhf.training import LossWatch
 from stages import policy, sft
+from tests.conftest import pipeline_config
 
 if TYPE_CHECKING:
     from trl import DPOTrainer
@@ -60,10 +61,7 @@ QUICK = ["stages.policy.max_steps=4", "stages.policy.evaluation=null"]
 
 @pytest.fixture(scope="module")
 def config_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("dpo")
-    path = root / "pipeline.yaml"
-    path.write_text(CONFIG + f"runs_dir: {root / 'runs'}\nregistry: {root / 'registry'}\n", encoding="utf-8")
-    return path
+    return pipeline_config(tmp_path_factory.mktemp("dpo"), CONFIG)
 
 
 @pytest.fixture(scope="module")

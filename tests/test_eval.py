@@ -19,6 +19,7 @@ from rlhf.eval import (
 from rlhf.models import load_causal_lm
 from rlhf.registry import Registry
 from rlhf.tracking import read_offline_run
+from tests.conftest import pipeline_config
 
 GEN = GenerationSpec(max_new_tokens=8, samples_per_prompt=2)
 
@@ -62,11 +63,11 @@ def test_evaluation_is_recorded_in_the_registry_and_wandb(
     from rlhf.stage import run_standalone
     from stages import sft
 
-    config = tmp_path / "p.yaml"
-    config.write_text(
+    config = pipeline_config(
+        tmp_path,
         "model: tiny-llama\ndata:\n  synthetic: {num_sft_train: 1500, num_preference_tasks: 10}\n"
         "stages:\n  sft: {learning_rate: 3.0e-3, per_device_train_batch_size: 32, num_threads: 1, evaluation: null}\n"
-        f"tracking: none\nregistry: {tmp_path / 'registry'}\nruns_dir: {tmp_path / 'runs'}\n"
+        "tracking: none\n",
     )
     run_standalone("sft", sft.run, str(config), [], str(tmp_path / "run"))
     registry = Registry(tmp_path / "registry")

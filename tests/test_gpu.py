@@ -10,6 +10,7 @@ from rlhf.config import load_config
 from rlhf.stage import run_standalone, standalone_context
 from rlhf.training import LossWatch, precision_flags
 from stages import sft
+from tests.conftest import pipeline_config
 from tests.test_sft import CONFIG
 
 pytestmark = pytest.mark.gpu
@@ -22,10 +23,7 @@ def test_auto_precision_is_bf16_on_a_gpu_that_has_it() -> None:
 
 
 def test_sft_trains_on_the_gpu_in_bf16(tmp_path: Path) -> None:
-    config = tmp_path / "pipeline.yaml"
-    config.write_text(
-        CONFIG + f"runs_dir: {tmp_path / 'runs'}\nregistry: {tmp_path / 'registry'}\n", encoding="utf-8"
-    )
+    config = pipeline_config(tmp_path, CONFIG)
     stage_cfg, ctx = standalone_context(load_config(config), "sft", tmp_path / "probe")
     trainer = sft.build_trainer(stage_cfg, ctx, LossWatch())
     assert trainer.args.bf16 and next(trainer.model.parameters()).device.type == "cuda"

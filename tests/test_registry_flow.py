@@ -15,6 +15,7 @@ from rlhf.registry import Registry
 from rlhf.stage import run_standalone
 from rlhf.tracking import read_offline_run
 from stages import sft
+from tests.conftest import pipeline_config
 from tests.conftest import run_cli as cli
 
 CONFIG = """
@@ -37,9 +38,7 @@ tracking: {backend: wandb, project: registry-flow}
 
 @pytest.fixture()
 def config_file(tmp_path: Path) -> Path:
-    path = tmp_path / "pipeline.yaml"
-    path.write_text(CONFIG + f"runs_dir: {tmp_path / 'runs'}\nregistry: {tmp_path / 'registry'}\n")
-    return path
+    return pipeline_config(tmp_path, CONFIG)
 
 
 def test_stages_publish_consume_and_record_lineage(config_file: Path, tmp_path: Path) -> None:

@@ -36,6 +36,7 @@ from rlhf.rewards import (
 from rlhf.stage import StageResult, run_standalone, standalone_context
 from rlhf.training import LossWatch
 from stages import reward
+from tests.conftest import pipeline_config
 
 CONFIG = """
 name: reward-test
@@ -62,11 +63,7 @@ DEVICE_TOLERANCE = 1e-2
 
 
 def write_config(folder: Path) -> Path:
-    path = folder / "pipeline.yaml"
-    path.write_text(
-        CONFIG + f"runs_dir: {folder / 'runs'}\nregistry: {folder / 'registry'}\n", encoding="utf-8"
-    )
-    return path
+    return pipeline_config(folder, CONFIG)
 
 
 @pytest.fixture()

@@ -17,7 +17,7 @@ from rlhf.models import load_causal_lm
 from rlhf.stage import run_standalone, standalone_context
 from rlhf.training import LossWatch
 from stages import sft
-from tests.conftest import REPO
+from tests.conftest import REPO, pipeline_config
 
 CONFIG = """
 name: sft-test
@@ -41,11 +41,7 @@ tracking: none
 
 @pytest.fixture()
 def config_file(tmp_path: Path) -> Path:
-    path = tmp_path / "pipeline.yaml"
-    path.write_text(
-        CONFIG + f"runs_dir: {tmp_path / 'runs'}\nregistry: {tmp_path / 'registry'}\n", encoding="utf-8"
-    )
-    return path
+    return pipeline_config(tmp_path, CONFIG)
 
 
 @pytest.mark.slow
