@@ -52,7 +52,7 @@ def run_seed(config: Path, seed: int, root: Path, samples_per_prompt: int) -> di
     run = run_pipeline(bench_config(config, seed, root, samples_per_prompt), root / "run")
     seconds = {result.stage: result.seconds for result in run.results}
     steps = {result.stage: result.metrics["steps"] for result in run.results}
-    m = run.evaluation.metrics
+    m = run.evaluations["policy"].metrics
     return {
         "seed": seed,
         "sft_gold": m["reference_gold_reward"],

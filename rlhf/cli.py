@@ -34,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(handler=_run)
 
     stage = commands.add_parser("stage", help="run one stage of a pipeline config", parents=[common])
-    stage.add_argument("stage", help="stage name, e.g. sft")
+    stage.add_argument("stage", help="stage name, e.g. sft, or policy-ppo for a named policy stage")
     stage.add_argument("config", help="pipeline YAML")
     stage.add_argument("overrides", nargs="*", help="dotted overrides")
     stage.add_argument("--run-dir", help="run directory (default: a new one under runs_dir)")
@@ -290,12 +290,13 @@ def _run(args: argparse.Namespace) -> None:
 
 
 def _stage(args: argparse.Namespace) -> None:
+    from rlhf.config import stage_program
     from rlhf.distributed import configure_logging, rank_info
     from rlhf.stage import describe_result, run_standalone
 
     configure_logging(rank_info(), args.debug)
     try:
-        program = importlib.import_module(f"stages.{args.stage}")
+        program = importlib.import_module(f"stages.{stage_program(args.stage)}")
     except ModuleNotFoundError:
         raise RlhfError(f"unknown stage '{args.stage}'") from None
     result = run_standalone(args.stage, program.run, args.config, args.overrides, args.run_dir)

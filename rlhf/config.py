@@ -11,14 +11,25 @@ import difflib
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    TypeAdapter,
+    ValidationError,
+    model_validator,
+)
 from pydantic.dataclasses import dataclass as pydantic_dataclass
 
 from rlhf.data.synthetic import SynthConfig
 from rlhf.errors import ConfigError
+
+STAGE_NAME = r"^[A-Za-z0-9][A-Za-z0-9_]*$"
 
 
 class Schema(BaseModel):
@@ -128,29 +139,122 @@ class RewardStageConfig(TrainStageConfig):
     center_rewards_coefficient: float | None = Field(None, ge=0.0)
 
 
-class PolicyStageConfig(TrainStageConfig):
-    """Stage 3: preference optimization of the SFT policy (DPO on TRL's DPOTrainer)."""
+class PPOSpec(Schema):
+    """PPO's own hyperparameters (`algorithm: ppo`); defaults follow the InstructGPT-style recipe.
 
-    algorithm: Literal["dpo"] = "dpo"
+    One update: `rollout.samples_per_prompt` responses to each of `prompts_per_update` prompts (per process),
+    scored by the reward model, then `ppo_epochs` passes over them in `num_mini_batches` minibatches, each cut
+    into micro-batches of `per_device_train_batch_size` (gradients accumulated). The stage's `max_steps` counts
+    updates; otherwise `num_train_epochs` passes over the prompts set the count.
+    """
+
+    reward_model: ModelSpec | None = Field(
+        None, description="Default: the pipeline's reward model, else registry:reward-model:latest."
+    )
+    prompts: str | None = Field(
+        None, description="JSONL of prompts to train on; default: the preference data's training prompts."
+    )
+    prompts_per_update: int = Field(64, gt=0)
+    rollout: GenerationSpec = Field(
+        default_factory=lambda: GenerationSpec(max_new_tokens=64, samples_per_prompt=1),
+        description="Sampling of the rollouts; its temperature also divides the logits of every log-prob.",
+    )
+    ppo_epochs: int = Field(4, gt=0)
+    num_mini_batches: int = Field(1, gt=0)
+    value_model: Literal["reward", "policy_head"] = Field(
+        "reward",
+        description="reward: a trainable copy of the reward model (a copy of the policy's backbone when the "
+        "tokenizers differ); policy_head: a zero-initialized value head on the policy.",
+    )
+    kl_coef: float = Field(
+        0.05, ge=0.0, description="beta of the per-token KL penalty (the start, if adaptive)."
+    )
+    kl_estimator: Literal["k1", "k3"] = "k1"
+    target_kl: float | None = Field(
+        None, gt=0.0, description="Set: adapt kl_coef toward this KL per response (Ziegler et al.)."
+    )
+    kl_horizon: int = Field(10000, gt=0, description="Responses over which the adaptive controller reacts.")
+    gamma: float = Field(1.0, ge=0.0, le=1.0)
+    lam: float = Field(0.95, ge=0.0, le=1.0)
+    whiten_advantages: bool = True
+    whiten_rewards: bool = False
+    normalize_rewards: bool = Field(
+        True, description="Scores to mean 0, std 1 with the reward model's stored statistics."
+    )
+    reward_scale: float = Field(1.0, gt=0.0, description="Multiplies the (normalized) score.")
+    reward_clip: float | None = Field(10.0, gt=0.0, description="Clip the scaled score to +-this.")
+    missing_eos_penalty: float | None = Field(
+        1.0, ge=0.0, description="Subtracted from the score of a response that never ended (EOS)."
+    )
+    cliprange: float = Field(0.2, gt=0.0)
+    cliprange_value: float = Field(0.2, gt=0.0)
+    vf_coef: float = Field(0.1, ge=0.0)
+    entropy_coef: float = Field(0.0, ge=0.0)
+
+
+class PolicyStageConfig(TrainStageConfig):
+    """Stage 3: optimization of the SFT policy: DPO on TRL's DPOTrainer, or our own PPO (`rlhf.ppo`)."""
+
+    algorithm: Literal["dpo", "ppo"] = "dpo"
     learning_rate: float = Field(1e-6, gt=0.0)
     dataset: str | None = Field(
         None, description="A preference dataset directory; default: the imported data."
     )
-    beta: float = Field(0.1, gt=0.0)
+    beta: float = Field(0.1, gt=0.0, description="DPO's beta.")
     loss_type: list[str] = Field(
         default_factory=lambda: ["sigmoid"], description="TRL DPO loss types, combinable."
     )
     precompute_ref_log_probs: bool = False
     max_length: int = Field(512, gt=0)
+    ppo: PPOSpec = Field(default_factory=PPOSpec)
     evaluation: GenerationSpec | None = Field(default_factory=GenerationSpec)
 
 
+def _policy_form(value: Any) -> str:
+    """`policy:` holds one stage's config, or named ones, each saying its algorithm:
+    `{dpo: {algorithm: dpo, ...}, ppo: {algorithm: ppo, ...}}`."""
+    if not isinstance(value, dict) or not value:
+        return "one"
+    named = (
+        isinstance(v, PolicyStageConfig) or (isinstance(v, dict) and "algorithm" in v) for v in value.values()
+    )
+    return "named" if all(named) else "one"
+
+
+PolicySection = Annotated[
+    Annotated[PolicyStageConfig, Tag("one")]
+    | Annotated[dict[Annotated[str, Field(pattern=STAGE_NAME)], PolicyStageConfig], Tag("named")],
+    Discriminator(_policy_form),
+]
+POLICY_TAGS = frozenset({"one", "named"})  # left out of error key paths
+
+
 class StagesConfig(Schema):
-    """The stages to run, in dependency order; a missing section means the stage does not run."""
+    """The stages to run, in dependency order; a missing section means the stage does not run.
+
+    `policy` may name several policy stages (e.g. DPO and PPO): each starts from the same SFT version and is
+    evaluated against it, so they compare side by side. They run as `policy-<name>`.
+    """
 
     sft: SFTStageConfig | None = None
     reward: RewardStageConfig | None = None
-    policy: PolicyStageConfig | None = None
+    policy: PolicySection | None = None
+
+    def plan(self) -> dict[str, TrainStageConfig]:
+        """Every configured stage by its run name, in dependency order: sft, reward, policy[-<name>]..."""
+        plan: dict[str, TrainStageConfig] = {
+            name: cfg for name in ("sft", "reward") if (cfg := getattr(self, name))
+        }
+        if isinstance(self.policy, dict):
+            plan |= {f"policy-{name}": cfg for name, cfg in self.policy.items()}
+        elif self.policy is not None:
+            plan["policy"] = self.policy
+        return plan
+
+
+def stage_program(stage: str) -> str:
+    """The stage program (`stages.<program>`) that runs a stage: `policy-ppo` is run by `stages.policy`."""
+    return stage.partition("-")[0]
 
 
 SyntheticData = pydantic_dataclass(SynthConfig, frozen=True, config=ConfigDict(extra="forbid"))
@@ -229,9 +333,9 @@ class PipelineConfig(Schema):
 
     @model_validator(mode="after")
     def _some_stage(self) -> PipelineConfig:
-        names = StagesConfig.model_fields
-        if not any(getattr(self.stages, name) is not None for name in names):
-            raise ValueError(f"stages: no stage configured; expected at least one of {', '.join(names)}")
+        if not self.stages.plan():
+            names = ", ".join(StagesConfig.model_fields)
+            raise ValueError(f"stages: no stage configured; expected at least one of {names}")
         return self
 
     def fingerprint(self) -> str:
@@ -310,7 +414,7 @@ def apply_override(raw: dict[str, Any], override: str) -> None:
 
 def describe_error(err: Any, root: Any) -> str:
     """One line for one pydantic error: the dotted key path, what was expected, what was given."""
-    loc = [str(part) for part in err["loc"] if not str(part).startswith("function-")]
+    loc = [str(p) for p in err["loc"] if not str(p).startswith("function-") and p not in POLICY_TAGS]
     path = ".".join(loc)
     kind = err["type"]
     if not path:
@@ -351,9 +455,10 @@ def _known_keys(root: Any, loc: list[str]) -> list[str]:
     model: Any = root
     for part in loc:
         fields = _fields_of(model)
-        if part not in fields:
+        if part in fields:
+            model = _section_type(fields[part])
+        elif model is not PolicyStageConfig:  # there, a part not a field is a named policy stage
             return []
-        model = _section_type(fields[part])
     return list(_fields_of(model))
 
 
@@ -365,10 +470,12 @@ def _fields_of(model: Any) -> dict[str, Any]:
 
 
 def _section_type(annotation: Any) -> Any:
-    """The schema class inside `X | None` (or X itself)."""
-    for candidate in getattr(annotation, "__args__", (annotation,)):
-        if _fields_of(candidate):
-            return candidate
+    """The schema class inside `X | None`, `Annotated[...]` or a union of them (or X itself)."""
+    if _fields_of(annotation):
+        return annotation
+    for candidate in getattr(annotation, "__args__", ()):
+        if _fields_of(found := _section_type(candidate)):
+            return found
     return annotation
 
 

@@ -2,7 +2,7 @@
 
 A stage is started by module name (`stages.<name>`), so the library never imports the stage programs.
 Stages hand models on through the registry: the reward model and the policy start from the SFT version,
-and the run ends with the policy evaluated against the SFT policy (judged by the reward model).
+and the run ends with each policy evaluated against the SFT policy (judged by the reward model).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from rlhf.config import ModelSpec, PipelineConfig, dump_config
+from rlhf.config import ModelSpec, PipelineConfig, dump_config, stage_program
 from rlhf.eval import GOLD_REWARDS, PolicyEvaluation, evaluate_and_record, evaluate_model
 from rlhf.registry import REF_PREFIX
 from rlhf.stage import (
@@ -28,8 +28,8 @@ from rlhf.stage import (
 
 log = logging.getLogger(__name__)
 
-# The stages in dependency order, each with the stage whose published model it starts from (None: the
-# pipeline's base model). A stage's own `model:` overrides this.
+# The stage a stage's program starts from by default: its published model (None: the pipeline's base model).
+# A stage's own `model:` overrides this. Stages run in the order `StagesConfig.plan` gives.
 STARTS_FROM: dict[str, str | None] = {"sft": None, "reward": "sft", "policy": "sft"}
 
 
@@ -39,7 +39,9 @@ class PipelineRun:
     base_model: ModelSpec
     base_metrics: dict[str, float] = field(default_factory=dict)
     results: list[StageResult] = field(default_factory=list)
-    evaluation: PolicyEvaluation | None = None  # the policy against the SFT policy
+    evaluations: dict[str, PolicyEvaluation] = field(
+        default_factory=dict
+    )  # policy stage -> vs the SFT policy
 
 
 def run_pipeline(cfg: PipelineConfig, run_dir: Path | None = None) -> PipelineRun:
@@ -56,33 +58,33 @@ def run_pipeline(cfg: PipelineConfig, run_dir: Path | None = None) -> PipelineRu
         run.base_metrics = evaluate_model(base.spec, inputs["eval_prompts"], cfg.evaluation, task, cfg.seed)
 
     published: dict[str, str] = {}  # stage -> registry reference of what it published
-    for name, parent in STARTS_FROM.items():
-        stage_cfg = getattr(cfg.stages, name)
-        if stage_cfg is None:
-            continue
+    for name, stage_cfg in cfg.stages.plan().items():
+        program = stage_program(name)
+        parent = STARTS_FROM[program]
         default = (
             cfg.model.model_copy(update={"name": published[parent]}) if parent in published else cfg.model
         )
         start = resolve_model(stage_cfg.model or default, run_dir, cfg.seed, registry)
-        program = importlib.import_module(f"stages.{name}")
         log.info("stage %s: starting from %s", name, start.ref or start.base_model)
-        result = run_stage(program.run, stage_cfg, prepare_context(cfg, name, run_dir, start, inputs, task))
+        module = importlib.import_module(f"stages.{program}")
+        result = run_stage(module.run, stage_cfg, prepare_context(cfg, name, run_dir, start, inputs, task))
         run.results.append(result)
         if result.ref:
             published[name] = REF_PREFIX + result.ref
-            inputs[f"{name}_model"] = published[
-                name
-            ]  # e.g. the reward model, for later stages and evaluation
+            if program != "policy":  # e.g. the reward model, for the policy stages and the evaluation
+                inputs[f"{name}_model"] = published[name]
 
-    if "policy" in published and "eval_prompts" in inputs and cfg.evaluation is not None:
+    if "eval_prompts" in inputs and cfg.evaluation is not None:
         reference = published.get("sft", base.spec.name)
-        run.evaluation = evaluate_and_record(
-            registry, published["policy"], reference, inputs["eval_prompts"], cfg.evaluation, task,
-            cfg.tracking, run_dir, cfg.seed, judge=published.get("reward"),
-        )  # fmt: skip
+        for name, policy in published.items():
+            if stage_program(name) == "policy":
+                run.evaluations[name] = evaluate_and_record(
+                    registry, policy, reference, inputs["eval_prompts"], cfg.evaluation, task,
+                    cfg.tracking, run_dir, cfg.seed, judge=published.get("reward"),
+                )  # fmt: skip
 
     summary = {"base_model": run.base_model.name, "base_metrics": run.base_metrics,
                "stages": [asdict(r) for r in run.results],
-               "evaluation": run.evaluation.metrics if run.evaluation else None}  # fmt: skip
+               "evaluations": {name: e.metrics for name, e in run.evaluations.items()}}  # fmt: skip
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str), encoding="utf-8")
     return run

@@ -33,15 +33,17 @@ def print_pipeline_summary(run: PipelineRun, console: Console | None = None) -> 
         table.add_row("base", *_cells(run.base_metrics), "")
     for result in run.results:
         metrics = dict(result.metrics)
-        if result.stage == "policy" and run.evaluation:  # measured against the SFT policy on the same prompts
-            evaluated = run.evaluation.metrics
+        if evaluation := run.evaluations.get(result.stage):  # against the SFT policy on the same prompts
+            evaluated = evaluation.metrics
             metrics |= {k.removeprefix("policy_"): v for k, v in evaluated.items() if k.startswith("policy_")}
             metrics["kl"] = evaluated.get("kl", float("nan"))
         table.add_row(result.stage, *_cells(metrics), f"{result.seconds:.0f}s")
     console.print(table)
-    if run.evaluation:
-        shown = {k: v for k, v in run.evaluation.metrics.items() if "win_rate" in k}
-        console.print("policy vs SFT: " + ", ".join(f"{k} {v:.3f}" for k, v in shown.items()), soft_wrap=True)
+    for stage, evaluation in run.evaluations.items():
+        shown = {k: v for k, v in evaluation.metrics.items() if "win_rate" in k}
+        console.print(
+            f"{stage} vs SFT: " + ", ".join(f"{k} {v:.3f}" for k, v in shown.items()), soft_wrap=True
+        )
     for result in run.results:
         console.print(f"{result.stage}: {describe_result(result)}", soft_wrap=True)
     console.print(f"run directory (config, logs, wandb): {run.run_dir}", soft_wrap=True)

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rlhf.config import ModelSpec, PipelineConfig, PreferencesConfig, dump_config, load_config
+from rlhf.config import ModelSpec, PipelineConfig, PreferencesConfig, dump_config, load_config, stage_program
 from rlhf.data.files import fingerprint
 from rlhf.data.importers import ImportOptions
 from rlhf.data.preferences import ImportSettings, import_preferences
@@ -86,6 +86,7 @@ class StageResult:
     output_dir: Path
     metrics: dict[str, float] = field(default_factory=dict)
     publish_as: str | None = None  # registry model name, e.g. "sft-policy"; None: nothing to publish
+    parents: list[str] = field(default_factory=list)  # registry versions it used besides its start (lineage)
     ref: str | None = None  # the published version ("sft-policy:v3"), set once published
     seconds: float = 0.0
 
@@ -191,7 +192,7 @@ def publish(result: StageResult, stage_cfg: Any, ctx: StageContext) -> Manifest:
         result.output_dir,
         stage=ctx.stage,
         base_model=ctx.start.base_model,
-        parents=[ctx.start.ref] if ctx.start.ref else [],
+        parents=([ctx.start.ref] if ctx.start.ref else []) + result.parents,
         datasets=ctx.datasets_read,
         config=stage_cfg.model_dump(mode="json"),
         metrics={k: float(v) for k, v in result.metrics.items()},
@@ -244,6 +245,7 @@ def run_stage(
         ctx.tracker = tracker
         tracker.use_models([ctx.start.ref] if ctx.start.ref else [])
         result = run(stage_cfg, ctx)
+        tracker.use_models(result.parents)
         tracker.log({f"final/{k}": v for k, v in result.metrics.items()})
         if ctx.rank.is_main and result.publish_as:
             publish(result, stage_cfg, ctx)
@@ -263,19 +265,20 @@ def stage_main(
     parser = argparse.ArgumentParser(prog=f"python -m stages.{stage}", description=f"Run the {stage} stage.")
     parser.add_argument("--config", required=True, help="pipeline YAML")
     parser.add_argument("--run-dir", help="run directory (default: a new one under runs_dir)")
+    parser.add_argument("--name", help=f"which of several named {stage} stages, e.g. {stage}-ppo")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. stages.sft.max_steps=50")
     args = parser.parse_args(argv)
     configure_logging(rank_info(), args.debug)
     try:
-        result = run_standalone(stage, run, args.config, args.overrides, args.run_dir)
+        result = run_standalone(args.name or stage, run, args.config, args.overrides, args.run_dir)
     except RlhfError as exc:
         if args.debug:
             raise
         print(f"error: [rank {rank_info().rank}] {exc}", file=sys.stderr)
         return 2
     if rank_info().is_main:
-        print(f"{stage}: done in {result.seconds:.0f}s; {describe_result(result)}")
+        print(f"{result.stage}: done in {result.seconds:.0f}s; {describe_result(result)}")
     return 0
 
 
@@ -303,9 +306,19 @@ def run_standalone(
 
 def standalone_context(cfg: PipelineConfig, stage: str, run_dir: Path) -> tuple[Any, StageContext]:
     """A stage's config section and its context when it runs on its own: data and model resolved here."""
-    stage_cfg = getattr(cfg.stages, stage, None)
-    if stage_cfg is None:
-        raise ConfigError(f"stages.{stage}: missing; add a `{stage}:` section under `stages:`")
+    stage_cfg = stage_section(cfg, stage)
     inputs, task = prepare_data(cfg, run_dir)
     start = resolve_model(stage_cfg.model or cfg.model, run_dir, cfg.seed, open_registry(cfg))
     return stage_cfg, prepare_context(cfg, stage, run_dir, start, inputs, task)
+
+
+def stage_section(cfg: PipelineConfig, stage: str) -> Any:
+    """The config of the stage run as `stage` (`sft`, `policy`, `policy-ppo`); a clear error when absent."""
+    plan = cfg.stages.plan()
+    if stage in plan:
+        return plan[stage]
+    named = [name for name in plan if stage_program(name) == stage]
+    if named:
+        raise ConfigError(f"stages.{stage}: holds several stages ({', '.join(named)}); name one of them")
+    section = stage_program(stage)
+    raise ConfigError(f"stages.{section}: no stage '{stage}' configured; add it under `stages:`")

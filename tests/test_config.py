@@ -29,6 +29,51 @@ def test_quickstart_config_is_valid() -> None:
     assert cfg.model.name == "tiny-llama"
     assert cfg.stages.sft is not None and cfg.stages.sft.learning_rate == pytest.approx(3e-3)
     assert cfg.data.synthetic is not None
+    plan = cfg.stages.plan()
+    assert list(plan) == ["sft", "reward", "policy-dpo", "policy-ppo"]
+    assert plan["policy-dpo"].algorithm == "dpo" and plan["policy-ppo"].algorithm == "ppo"
+
+
+NAMED_POLICIES = """
+model: tiny-llama
+stages:
+  policy:
+    fast: {algorithm: ppo, ppo: {kl_coef: 0.2}}
+    slow: {algorithm: dpo, beta: 0.5}
+"""
+
+
+def test_policy_stages_one_or_named(tmp_path: Path) -> None:
+    one = load_config(
+        _write(tmp_path, MINIMAL), ["stages.policy.algorithm=ppo", "stages.policy.ppo.kl_coef=0.3"]
+    )
+    assert one.stages.plan()["policy"].ppo.kl_coef == pytest.approx(0.3)
+    named = load_config(_write(tmp_path, NAMED_POLICIES), ["stages.policy.fast.ppo.kl_coef=0.4"])
+    plan = named.stages.plan()
+    assert list(plan) == ["policy-fast", "policy-slow"]
+    assert plan["policy-fast"].ppo.kl_coef == pytest.approx(0.4) and plan[
+        "policy-slow"
+    ].beta == pytest.approx(0.5)
+    # the resolved config a run saves loads back to the same stages
+    dump_config(named, tmp_path / "resolved.yaml")
+    assert load_config(tmp_path / "resolved.yaml").stages.plan() == plan
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        (
+            "stages.policy.fast.ppo.kl_cof=1",
+            "stages.policy.fast.ppo.kl_cof: unknown key, did you mean kl_coef?",
+        ),
+        ("stages.policy.slow.bta=1", "stages.policy.slow.bta: unknown key, did you mean beta?"),
+        ("stages.policy.fast.algorithm=trpo", "stages.policy.fast.algorithm:"),
+    ],
+)
+def test_named_policy_stage_errors_name_the_key(tmp_path: Path, override: str, message: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config(_write(tmp_path, NAMED_POLICIES), [override])
+    assert message in str(err.value)
 
 
 def test_minimal_config_gets_defaults(tmp_path: Path) -> None:
