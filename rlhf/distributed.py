@@ -9,6 +9,12 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from rlhf.config import DistributedConfig
+
+if TYPE_CHECKING:
+    from accelerate.utils import DeepSpeedPlugin
 
 
 @dataclass(frozen=True)
@@ -42,3 +48,30 @@ def configure_logging(info: RankInfo, debug: bool = False) -> None:
     )
     for noisy in ("httpx", "urllib3", "filelock", "datasets", "wandb"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def resolve_precision(precision: str) -> str:
+    """ "auto" is bf16 on a GPU that supports it and fp32 elsewhere; anything else is taken as asked."""
+    import torch
+
+    if precision != "auto":
+        return precision
+    return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
+
+
+def mixed_precision(precision: str) -> str:
+    """Our precision setting as accelerate's `mixed_precision` ("no", "bf16", "fp16")."""
+    resolved = resolve_precision(precision)
+    return "no" if resolved == "fp32" else resolved
+
+
+def deepspeed_plugin(dist: DistributedConfig) -> DeepSpeedPlugin | None:
+    """accelerate's DeepSpeed plugin for a stage that drives accelerate itself (PPO): from the configured
+    DeepSpeed JSON, or a ZeRO stage with everything else left to DeepSpeed's defaults; None without either."""
+    if dist.deepspeed_config is None and dist.zero_stage is None:
+        return None
+    from accelerate.utils import DeepSpeedPlugin
+
+    if dist.deepspeed_config is not None:
+        return DeepSpeedPlugin(hf_ds_config=dist.deepspeed_config)
+    return DeepSpeedPlugin(zero_stage=dist.zero_stage)

@@ -63,13 +63,18 @@ def generate(
     tokenizer: PreTrainedTokenizerBase,
     prompts: Sequence[Messages],
     spec: GenerationSpec,
-    seed: int = 0,
+    seed: int | None = 0,
 ) -> list[Sample]:
-    """Sample `spec.samples_per_prompt` responses per prompt, batched and left-padded; cut at the first EOS."""
+    """Sample `spec.samples_per_prompt` responses per prompt, batched and left-padded; cut at the first EOS.
+
+    `seed` reseeds torch first (evaluations compare models on the same draws); None continues the caller's
+    random stream (PPO rollouts, whose RNG state is checkpointed).
+    """
     import torch
 
     prompts = [p for p in prompts for _ in range(spec.samples_per_prompt)]
-    torch.manual_seed(seed)
+    if seed is not None:
+        torch.manual_seed(seed)
     side = tokenizer.padding_side
     tokenizer.padding_side = "left"
     try:

@@ -9,18 +9,20 @@ from __future__ import annotations
 import logging
 import math
 import shutil
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from transformers import TrainerCallback
 
 from rlhf.config import GenerationSpec, TrainStageConfig
+from rlhf.distributed import resolve_precision
 from rlhf.errors import StageError
 from rlhf.eval import generate, load_prompts, summarize
 from rlhf.stage import StageContext
 
 if TYPE_CHECKING:
+    from accelerate import Accelerator
     from transformers import (
         PreTrainedModel,
         PreTrainedTokenizerBase,
@@ -36,11 +38,8 @@ TRACKED = {"loss": "train_loss"}  # trainer log key -> our metric name (first an
 
 
 def precision_flags(precision: str) -> dict[str, bool]:
-    """bf16 where the device has it ("auto"), or exactly what the config asks."""
-    import torch
-
-    if precision == "auto":
-        precision = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
+    """TRL's precision flags: bf16 where the device has it ("auto"), or exactly what the config asks."""
+    precision = resolve_precision(precision)
     return {"bf16": precision == "bf16", "fp16": precision == "fp16"}
 
 
@@ -156,19 +155,32 @@ def train_with_resume(trainer: Trainer) -> int:
 
 
 def save_final(trainer: Trainer, ctx: StageContext) -> Path:
-    """Save the trained model and tokenizer to the stage's output directory, atomically.
+    """Save a TRL trainer's model and tokenizer to the stage's output directory, atomically."""
+    return save_output(ctx, trainer.accelerator, lambda staging: trainer.save_model(str(staging)),
+                       trainer.processing_class)  # fmt: skip
+
+
+def save_output(
+    ctx: StageContext,
+    accelerator: Accelerator,
+    save: Callable[[Path], None],
+    tokenizer: PreTrainedTokenizerBase,
+) -> Path:
+    """The stage's final model (`save` writes it into a folder) and tokenizer, moved into the stage's output
+    directory in one rename, so a crash never leaves half a model there.
 
     Every rank calls this (ZeRO-3 gathers shards for the save); rank 0 alone renames the result into place.
     """
     staging = ctx.work_dir / ".output.partial"
     if ctx.rank.is_main and staging.exists():
         shutil.rmtree(staging)
-    trainer.save_model(str(staging))
-    trainer.accelerator.wait_for_everyone()
+    accelerator.wait_for_everyone()
+    save(staging)
+    accelerator.wait_for_everyone()
     if ctx.rank.is_main:
-        trainer.processing_class.save_pretrained(str(staging))
+        tokenizer.save_pretrained(str(staging))
         if ctx.output_dir.exists():
             shutil.rmtree(ctx.output_dir)
         staging.rename(ctx.output_dir)
-    trainer.accelerator.wait_for_everyone()
+    accelerator.wait_for_everyone()
     return ctx.output_dir

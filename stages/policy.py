@@ -1,4 +1,5 @@
-"""Stage 3: preference optimization of the SFT policy. `algorithm: dpo` runs TRL's DPOTrainer.
+"""Stage 3: optimization of the SFT policy. `algorithm: dpo` runs TRL's DPOTrainer on the preference pairs;
+`algorithm: ppo` runs our PPO (`rlhf.ppo`) against the reward model on the preference data's prompts.
 
 The policy starts from the stage's model (in a pipeline: the `sft-policy` version) and is trained on the
 imported preference dataset; ties carry no preference and are dropped (counted). The reference is that
@@ -14,23 +15,30 @@ implicit-reward margin.
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from rlhf.config import PolicyStageConfig
+import torch
+
+from rlhf.config import ModelSpec, PolicyStageConfig
 from rlhf.data.preferences import load_preferences
+from rlhf.distributed import deepspeed_plugin, mixed_precision
 from rlhf.errors import DataError
+from rlhf.eval import load_prompts
 from rlhf.models import is_adapter, load_causal_lm, lora_config
-from rlhf.stage import StageContext, StageResult, stage_main
+from rlhf.registry import REF_PREFIX
+from rlhf.stage import ResolvedModel, StageContext, StageResult, resolve_model, stage_main
 from rlhf.training import (
     LossWatch,
     held_out_samples,
     outcome_metrics,
     save_final,
+    save_output,
     train_with_resume,
     trainer_arguments,
 )
@@ -43,6 +51,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("stages.policy")
 
+Messages = list[dict[str, str]]
 PAIR_COLUMNS = ["prompt", "chosen", "rejected"]  # TRL's conversational preference form
 
 # TRL's logged name -> ours; first and last values of each go in the stage's metrics.
@@ -64,6 +73,9 @@ class Trained:
     tokenizer: PreTrainedTokenizerBase
     output_dir: Path
     metrics: dict[str, float]
+    parents: list[str] = field(
+        default_factory=list
+    )  # registry versions used besides the start (the reward model)
 
 
 @dataclass
@@ -209,16 +221,86 @@ def drop_reference_adapter(model: PreTrainedModel) -> None:
 
 
 # --------------------------------------------------------------------------------------------------
+# PPO
+
+
+def reward_model_for(
+    cfg: PolicyStageConfig, ctx: StageContext
+) -> tuple[ResolvedModel, tuple[float, float] | None]:
+    """The reward model PPO optimizes against (the stage's own, else the pipeline's, else the registry's
+    latest) and the score statistics stored with it, when it has them."""
+    default = ctx.inputs.get("reward_model", f"{REF_PREFIX}reward-model:latest")
+    spec = cfg.ppo.reward_model or ModelSpec(name=default)
+    reward = resolve_model(spec, ctx.run_dir, ctx.seed, ctx.registry)
+    stats = None
+    if reward.ref:
+        metrics = ctx.registry.manifest(reward.ref).metrics
+        if "reward_mean" in metrics and "reward_std" in metrics:
+            stats = (metrics["reward_mean"], metrics["reward_std"])
+    return reward, stats
+
+
+def training_prompts(cfg: PolicyStageConfig, ctx: StageContext) -> list[Messages]:
+    """The prompts PPO samples: a prompts file when configured, else each distinct prompt of the preference
+    data's training split (what the annotators were asked), in the data's order."""
+    if cfg.ppo.prompts:
+        return load_prompts(ctx.data("ppo_prompts", cfg.ppo.prompts))
+    path = ctx.data("preferences", cfg.dataset)
+    seen: dict[str, Messages] = {}
+    for prompt in load_preferences(Path(path))["train"]["prompt"]:
+        seen.setdefault(json.dumps(prompt, sort_keys=True), prompt)
+    if not seen:
+        raise DataError(f"{path}: no training prompts for PPO")
+    return list(seen.values())
+
+
+def run_ppo(cfg: PolicyStageConfig, ctx: StageContext) -> Trained:
+    from rlhf.ppo import PPORun, PPOTrainer, build_models
+
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    reward, stats = reward_model_for(cfg, ctx)
+    prompts = training_prompts(cfg, ctx)
+    models = build_models(ctx.model, reward.spec, cfg.lora, cfg.ppo.value_model)
+    log.info("policy: PPO against %s (%s), %d training prompts, reference: %s", reward.ref or reward.spec.name,
+             f"scores normalized by {stats[0]:.3f} +- {stats[1]:.3f}" if stats else "no stored statistics",
+             len(prompts), "SFT weights, adapters disabled" if models.reference is None else "frozen copy of the SFT model")  # fmt: skip
+    trainer = PPOTrainer(
+        PPORun(
+            cfg=cfg,
+            models=models,
+            prompts=prompts,
+            checkpoint_dir=ctx.work_dir / "checkpoints",
+            seed=ctx.seed,
+            reward_stats=stats,
+            log_metrics=ctx.tracker.log if ctx.tracker else lambda metrics, step: None,
+            deepspeed_plugin=deepspeed_plugin(ctx.pipeline.distributed),
+            mixed_precision=mixed_precision(cfg.precision),
+        )
+    )
+    outcome = trainer.train()
+    output = save_output(ctx, trainer.accelerator, trainer.save_policy, models.tokenizer)
+    metrics: dict[str, float] = {"prompts": len(prompts), "steps": outcome.updates,
+                                 "resumed_from_step": outcome.resumed_from}  # fmt: skip
+    for key in ("score_raw_mean", "kl", "entropy", "no_eos_share", "response_tokens", "explained_variance"):
+        if values := [row[key] for row in outcome.history]:
+            metrics |= {f"ppo_{key}_first": values[0], f"ppo_{key}_last": values[-1]}
+    parents = [reward.ref] if reward.ref else []
+    return Trained(outcome.policy, models.tokenizer, output, metrics, parents)
+
+
+# --------------------------------------------------------------------------------------------------
 # The stage
 
 
-ALGORITHMS: dict[str, Callable[[PolicyStageConfig, StageContext], Trained]] = {"dpo": run_dpo}
+ALGORITHMS: dict[str, Callable[[PolicyStageConfig, StageContext], Trained]] = {"dpo": run_dpo, "ppo": run_ppo}
 
 
 def run(cfg: PolicyStageConfig, ctx: StageContext) -> StageResult:
     trained = ALGORITHMS[cfg.algorithm](cfg, ctx)
     metrics = trained.metrics | held_out_samples(trained.model, trained.tokenizer, cfg.evaluation, ctx)
-    return StageResult(stage=ctx.stage, output_dir=trained.output_dir, metrics=metrics, publish_as="policy")
+    return StageResult(stage=ctx.stage, output_dir=trained.output_dir, metrics=metrics, publish_as="policy",
+                       parents=trained.parents)  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -135,9 +135,10 @@ def test_debug_shows_the_traceback(config_file: Path, tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_the_quickstart_pipeline_end_to_end_at_small_size(tmp_path: Path) -> None:
-    """All three stages chained through the registry, and the closing evaluation, on the quickstart config."""
+    """Every stage chained through the registry (DPO and PPO side by side), and the closing evaluations."""
     small = ["data.synthetic.num_sft_train=1500", "data.synthetic.num_preference_tasks=300",
-             "stages.sft.num_train_epochs=1", "stages.reward.num_train_epochs=1", "stages.policy.num_train_epochs=1",
+             "stages.sft.num_train_epochs=1", "stages.reward.num_train_epochs=1",
+             "stages.policy.dpo.num_train_epochs=1", "stages.policy.ppo.max_steps=3",
              "evaluation.samples_per_prompt=1", f"registry={tmp_path / 'registry'}", f"runs_dir={tmp_path / 'runs'}",
              "tracking=none"]  # fmt: skip
     done = rlhf("run", str(REPO / "configs" / "quickstart.yaml"), *small, "--run-dir", str(tmp_path / "run"))
@@ -145,17 +146,26 @@ def test_the_quickstart_pipeline_end_to_end_at_small_size(tmp_path: Path) -> Non
     for line in (
         "sft: published sft-policy:v1",
         "reward: published reward-model:v1",
-        "policy: published policy:v1",
+        "policy-dpo: published policy:v1",
+        "policy-ppo: published policy:v2",
+        "policy-dpo vs SFT: gold_win_rate",
+        "policy-ppo vs SFT: gold_win_rate",
     ):
         assert line in done.stdout
-    assert "policy vs SFT: gold_win_rate" in done.stdout
+    table = done.stdout[: done.stdout.index("policy-dpo vs SFT")]
+    assert "│ policy-dpo │" in table and "│ policy-ppo │" in table  # one row each in the final table
     registry = Registry(tmp_path / "registry")
-    assert registry.manifest("reward-model:v1").parents == ["sft-policy:v1"]
-    policy = registry.manifest("policy:v1")
-    assert policy.parents == ["sft-policy:v1"]
-    assert {d["name"] for d in policy.datasets} == {"preferences"}
-    assert policy.extra["evaluation"]["models"] == {"policy": "policy:v1", "reference": "sft-policy:v1",
-                                                    "judge": "reward-model:v1"}  # fmt: skip
+    assert (
+        registry.manifest("reward-model:v1").parents == []
+    )  # the quickstart's reward model starts from the base
+    dpo, ppo = registry.manifest("policy:v1"), registry.manifest("policy:v2")
+    assert dpo.parents == ["sft-policy:v1"] and dpo.stage == "policy-dpo"
+    assert ppo.parents == ["sft-policy:v1", "reward-model:v1"] and ppo.stage == "policy-ppo"
+    assert ppo.config["algorithm"] == "ppo" and ppo.metrics["steps"] == 3
+    assert {d["name"] for d in dpo.datasets} == {"preferences"}
+    assert dpo.extra["evaluation"]["models"] == {"policy": "policy:v1", "reference": "sft-policy:v1",
+                                                 "judge": "reward-model:v1"}  # fmt: skip
+    assert ppo.extra["evaluation"]["models"]["policy"] == "policy:v2"
     assert {"reward_mean", "reward_std", "accuracy"} <= registry.manifest("reward-model:v1").metrics.keys()
 
     # the same evaluation, by hand, through `rlhf eval`

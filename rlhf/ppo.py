@@ -1,0 +1,820 @@
+"""PPO for language models, the InstructGPT recipe, in one module: read it top to bottom.
+
+    models -> rollout (sample, score, log-probs, values) -> rewards (KL penalty + score) -> advantages (GAE)
+    -> update (clipped policy and value losses, several epochs over minibatches) -> metrics -> checkpoint
+
+TRL removed its PPOTrainer in 2026, so this is our own code on torch, transformers and accelerate (DeepSpeed
+underneath when configured). The details that decide whether PPO works for language models (the checklist
+in the project's field notes) are marked where they live, e.g. `[3]` for "divide logits by the temperature".
+
+Tensor shapes: B responses in a rollout, P the (left-padded) prompt width, T the (right-padded) response width.
+Per-token tensors are [B, T] over response positions; `mask` marks a response's tokens up to and including
+its EOS [9].
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import shutil
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from statistics import fmean
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor, nn
+
+from rlhf.config import LoraSpec, ModelSpec, PolicyStageConfig, PPOSpec
+from rlhf.errors import ConfigError, StageError
+from rlhf.eval import Sample, generate
+from rlhf.models import is_adapter, load_causal_lm, load_reward_model, lora_config
+from rlhf.rewards import score, score_ids
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+log = logging.getLogger(__name__)
+
+Messages = list[dict[str, str]]
+CHECKPOINT_PREFIX = "checkpoint-"
+
+
+# ==================================================================================================
+# Models: policy, frozen reference, frozen reward model, trainable value model
+
+
+@dataclass
+class PPOModels:
+    """Everything PPO runs. `reference` None: the policy with its LoRA adapters disabled (no second copy)."""
+
+    policy: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    reference: PreTrainedModel | None
+    reward: PreTrainedModel
+    reward_tokenizer: PreTrainedTokenizerBase
+    value: nn.Module | None  # None: a value head on the policy
+    shared_tokenizer: bool  # the reward model reads the policy's token ids as they are
+
+
+def disable_dropout(model: nn.Module) -> None:
+    """[4] Dropout off everywhere, also while training: PPO's ratio compares two forward passes, which
+    dropout would make differ by noise alone. (Train mode stays on for gradient checkpointing.)"""
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = 0.0
+
+
+class ValueModel(nn.Module):
+    """A per-token value from a sequence classifier: its backbone's hidden state at every position, through
+    its one-output head. Built from the reward model, it starts out knowing what the reward favours [5]."""
+
+    def __init__(self, classifier: PreTrainedModel) -> None:
+        super().__init__()
+        self.backbone = getattr(classifier, classifier.base_model_prefix)
+        self.head = classifier.score
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor) -> Tensor:
+        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids)
+        return self.head(hidden.last_hidden_state).squeeze(-1)
+
+
+class PolicyAndValue(nn.Module):
+    """The trainable part as one module, so one optimizer (and one DeepSpeed engine) holds both.
+
+    With `value` None the value is a linear head on the policy's last hidden state, initialized to 0 [5]."""
+
+    def __init__(self, policy: PreTrainedModel, value: nn.Module | None) -> None:
+        super().__init__()
+        self.policy = policy
+        self.value = value
+        self.value_head = None
+        if value is None:
+            self.value_head = nn.Linear(policy.config.hidden_size, 1)
+            nn.init.zeros_(self.value_head.weight)
+            nn.init.zeros_(self.value_head.bias)
+
+    def forward(
+        self, input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """(logits [B, L, V], values [B, L]) of whole sequences."""
+        out = self.policy(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            output_hidden_states=self.value_head is not None,
+        )
+        if self.value_head is not None:
+            values = self.value_head(out.hidden_states[-1]).squeeze(-1)
+        else:
+            values = self.value(input_ids, attention_mask, position_ids)
+        return out.logits, values
+
+
+def build_models(policy: ModelSpec, reward: ModelSpec, lora: LoraSpec | None, value_model: str) -> PPOModels:
+    """Load the SFT policy (with a fresh LoRA adapter when asked), its reference, the reward model and the
+    value model, following the stage's choices:
+
+    - reference: with LoRA the policy's own base, adapters disabled; otherwise a frozen copy of the SFT model.
+    - value (`reward`): a trainable copy of the reward model when it reads the policy's tokens; when the
+      tokenizers differ, a copy of the policy's backbone with a fresh head (values must be per policy token).
+    - value (`policy_head`): a zero-initialized head on the policy.
+    """
+    model, tokenizer = load_causal_lm(policy)
+    reference = None
+    if lora and not is_adapter(policy.name):
+        from peft import get_peft_model
+
+        model = get_peft_model(model, lora_config(lora))
+    else:
+        reference, _ = load_causal_lm(policy)
+        if lora:
+            log.info(
+                "ppo: the start is a LoRA adapter; training it further (its r/alpha, not stages.policy.lora)"
+            )
+    reward_model, reward_tokenizer = load_reward_model(reward)
+    shared = tokenizer.get_vocab() == reward_tokenizer.get_vocab()
+    value = None
+    if value_model == "reward" and shared:
+        value = ValueModel(copy.deepcopy(reward_model))
+    elif value_model == "reward":
+        log.info("ppo: the reward model has its own tokenizer: value model = a copy of the policy's backbone")
+        classifier, _ = load_reward_model(policy)
+        nn.init.zeros_(classifier.score.weight)
+        value = ValueModel(classifier)
+    for frozen in (reference, reward_model):
+        if frozen is not None:
+            frozen.requires_grad_(False)
+            frozen.eval()
+    for module in (model, reference, reward_model, value):
+        if module is not None:
+            disable_dropout(module)
+    return PPOModels(model, tokenizer, reference, reward_model, reward_tokenizer, value, shared)
+
+
+# ==================================================================================================
+# Forward passes: log-probs, entropy and values of the response tokens
+
+
+def position_ids(mask: Tensor) -> Tensor:
+    """[2] Positions counted over real tokens only, so a left-padded prompt starts at position 0."""
+    return (mask.cumsum(-1) - 1).clamp(min=0)
+
+
+def token_logprobs(logits: Tensor, tokens: Tensor, temperature: float) -> tuple[Tensor, Tensor]:
+    """(log-prob of each token, entropy of each distribution), logits divided by the temperature first [3]."""
+    logp = torch.log_softmax(logits.float() / temperature, dim=-1)
+    entropy = -(logp.exp() * logp).sum(-1)
+    return logp.gather(-1, tokens[..., None]).squeeze(-1), entropy
+
+
+def response_forward(
+    model: nn.Module, ids: Tensor, mask: Tensor, context: int, temperature: float
+) -> tuple[Tensor, Tensor, Tensor]:
+    """(log-probs, entropy, values) at the response positions, each [B, T].
+
+    The logits at position i predict token i + 1, so the response's T tokens are read from positions
+    context - 1 ... context + T - 2; the value there is that of the state before each response token.
+    """
+    logits, values = model(ids, mask, position_ids(mask))
+    reading = slice(context - 1, -1)
+    logp, entropy = token_logprobs(logits[:, reading], ids[:, context:], temperature)
+    return logp, entropy, values[:, reading].float()
+
+
+def reference_logprobs(
+    models: PPOModels, policy: PreTrainedModel, ids: Tensor, mask: Tensor, context: int, temperature: float
+) -> Tensor:
+    """The frozen reference's log-probs of the response tokens (with LoRA: the policy, adapters disabled)."""
+    switch = policy.disable_adapter() if models.reference is None else nullcontext()
+    reference = policy if models.reference is None else models.reference
+    with switch:
+        logits = reference(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask)).logits
+    return token_logprobs(logits[:, context - 1 : -1], ids[:, context:], temperature)[0]
+
+
+# ==================================================================================================
+# Rewards: KL estimators, the KL controller, per-token rewards
+
+
+def kl_estimate(logprobs: Tensor, ref_logprobs: Tensor, estimator: str = "k1") -> Tensor:
+    """Per-token estimate of KL(policy || reference) from tokens sampled by the policy.
+
+    k1 = log p - log p_ref: unbiased, can be negative on one token; k3 = (r - 1) - log r with
+    r = p_ref / p: unbiased and never negative, lower variance (Schulman, "Approximating KL divergence").
+    """
+    log_ratio = logprobs - ref_logprobs
+    if estimator == "k1":
+        return log_ratio
+    if estimator == "k3":
+        return torch.expm1(-log_ratio) + log_ratio
+    raise ConfigError(f"stages.policy.ppo.kl_estimator: unknown estimator {estimator!r} (k1 or k3)")
+
+
+class KLController:
+    """The KL coefficient beta [8]: fixed, or adapted toward a target KL per response (Ziegler et al. 2019):
+    beta *= 1 + clip(KL / target - 1, -0.2, 0.2) * responses / horizon."""
+
+    def __init__(self, value: float, target: float | None = None, horizon: int = 10000) -> None:
+        self.value, self.target, self.horizon = value, target, horizon
+
+    def update(self, kl: float, responses: int) -> None:
+        if self.target is not None:
+            error = min(max(kl / self.target - 1.0, -0.2), 0.2)
+            self.value *= 1.0 + error * responses / self.horizon
+
+    def state_dict(self) -> dict[str, float]:
+        return {"value": self.value}
+
+    def load_state_dict(self, state: dict[str, float]) -> None:
+        self.value = state["value"]
+
+
+def last_token_index(mask: Tensor) -> Tensor:
+    """Index of each response's last valid token (its EOS, or the last one sampled)."""
+    return (mask.sum(-1).long() - 1).clamp(min=0)
+
+
+def per_token_rewards(kl: Tensor, scores: Tensor, mask: Tensor, kl_coef: float) -> Tensor:
+    """[8] -beta * KL on every response token, plus the sequence's score on its last valid token [1]."""
+    rewards = -kl_coef * kl * mask
+    rewards[torch.arange(len(scores)), last_token_index(mask)] += scores
+    return rewards
+
+
+def shape_scores(raw: Tensor, ended: Tensor, spec: PPOSpec, stats: tuple[float, float] | None) -> Tensor:
+    """Raw reward-model scores to the score PPO optimizes: normalized with the reward model's statistics [6],
+    scaled, clipped, and a penalty for responses that never ended with EOS [7]."""
+    shaped = raw
+    if stats is not None:
+        mean, std = stats
+        shaped = (shaped - mean) / max(std, 1e-8)
+    shaped = shaped * spec.reward_scale
+    if spec.reward_clip is not None:
+        shaped = shaped.clamp(-spec.reward_clip, spec.reward_clip)
+    if spec.missing_eos_penalty is not None:
+        shaped = shaped - spec.missing_eos_penalty * (~ended).float()
+    return shaped
+
+
+# ==================================================================================================
+# Advantages: masked statistics, whitening, GAE
+
+
+def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
+    return (x * mask).sum() / mask.sum().clamp(min=1)
+
+
+def masked_var(x: Tensor, mask: Tensor) -> Tensor:
+    """Variance over the masked entries, with Bessel's correction (as the usual whitening has it)."""
+    count = mask.sum()
+    centered = (x - masked_mean(x, mask)) * mask
+    return (centered**2).sum() / (count - 1).clamp(min=1)
+
+
+def masked_whiten(x: Tensor, mask: Tensor, shift_mean: bool = True) -> Tensor:
+    """[9] Mean 0 (optionally kept), std 1 over the valid tokens only; entries outside the mask become 0."""
+    mean, var = masked_mean(x, mask), masked_var(x, mask)
+    whitened = (x - mean) * torch.rsqrt(var + 1e-8)
+    if not shift_mean:
+        whitened = whitened + mean
+    return whitened * mask
+
+
+def gae(rewards: Tensor, values: Tensor, mask: Tensor, gamma: float, lam: float) -> tuple[Tensor, Tensor]:
+    """[10] Generalized advantage estimation over each response: (advantages, returns = advantages + values).
+
+    delta_t = r_t + gamma * V_{t+1} - V_t (V = 0 past the last valid token), A_t = sum_k (gamma*lam)^k delta_{t+k}.
+    The discounted sum is one matrix product with the upper-triangular matrix of (gamma*lam)^(k) rather than
+    a Python loop over positions.
+    """
+    values = values * mask
+    next_values = torch.cat([values[:, 1:], torch.zeros_like(values[:, :1])], dim=1)
+    deltas = (rewards + gamma * next_values - values) * mask
+    steps = torch.arange(rewards.shape[1], device=rewards.device)
+    offset = steps[None, :] - steps[:, None]  # [t, s] = s - t
+    discount = torch.where(offset >= 0, (gamma * lam) ** offset.clamp(min=0).double(), 0.0).to(rewards.dtype)
+    advantages = (deltas @ discount.T) * mask
+    return advantages, (advantages + values) * mask
+
+
+# ==================================================================================================
+# Losses
+
+
+def policy_loss(
+    logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, mask: Tensor, cliprange: float
+) -> tuple[Tensor, Tensor, Tensor]:
+    """[11] The clipped surrogate: (loss, clip fraction, approximate KL 0.5 * E[(log r)^2]) over valid tokens."""
+    log_ratio = logprobs - old_logprobs
+    ratio = torch.exp(log_ratio)
+    unclipped = -advantages * ratio
+    clipped = -advantages * ratio.clamp(1.0 - cliprange, 1.0 + cliprange)
+    loss = masked_mean(torch.maximum(unclipped, clipped), mask)
+    clipfrac = masked_mean((clipped > unclipped).float(), mask)
+    approx_kl = 0.5 * masked_mean(log_ratio**2, mask)
+    return loss, clipfrac, approx_kl
+
+
+def value_loss(
+    values: Tensor, old_values: Tensor, returns: Tensor, mask: Tensor, cliprange_value: float
+) -> tuple[Tensor, Tensor]:
+    """[11] The clipped value loss 0.5 * max((V - R)^2, (V_clipped - R)^2): (loss, clip fraction)."""
+    clipped_values = old_values + (values - old_values).clamp(-cliprange_value, cliprange_value)
+    unclipped_error = (values - returns) ** 2
+    clipped_error = (clipped_values - returns) ** 2
+    loss = 0.5 * masked_mean(torch.maximum(unclipped_error, clipped_error), mask)
+    return loss, masked_mean((clipped_error > unclipped_error).float(), mask)
+
+
+def explained_variance(values: Tensor, returns: Tensor, mask: Tensor) -> float:
+    """1 - Var(returns - values) / Var(returns): 1 is a perfect critic, 0 no better than a constant."""
+    var_returns = masked_var(returns, mask)
+    return float(1.0 - masked_var(returns - values, mask) / var_returns) if var_returns > 0 else float("nan")
+
+
+# ==================================================================================================
+# Rollout: sample, score, and everything the update needs
+
+
+@dataclass
+class Rollout:
+    """One update's experience. `ids`/`attention` are prompt + response; the rest [B, T] or [B]."""
+
+    ids: Tensor
+    attention: Tensor
+    context: int  # P: the response starts here
+    mask: Tensor
+    logprobs: Tensor
+    ref_logprobs: Tensor
+    values: Tensor
+    raw_scores: Tensor
+    scores: Tensor
+    ended: Tensor
+    rewards: Tensor = field(init=False)
+    advantages: Tensor = field(init=False)
+    returns: Tensor = field(init=False)
+    kl: Tensor = field(init=False)
+
+
+def collate(samples: Sequence[Sample], pad_id: int, device: torch.device) -> tuple[Tensor, Tensor, int]:
+    """Samples as one batch: prompts left-padded to a common width P, responses right-padded after it [2].
+
+    Returns (ids [B, P + T], attention mask, P)."""
+    width = max(len(s.prompt_ids) for s in samples)
+    length = max(max(len(s.response_ids) for s in samples), 1)
+    rows, masks = [], []
+    for s in samples:
+        left, right = width - len(s.prompt_ids), length - len(s.response_ids)
+        rows.append([pad_id] * left + [*s.prompt_ids, *s.response_ids] + [pad_id] * right)
+        masks.append([0] * left + [1] * (len(s.prompt_ids) + len(s.response_ids)) + [0] * right)
+    return torch.tensor(rows, device=device), torch.tensor(masks, device=device), width
+
+
+@contextmanager
+def generation_ready(accelerator: Accelerator, model: nn.Module) -> Iterator[PolicyAndValue]:
+    """The unwrapped model, its ZeRO-3 shards gathered once for the whole rollout batch, not once per token
+    (per-token gathering is what makes ZeRO-3 generation crawl or hang in other tools)."""
+    unwrapped = accelerator.unwrap_model(model)
+    plugin = accelerator.state.deepspeed_plugin
+    if plugin is not None and plugin.zero_stage == 3:
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters(list(model.parameters())):
+            yield unwrapped
+    else:
+        yield unwrapped
+
+
+def reward_scores(models: PPOModels, samples: Sequence[Sample]) -> Tensor:
+    """[1][7] The reward model's raw score of each prompt + response, truncated at its first EOS.
+
+    Sharing the policy's tokenizer, the reward model reads the exact token ids sampled; otherwise the
+    response text is decoded and re-encoded in the reward model's own format."""
+    if models.shared_tokenizer:
+        sequences = [s.prompt_ids + s.response_ids for s in samples]
+        raw = score_ids(models.reward, sequences, models.reward_tokenizer.pad_token_id)
+    else:
+        raw = score(models.reward, models.reward_tokenizer, [s.prompt for s in samples],
+                    [s.response for s in samples])  # fmt: skip
+    return torch.tensor(raw, dtype=torch.float32)
+
+
+@dataclass
+class Timer:
+    """Seconds spent per phase of an update."""
+
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - started
+
+
+# ==================================================================================================
+# The training loop
+
+
+@dataclass
+class PPOState:
+    """Progress that must survive a restart beside the weights, optimizer, scheduler and RNG states."""
+
+    update: int = 0
+    reward_stats: tuple[float, float] | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"update": self.update, "reward_stats": self.reward_stats}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.update = state["update"]
+        self.reward_stats = tuple(state["reward_stats"]) if state["reward_stats"] else None
+
+
+@dataclass
+class PPORun:
+    """What one PPO training needs from the stage."""
+
+    cfg: PolicyStageConfig
+    models: PPOModels
+    prompts: list[Messages]
+    checkpoint_dir: Path
+    seed: int
+    reward_stats: tuple[float, float] | None  # the reward model's stored mean/std; None: from the 1st rollout
+    log_metrics: Callable[[dict[str, float], int], None] = lambda metrics, step: None
+    deepspeed_plugin: Any = None
+    mixed_precision: str = "no"
+
+
+@dataclass
+class PPOOutcome:
+    policy: PreTrainedModel  # unwrapped (with its adapters, when LoRA)
+    history: list[dict[str, float]]
+    updates: int
+    resumed_from: int
+
+
+class PPOTrainer:
+    """Rollouts and updates, with checkpoints and exact resume. `train()` is the whole algorithm."""
+
+    def __init__(self, run: PPORun) -> None:
+        from accelerate import Accelerator
+
+        self.run, self.cfg, self.spec, self.models = run, run.cfg, run.cfg.ppo, run.models
+        spec = self.spec
+        self.rollout_size = spec.prompts_per_update * spec.rollout.samples_per_prompt
+        self.minibatch_size = self.rollout_size // spec.num_mini_batches
+        micro = min(self.cfg.per_device_train_batch_size, self.minibatch_size)
+        if self.minibatch_size == 0 or self.minibatch_size % micro:
+            raise ConfigError(
+                f"stages.policy.ppo: {self.rollout_size} responses per update (prompts_per_update x "
+                f"samples_per_prompt) must split into {spec.num_mini_batches} minibatches of whole micro-batches "
+                f"of per_device_train_batch_size={self.cfg.per_device_train_batch_size}"
+            )
+        self.micro_batch_size = micro
+        self.accelerator = Accelerator(
+            gradient_accumulation_steps=self.minibatch_size // micro,
+            mixed_precision=run.mixed_precision,
+            deepspeed_plugin=run.deepspeed_plugin,
+        )
+        self.world = self.accelerator.num_processes
+        self.total_updates = self._count_updates()
+        model = PolicyAndValue(self.models.policy, self.models.value)
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(trainable, lr=self.cfg.learning_rate, eps=1e-5,
+                                      weight_decay=self.cfg.weight_decay)  # fmt: skip
+        self.scheduler = self._schedule(optimizer)
+        if plugin := self.accelerator.state.deepspeed_plugin:
+            plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = micro
+        self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
+        device = self.accelerator.device
+        for frozen in (self.models.reference, self.models.reward):
+            if frozen is not None:
+                frozen.to(device)
+        self.kl_ctl = KLController(spec.kl_coef, spec.target_kl, spec.kl_horizon)
+        self.state = PPOState(reward_stats=run.reward_stats if spec.normalize_rewards else None)
+        self.accelerator.register_for_checkpointing(self.scheduler, self.kl_ctl, self.state)
+
+    def _count_updates(self) -> int:
+        if self.cfg.max_steps > 0:
+            return self.cfg.max_steps
+        per_update = self.spec.prompts_per_update * self.world
+        return max(1, math.ceil(self.cfg.num_train_epochs * len(self.run.prompts) / per_update))
+
+    def _schedule(self, optimizer: torch.optim.Optimizer) -> Any:
+        """[13] The learning rate over all optimizer steps (linear to zero by default), warmup as configured."""
+        from transformers import get_scheduler
+
+        steps = self.total_updates * self.spec.ppo_epochs * self.spec.num_mini_batches
+        warmup = self.cfg.warmup_steps
+        warmup = int(warmup * steps) if warmup < 1 else int(warmup)
+        return get_scheduler(self.cfg.lr_scheduler_type, optimizer, num_warmup_steps=warmup,
+                             num_training_steps=steps)  # fmt: skip
+
+    # ----------------------------------------------------------------------------------------------
+    # Data: which prompts an update samples
+
+    def prompts_for(self, update: int) -> list[Messages]:
+        """This process's prompts of an update: a fixed function of the seed and the update number, so a
+        resumed run draws exactly what the uninterrupted one did. Each pass over the prompts is reshuffled."""
+        n, per_update = len(self.run.prompts), self.spec.prompts_per_update
+        start = (update * self.world + self.accelerator.process_index) * per_update
+        chosen = []
+        for position in range(start, start + per_update):
+            epoch, index = divmod(position, n)
+            order = self._order(epoch)
+            chosen.append(self.run.prompts[order[index]])
+        return chosen
+
+    def _order(self, epoch: int) -> list[int]:
+        cache = getattr(self, "_orders", {})
+        if epoch not in cache:
+            generator = torch.Generator().manual_seed(self.run.seed * 100_003 + epoch)
+            cache = {epoch: torch.randperm(len(self.run.prompts), generator=generator).tolist()}
+            self._orders = cache
+        return cache[epoch]
+
+    # ----------------------------------------------------------------------------------------------
+    # Rollout
+
+    @torch.no_grad()
+    def rollout(self, prompts: list[Messages], timer: Timer) -> tuple[Rollout, list[Sample]]:
+        """Sample responses, score them, and compute the old log-probs, reference log-probs and values."""
+        models, spec, device = self.models, self.spec, self.accelerator.device
+        with timer.phase("generation"), generation_ready(self.accelerator, self.model) as unwrapped:
+            samples = generate(unwrapped.policy, models.tokenizer, prompts, spec.rollout, seed=None)
+        with timer.phase("scoring"):
+            raw = reward_scores(models, samples).to(device)
+            if not torch.isfinite(raw).all():
+                raise StageError(
+                    f"the reward model returned {int((~torch.isfinite(raw)).sum())} non-finite scores"
+                )
+            ids, attention, context = collate(samples, models.tokenizer.pad_token_id, device)
+            unwrapped = self.accelerator.unwrap_model(self.model)
+            parts: dict[str, list[Tensor]] = {"logprobs": [], "values": [], "ref": []}
+            chunk = spec.rollout.batch_size
+            for start in range(0, len(samples), chunk):
+                rows = slice(start, start + chunk)
+                with self.accelerator.autocast():
+                    logp, _, values = response_forward(self.model, ids[rows], attention[rows], context,
+                                                       spec.rollout.temperature)  # fmt: skip
+                    ref = reference_logprobs(models, unwrapped.policy, ids[rows], attention[rows], context,
+                                             spec.rollout.temperature)  # fmt: skip
+                parts["logprobs"].append(logp)
+                parts["values"].append(values)
+                parts["ref"].append(ref)
+        mask = attention[:, context:].float()
+        ended = torch.tensor([s.ended_with_eos for s in samples], device=device)
+        if self.spec.normalize_rewards and self.state.reward_stats is None:
+            self.state.reward_stats = self._first_rollout_stats(raw)
+        batch = Rollout(
+            ids=ids,
+            attention=attention,
+            context=context,
+            mask=mask,
+            logprobs=torch.cat(parts["logprobs"]) * mask,  # [9] nothing counted past EOS
+            ref_logprobs=torch.cat(parts["ref"]) * mask,
+            values=torch.cat(parts["values"]) * mask,
+            raw_scores=raw,
+            scores=shape_scores(raw, ended, spec, self.state.reward_stats),
+            ended=ended,
+        )
+        return batch, samples
+
+    def _first_rollout_stats(self, raw: Tensor) -> tuple[float, float]:
+        """[6] Without stored statistics, normalize by the scores of the first rollout (the SFT policy's
+        own outputs), over every process, and keep them for the rest of the run (checkpointed)."""
+        everything = self.accelerator.gather(raw)
+        stats = (float(everything.mean()), float(everything.std()))
+        log.info(
+            "ppo: the reward model stores no statistics; normalizing with the SFT policy's: %.3f +- %.3f",
+            *stats,
+        )
+        return stats
+
+    def advantages(self, batch: Rollout) -> None:
+        """Rewards with the KL penalty, then GAE and whitening, in place on the rollout."""
+        spec = self.spec
+        batch.kl = kl_estimate(batch.logprobs, batch.ref_logprobs, spec.kl_estimator) * batch.mask
+        batch.rewards = per_token_rewards(batch.kl, batch.scores, batch.mask, self.kl_ctl.value)
+        if spec.whiten_rewards:
+            batch.rewards = masked_whiten(batch.rewards, batch.mask, shift_mean=False)
+        batch.advantages, batch.returns = gae(batch.rewards, batch.values, batch.mask, spec.gamma, spec.lam)
+        if spec.whiten_advantages:
+            batch.advantages = masked_whiten(batch.advantages, batch.mask)
+
+    # ----------------------------------------------------------------------------------------------
+    # Update
+
+    def update(self, batch: Rollout, timer: Timer) -> dict[str, float]:
+        """[12] ppo_epochs passes over the rollout, reshuffled each time, in minibatches (one optimizer step
+        each) of micro-batches (gradients accumulated). Returns the mean of each training statistic."""
+        spec, accelerator = self.spec, self.accelerator
+        stats: dict[str, list[float]] = {}
+        self.model.train()
+        with timer.phase("training"):
+            for epoch in range(spec.ppo_epochs):
+                order = torch.randperm(len(batch.ids), device=batch.ids.device)
+                for first in range(0, len(order), self.micro_batch_size):
+                    rows = order[first : first + self.micro_batch_size]
+                    with accelerator.accumulate(self.model):
+                        loss, micro_stats = self._micro_batch_loss(batch, rows)
+                        self._stop_if_not_finite(loss, epoch)
+                        accelerator.backward(loss)
+                        if accelerator.sync_gradients:
+                            norm = accelerator.clip_grad_norm_(
+                                self.model.parameters(), self.cfg.max_grad_norm
+                            )
+                            micro_stats["grad_norm"] = float(norm) if norm is not None else float("nan")
+                        self.optimizer.step()
+                        if accelerator.sync_gradients:
+                            self.scheduler.step()
+                        self.optimizer.zero_grad()
+                    for key, value in micro_stats.items():
+                        stats.setdefault(key, []).append(value)
+        return {key: fmean(values) for key, values in stats.items()}
+
+    def _micro_batch_loss(self, batch: Rollout, rows: Tensor) -> tuple[Tensor, dict[str, float]]:
+        """[11] Clipped policy loss + vf_coef * clipped value loss - entropy_coef * entropy, one micro-batch."""
+        spec = self.spec
+        mask = batch.mask[rows]
+        with self.accelerator.autocast():
+            logp, entropy, values = response_forward(
+                self.model, batch.ids[rows], batch.attention[rows], batch.context, spec.rollout.temperature
+            )
+        pg_loss, clipfrac, approx_kl = policy_loss(logp, batch.logprobs[rows], batch.advantages[rows], mask,
+                                                   spec.cliprange)  # fmt: skip
+        vf_loss, vf_clipfrac = value_loss(
+            values, batch.values[rows], batch.returns[rows], mask, spec.cliprange_value
+        )
+        mean_entropy = masked_mean(entropy, mask)
+        loss = pg_loss + spec.vf_coef * vf_loss - spec.entropy_coef * mean_entropy
+        stats = {"policy_loss": pg_loss.item(), "value_loss": vf_loss.item(), "clipfrac": clipfrac.item(),
+                 "value_clipfrac": vf_clipfrac.item(), "approx_kl": approx_kl.item(),
+                 "entropy": mean_entropy.item(), "loss": loss.item()}  # fmt: skip
+        return loss, stats
+
+    def _stop_if_not_finite(self, loss: Tensor, epoch: int) -> None:
+        """A NaN or inf loss on any process stops every process with one clear error, before the step that
+        would spread it into the weights; the last checkpoint on disk is the last good state."""
+        bad = self.accelerator.gather(
+            torch.tensor([0.0 if torch.isfinite(loss) else 1.0], device=loss.device)
+        )
+        if bad.sum() > 0:
+            last = latest_checkpoint(self.run.checkpoint_dir)
+            kept = f"last good checkpoint kept: {last}" if last else "no checkpoint was saved yet"
+            raise StageError(
+                f"PPO loss became {loss.item()} in update {self.state.update + 1} (PPO epoch {epoch + 1}); {kept} "
+                "(lower the learning rate, or check the reward model's scores and stages.policy.ppo.reward_clip)"
+            )
+
+    # ----------------------------------------------------------------------------------------------
+    # Metrics
+
+    def metrics(
+        self, batch: Rollout, samples: list[Sample], train: dict[str, float], timer: Timer
+    ) -> dict[str, float]:
+        """[14] What shows early whether PPO is healthy, averaged over processes."""
+        mask = batch.mask
+        sequence_kl = (batch.kl * mask).sum(-1)
+        local = {
+            "score_raw_mean": batch.raw_scores.mean(),
+            "score_raw_std": batch.raw_scores.std() if len(batch.raw_scores) > 1 else torch.tensor(0.0),
+            "score_mean": batch.scores.mean(),
+            "reward_total_mean": (batch.rewards * mask).sum(-1).mean(),
+            "kl": sequence_kl.mean(),
+            "no_eos_share": (~batch.ended).float().mean(),
+            "response_tokens": torch.tensor(fmean(s.num_tokens for s in samples)),
+            "explained_variance": torch.tensor(explained_variance(batch.values, batch.returns, mask)),
+            "advantage_mean": masked_mean(batch.advantages, mask),
+            "return_mean": masked_mean(batch.returns, mask),
+            "value_mean": masked_mean(batch.values, mask),
+        }
+        device = self.accelerator.device
+        values = torch.stack([v.float().to(device) for v in local.values()])
+        averaged = dict(zip(local, self.accelerator.reduce(values, reduction="mean").tolist(), strict=True))
+        tokens = float(self.accelerator.reduce(mask.sum().to(device), reduction="sum"))
+        sequence_tokens = float(self.accelerator.reduce(batch.attention.sum().float(), reduction="sum"))
+        seconds = timer.seconds
+        return {
+            **averaged,
+            **train,
+            "kl_coef": self.kl_ctl.value,
+            "learning_rate": self.scheduler.get_last_lr()[0],
+            "generation_s": seconds.get("generation", 0.0),
+            "scoring_s": seconds.get("scoring", 0.0),
+            "training_s": seconds.get("training", 0.0),
+            "rollout_tokens_per_s": tokens / max(seconds.get("generation", 0.0), 1e-9),
+            "train_tokens_per_s": self.spec.ppo_epochs
+            * sequence_tokens
+            / max(seconds.get("training", 0.0), 1e-9),
+        }
+
+    # ----------------------------------------------------------------------------------------------
+    # Checkpoints
+
+    def save_checkpoint(self) -> Path:
+        """Weights, optimizer, scheduler, KL controller, progress and every RNG state, written aside and
+        renamed into place, so a kill mid-save leaves the previous checkpoint as the latest."""
+        final = self.run.checkpoint_dir / f"{CHECKPOINT_PREFIX}{self.state.update}"
+        staging = final.with_name(final.name + ".partial")
+        if self.accelerator.is_main_process and staging.exists():
+            shutil.rmtree(staging)
+        self.accelerator.wait_for_everyone()
+        self.accelerator.save_state(str(staging))
+        self.accelerator.wait_for_everyone()
+        if self.accelerator.is_main_process:
+            if final.exists():
+                shutil.rmtree(final)
+            staging.rename(final)
+            self._prune_checkpoints()
+        self.accelerator.wait_for_everyone()
+        return final
+
+    def _prune_checkpoints(self) -> None:
+        limit = self.cfg.save_total_limit
+        if limit is None:
+            return
+        for old in checkpoints(self.run.checkpoint_dir)[:-limit]:
+            shutil.rmtree(old)
+
+    def resume(self) -> int:
+        """Continue from the newest complete checkpoint, if a previous try left one; the update it was at."""
+        last = latest_checkpoint(self.run.checkpoint_dir)
+        if last is None:
+            return 0
+        log.info("ppo: resuming from %s", last)
+        self.accelerator.load_state(str(last))
+        return self.state.update
+
+    def save_policy(self, directory: Path) -> None:
+        """The trained policy alone (its adapter, with LoRA) as a model directory. Every process calls this:
+        under ZeRO-3 the full weights are gathered from all of them; the main process writes."""
+        state = self.accelerator.get_state_dict(self.model)
+        policy_state = {k.removeprefix("policy."): v for k, v in state.items() if k.startswith("policy.")}
+        self.accelerator.unwrap_model(self.model).policy.save_pretrained(
+            str(directory), state_dict=policy_state, is_main_process=self.accelerator.is_main_process
+        )
+
+    # ----------------------------------------------------------------------------------------------
+
+    def train(self) -> PPOOutcome:
+        """The loop: for each update, rollout -> advantages -> PPO epochs -> metrics -> (checkpoint)."""
+        self.run.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        resumed_from = self.resume()
+        if not resumed_from:
+            torch.manual_seed(
+                self.run.seed + self.accelerator.process_index
+            )  # [13] each process its own seed
+        history: list[dict[str, float]] = []
+        log.info("ppo: %d updates of %d responses per process (%d processes), %d PPO epochs x %d minibatches",
+                 self.total_updates, self.rollout_size, self.world, self.spec.ppo_epochs,
+                 self.spec.num_mini_batches)  # fmt: skip
+        while self.state.update < self.total_updates:
+            timer = Timer()
+            batch, samples = self.rollout(self.prompts_for(self.state.update), timer)
+            self.advantages(batch)
+            train_stats = self.update(batch, timer)
+            metrics = self.metrics(batch, samples, train_stats, timer)
+            self.kl_ctl.update(metrics["kl"], len(samples) * self.world)
+            self.state.update += 1
+            history.append({"update": self.state.update, **metrics})
+            self.run.log_metrics({f"ppo/{k}": v for k, v in metrics.items()}, self.state.update)
+            if self.state.update % self.cfg.logging_steps == 0 or self.state.update in (
+                1,
+                self.total_updates,
+            ):
+                log.info(
+                    "ppo update %d/%d: score %.3f, KL %.3f, entropy %.3f, clipfrac %.3f, approx KL %.4f, "
+                    "value loss %.4f, expl. var %.2f, length %.1f, no EOS %.2f, %.0f+%.0f tok/s",
+                    self.state.update, self.total_updates, metrics["score_raw_mean"], metrics["kl"],
+                    metrics["entropy"], metrics["clipfrac"], metrics["approx_kl"], metrics["value_loss"],
+                    metrics["explained_variance"], metrics["response_tokens"], metrics["no_eos_share"],
+                    metrics["rollout_tokens_per_s"], metrics["train_tokens_per_s"],
+                )  # fmt: skip
+            if self.state.update % self.cfg.save_steps == 0 and self.state.update < self.total_updates:
+                self.save_checkpoint()
+        policy = self.accelerator.unwrap_model(self.model).policy
+        return PPOOutcome(policy, history, self.state.update, resumed_from)
+
+
+def checkpoints(directory: Path) -> list[Path]:
+    """Complete checkpoints, oldest first (a `.partial` one is an interrupted save: not a checkpoint)."""
+    if not directory.is_dir():
+        return []
+    found = [p for p in directory.iterdir() if p.is_dir() and p.name.startswith(CHECKPOINT_PREFIX)]
+    complete = [p for p in found if p.name.removeprefix(CHECKPOINT_PREFIX).isdigit()]
+    return sorted(complete, key=lambda p: int(p.name.removeprefix(CHECKPOINT_PREFIX)))
+
+
+def latest_checkpoint(directory: Path) -> Path | None:
+    found = checkpoints(directory)
+    return found[-1] if found else None
