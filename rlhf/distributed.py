@@ -9,11 +9,12 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from rlhf.config import DistributedConfig
 
 if TYPE_CHECKING:
+    from accelerate import Accelerator
     from accelerate.utils import DeepSpeedPlugin
 
 
@@ -75,3 +76,25 @@ def deepspeed_plugin(dist: DistributedConfig) -> DeepSpeedPlugin | None:
     if dist.deepspeed_config is not None:
         return DeepSpeedPlugin(hf_ds_config=dist.deepspeed_config)
     return DeepSpeedPlugin(zero_stage=dist.zero_stage)
+
+
+def make_accelerator(deepspeed: DeepSpeedPlugin | None = None, **options: Any) -> Accelerator:
+    """accelerate's Accelerator for a stage that drives its own loop (PPO), on GPUs or on CPUs.
+
+    On CPUs accelerate runs several processes only as plain DDP (`cpu=True`) and never starts DeepSpeed
+    there, for want of a device backend; DeepSpeed's CPU accelerator (DS_ACCELERATOR=cpu) works over gloo,
+    so under a launcher we start the gloo process group ourselves and hand accelerate that backend.
+    """
+    import torch
+    from accelerate import Accelerator
+    from accelerate.utils import InitProcessGroupKwargs
+
+    handlers: list[Any] = []
+    on_cpu = not torch.cuda.is_available()
+    if on_cpu and deepspeed is not None and rank_info().world_size > 1:
+        if not torch.distributed.is_initialized():
+            torch.distributed.init_process_group("gloo")
+        handlers.append(InitProcessGroupKwargs(backend="gloo"))
+    return Accelerator(
+        cpu=on_cpu and deepspeed is None, deepspeed_plugin=deepspeed, kwargs_handlers=handlers, **options
+    )

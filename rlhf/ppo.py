@@ -30,6 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from rlhf.config import LoraSpec, ModelSpec, PolicyStageConfig, PPOSpec
+from rlhf.distributed import make_accelerator
 from rlhf.errors import ConfigError, StageError
 from rlhf.eval import Sample, generate
 from rlhf.models import is_adapter, load_causal_lm, load_reward_model, lora_config
@@ -472,24 +473,26 @@ class PPOTrainer:
     """Rollouts and updates, with checkpoints and exact resume. `train()` is the whole algorithm."""
 
     def __init__(self, run: PPORun) -> None:
-        from accelerate import Accelerator
-
         self.run, self.cfg, self.spec, self.models = run, run.cfg, run.cfg.ppo, run.models
         spec = self.spec
         self.rollout_size = spec.prompts_per_update * spec.rollout.samples_per_prompt
         self.minibatch_size = self.rollout_size // spec.num_mini_batches
         micro = min(self.cfg.per_device_train_batch_size, self.minibatch_size)
-        if self.minibatch_size == 0 or self.rollout_size % spec.num_mini_batches or self.minibatch_size % micro:
+        if (
+            self.minibatch_size == 0
+            or self.rollout_size % spec.num_mini_batches
+            or self.minibatch_size % micro
+        ):
             raise ConfigError(
                 f"stages.policy.ppo: {self.rollout_size} responses per update (prompts_per_update x "
                 f"samples_per_prompt) must split into {spec.num_mini_batches} minibatches of whole micro-batches "
                 f"of per_device_train_batch_size={self.cfg.per_device_train_batch_size}"
             )
         self.micro_batch_size = micro
-        self.accelerator = Accelerator(
+        self.accelerator = make_accelerator(
+            run.deepspeed_plugin,
             gradient_accumulation_steps=self.minibatch_size // micro,
             mixed_precision=run.mixed_precision,
-            deepspeed_plugin=run.deepspeed_plugin,
         )
         self.world = self.accelerator.num_processes
         self.total_updates = self._count_updates()
@@ -501,8 +504,13 @@ class PPOTrainer:
                                       weight_decay=self.cfg.weight_decay,
                                       fused=run.deepspeed_plugin is None)  # fmt: skip
         self.scheduler = self._schedule(optimizer)
-        if plugin := self.accelerator.state.deepspeed_plugin:
-            plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = micro
+        if plugin := self.accelerator.state.deepspeed_plugin:  # what a Trainer would fill in for "auto"
+            accumulation = self.minibatch_size // micro
+            plugin.deepspeed_config.update(train_micro_batch_size_per_gpu=micro, gradient_accumulation_steps=accumulation,
+                                           train_batch_size=micro * accumulation * self.world,
+                                           gradient_clipping=self.cfg.max_grad_norm)  # fmt: skip
+            # ZeRO-3: gather the full weights when the policy is saved (`save_policy`)
+            plugin.deepspeed_config["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] = True
         self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
         device = self.accelerator.device
         for frozen in (self.models.reference, self.models.reward):
@@ -706,6 +714,7 @@ class PPOTrainer:
             "advantage_mean": masked_mean(batch.advantages, mask),
             "return_mean": masked_mean(batch.returns, mask),
             "value_mean": masked_mean(batch.values, mask),
+            **{key: torch.tensor(value) for key, value in train.items()},
         }
         device = self.accelerator.device
         values = torch.stack([v.float().to(device) for v in local.values()])
@@ -715,7 +724,6 @@ class PPOTrainer:
         seconds = timer.seconds
         return {
             **averaged,
-            **train,
             "kl_coef": self.kl_ctl.value,
             "learning_rate": self.scheduler.get_last_lr()[0],
             "generation_s": seconds.get("generation", 0.0),
@@ -767,10 +775,12 @@ class PPOTrainer:
     def save_policy(self, directory: Path) -> None:
         """The trained policy alone (its adapter, with LoRA) as a model directory. Every process calls this:
         under ZeRO-3 the full weights are gathered from all of them; the main process writes."""
-        state = self.accelerator.get_state_dict(self.model)
+        state = self.accelerator.get_state_dict(self.model)  # a collective: every process takes part
+        if not self.accelerator.is_main_process:
+            return
         policy_state = {k.removeprefix("policy."): v for k, v in state.items() if k.startswith("policy.")}
         self.accelerator.unwrap_model(self.model).policy.save_pretrained(
-            str(directory), state_dict=policy_state, is_main_process=self.accelerator.is_main_process
+            str(directory), state_dict=policy_state
         )
 
     # ----------------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -18,6 +19,7 @@ from safetensors.torch import load_file
 
 from rlhf.config import LoraSpec, ModelSpec
 from rlhf.errors import ConfigError, StageError
+from rlhf.models import load_causal_lm
 from rlhf.ppo import PolicyAndValue, ValueModel, build_models, checkpoints
 from rlhf.registry import Registry
 from rlhf.stage import run_standalone
@@ -254,3 +256,44 @@ def test_rollouts_must_split_into_whole_minibatches(config_file: Path, trained: 
     overrides = [*SHORT, "stages.policy.ppo.prompts_per_update=10", "stages.policy.ppo.num_mini_batches=3"]
     with pytest.raises(ConfigError, match=r"10 responses per update .* must split into 3 minibatches"):
         run_standalone("policy", policy.run, str(config_file), overrides, str(config_file.parent / "uneven"))
+
+
+def _launch(config_file: Path, run_dir: Path, overrides: list[str]) -> subprocess.CompletedProcess[str]:
+    """The policy stage on 2 real processes (torchrun; DeepSpeed on its CPU accelerator over gloo)."""
+    with socket.socket() as probe:  # a free port for the rendezvous
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
+               "-m", "stages.policy", "--config", str(config_file), "--run-dir", str(run_dir), *overrides]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(REPO), "DS_ACCELERATOR": "cpu"}
+    return subprocess.run(command, cwd=REPO, capture_output=True, text=True, env=env, timeout=600)
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_ppo_on_two_processes_at_zero_2_and_zero_3(config_file: Path, trained: dict[str, float]) -> None:
+    """Both ZeRO stages train the same policy (same seeds, same rollouts; ZeRO-3 generates from gathered
+    shards); every log line names its rank, metrics are averaged over ranks, and rank 0 alone publishes."""
+    overrides = [*SHORT, "stages.policy.max_steps=3", "stages.policy.save_steps=2"]
+    registry = Registry(config_file.parent / "registry")
+    outputs = {}
+    for stage in (2, 3):
+        done = _launch(
+            config_file, config_file.parent / f"zero{stage}", [*overrides, f"distributed.zero_stage={stage}"]
+        )
+        assert done.returncode == 0, done.stderr[-4000:]
+        log = done.stderr + done.stdout
+        assert "ppo: 3 updates of 16 responses per process (2 processes)" in log
+        # one line per rank, with the same figures averaged over ranks (its own timings aside)
+        last = [
+            line.split("] ", 1)[1].rsplit(", ", 1)[0] for line in log.splitlines() if "ppo update 3/3" in line
+        ]
+        assert len(last) == 2 and last[0] == last[1]
+        published = [line for line in log.splitlines() if "policy: published policy:" in line]
+        assert len(published) == 1 and "[rank 0]" in published[0]
+        checkpoint = config_file.parent / f"zero{stage}" / "policy" / "checkpoints" / "checkpoint-2"
+        assert {"random_states_0.pkl", "random_states_1.pkl"} <= {p.name for p in checkpoint.iterdir()}
+        ref = published[0].rsplit("published ", 1)[1].strip()
+        outputs[stage] = load_causal_lm(ModelSpec(name=str(registry.resolve(ref))))[0].state_dict()
+    for name, tensor in outputs[2].items():
+        torch.testing.assert_close(outputs[3][name], tensor, rtol=0, atol=1e-5, msg=name)
