@@ -4,8 +4,23 @@
     -> update (clipped policy and value losses, several epochs over minibatches) -> metrics -> checkpoint
 
 TRL removed its PPOTrainer in 2026, so this is our own code on torch, transformers and accelerate (DeepSpeed
-underneath when configured). The details that decide whether PPO works for language models (the checklist
-in the project's field notes) are marked where they live, e.g. `[3]` for "divide logits by the temperature".
+underneath when configured). The details that decide whether PPO works for language models are marked `[n]`
+where they live:
+
+    [1] reward and value read prompt + response; the score sits at the last response token
+    [2] a pad distinct from EOS; left-padded prompts with position ids from the attention mask
+    [3] logits divided by the sampling temperature before every log-prob (rollout, reference, update)
+    [4] dropout off in policy, reference, reward and value models
+    [5] the value model initialized from the reward model; a fresh value head at 0
+    [6] reward-model scores normalized (mean 0, std 1) with statistics stored with the reward model
+    [7] responses truncated at their first EOS before scoring; a penalty when there is none
+    [8] per-token KL penalty -beta * (log p - log p_ref), beta fixed or adaptive toward a target KL
+    [9] log-probs and values masked after EOS; advantages whitened over valid tokens only
+    [10] GAE (gamma 1, lambda 0.95); returns = advantages + values
+    [11] clipped ratio (0.2), clipped value (0.2), value-loss coefficient 0.1, gradient-norm clipping
+    [12] rollout -> minibatches -> micro-batches, reshuffled every PPO epoch
+    [13] learning rate decayed to zero; each process its own seed
+    [14] diagnostics: approx KL, clip fraction, entropy, explained variance, raw vs shaped score, no-EOS share
 
 Tensor shapes: B responses in a rollout, P the (left-padded) prompt width, T the (right-padded) response width.
 Per-token tensors are [B, T] over response positions; `mask` marks a response's tokens up to and including
