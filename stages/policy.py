@@ -19,7 +19,9 @@ import json
 import logging
 import sys
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -73,9 +75,9 @@ class Trained:
     tokenizer: PreTrainedTokenizerBase
     output_dir: Path
     metrics: dict[str, float]
-    parents: list[str] = field(
-        default_factory=list
-    )  # registry versions used besides the start (the reward model)
+    parents: list[str] = field(default_factory=list)  # registry versions used besides the start (the RM)
+    # entered by every rank around the held-out sampling: under ZeRO-3 it gathers the policy's shards
+    sampling_ready: Callable[[], AbstractContextManager[object]] = nullcontext
 
 
 @dataclass
@@ -255,7 +257,7 @@ def training_prompts(cfg: PolicyStageConfig, ctx: StageContext) -> list[Messages
 
 
 def run_ppo(cfg: PolicyStageConfig, ctx: StageContext) -> Trained:
-    from rlhf.ppo import PPORun, PPOTrainer, build_models
+    from rlhf.ppo import PPORun, PPOTrainer, build_models, generation_ready
 
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
@@ -286,7 +288,8 @@ def run_ppo(cfg: PolicyStageConfig, ctx: StageContext) -> Trained:
         if values := [row[key] for row in outcome.history]:
             metrics |= {f"ppo_{key}_first": values[0], f"ppo_{key}_last": values[-1]}
     parents = [reward.ref] if reward.ref else []
-    return Trained(outcome.policy, models.tokenizer, output, metrics, parents)
+    ready = partial(generation_ready, trainer.accelerator, trainer.model)
+    return Trained(outcome.policy, models.tokenizer, output, metrics, parents, ready)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -298,7 +301,8 @@ ALGORITHMS: dict[str, Callable[[PolicyStageConfig, StageContext], Trained]] = {"
 
 def run(cfg: PolicyStageConfig, ctx: StageContext) -> StageResult:
     trained = ALGORITHMS[cfg.algorithm](cfg, ctx)
-    metrics = trained.metrics | held_out_samples(trained.model, trained.tokenizer, cfg.evaluation, ctx)
+    with trained.sampling_ready():
+        metrics = trained.metrics | held_out_samples(trained.model, trained.tokenizer, cfg.evaluation, ctx)
     return StageResult(stage=ctx.stage, output_dir=trained.output_dir, metrics=metrics, publish_as="policy",
                        parents=trained.parents)  # fmt: skip
 

@@ -274,7 +274,8 @@ def _launch(config_file: Path, run_dir: Path, overrides: list[str]) -> subproces
 def test_ppo_on_two_processes_at_zero_2_and_zero_3(config_file: Path, trained: dict[str, float]) -> None:
     """Both ZeRO stages train the same policy (same seeds, same rollouts; ZeRO-3 generates from gathered
     shards); every log line names its rank, metrics are averaged over ranks, and rank 0 alone publishes."""
-    overrides = [*SHORT, "stages.policy.max_steps=3", "stages.policy.save_steps=2"]
+    overrides = [*SHORT, "stages.policy.max_steps=3", "stages.policy.save_steps=2",
+                 "stages.policy.evaluation={max_new_tokens: 12, samples_per_prompt: 2}"]  # fmt: skip
     registry = Registry(config_file.parent / "registry")
     outputs = {}
     for stage in (2, 3):
@@ -289,6 +290,7 @@ def test_ppo_on_two_processes_at_zero_2_and_zero_3(config_file: Path, trained: d
             line.split("] ", 1)[1].rsplit(", ", 1)[0] for line in log.splitlines() if "ppo update 3/3" in line
         ]
         assert len(last) == 2 and last[0] == last[1]
+        assert "gold_reward=" in log  # held-out sampling after training, from gathered shards under ZeRO-3
         published = [line for line in log.splitlines() if "policy: published policy:" in line]
         assert len(published) == 1 and "[rank 0]" in published[0]
         checkpoint = config_file.parent / f"zero{stage}" / "policy" / "checkpoints" / "checkpoint-2"
