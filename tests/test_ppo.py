@@ -27,6 +27,8 @@ from rlhf.tracking import read_offline_run
 from stages import policy, reward, sft
 from tests.conftest import REPO, pipeline_config
 
+pytestmark = pytest.mark.slow  # every test here starts from an SFT policy and a reward model trained for it
+
 CONFIG = """
 name: ppo-test
 seed: 0
@@ -95,7 +97,6 @@ def _weights(directory: Path) -> dict[str, torch.Tensor]:
     return load_file(str(directory / "model.safetensors"))
 
 
-@pytest.mark.slow
 def test_ppo_raises_the_gold_reward_over_sft(config_file: Path, trained: dict[str, float]) -> None:
     result = run_standalone(
         "policy", policy.run, str(config_file), ["tracking=wandb"], str(config_file.parent / "run")
@@ -131,7 +132,6 @@ def _stage_process(config_file: Path, run_dir: Path, overrides: list[str]) -> su
                             env={**os.environ, "PYTHONPATH": str(REPO)})  # fmt: skip
 
 
-@pytest.mark.slow
 def test_a_run_killed_and_resumed_equals_an_uninterrupted_run(
     config_file: Path, trained: dict[str, float]
 ) -> None:
@@ -169,7 +169,6 @@ def _policy_versions(registry: Registry) -> int:
     return len(entry.versions) if entry else 0
 
 
-@pytest.mark.slow
 def test_a_nan_loss_stops_the_stage_and_keeps_the_last_good_checkpoint(
     config_file: Path, trained: dict[str, float]
 ) -> None:
@@ -196,7 +195,6 @@ def test_a_nan_loss_stops_the_stage_and_keeps_the_last_good_checkpoint(
     assert _policy_versions(registry) == published  # nothing published from the failed try
 
 
-@pytest.mark.slow
 def test_lora_policy_with_a_value_head(config_file: Path, trained: dict[str, float]) -> None:
     """LoRA: the reference is the policy with its adapters disabled (no second copy); a zero-initialized
     value head on the policy instead of a value model; the published policy is an adapter on its base."""
@@ -226,7 +224,6 @@ def test_models_for_lora_and_a_value_head(config_file: Path, trained: dict[str, 
     assert not any(p.requires_grad for p in models.reward.parameters())
 
 
-@pytest.mark.slow
 def test_a_reward_model_with_its_own_tokenizer(config_file: Path, trained: dict[str, float]) -> None:
     """An encoder reward model (tiny-bert, another vocabulary): responses are decoded and re-encoded for it,
     and the value model is a copy of the policy's backbone, since values are needed per policy token."""
@@ -269,7 +266,6 @@ def _launch(config_file: Path, run_dir: Path, overrides: list[str]) -> subproces
     return subprocess.run(command, cwd=REPO, capture_output=True, text=True, env=env, timeout=600)
 
 
-@pytest.mark.slow
 @pytest.mark.distributed
 def test_ppo_on_two_processes_at_zero_2_and_zero_3(config_file: Path, trained: dict[str, float]) -> None:
     """Both ZeRO stages train the same policy (same seeds, same rollouts; ZeRO-3 generates from gathered
