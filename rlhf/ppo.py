@@ -534,6 +534,7 @@ class PPOTrainer:
         self.kl_ctl = KLController(spec.kl_coef, spec.target_kl, spec.kl_horizon)
         self.state = PPOState(reward_stats=run.reward_stats if spec.normalize_rewards else None)
         self.accelerator.register_for_checkpointing(self.scheduler, self.kl_ctl, self.state)
+        self._pass_order: tuple[int, list[int]] = (-1, [])
 
     def _count_updates(self) -> int:
         if self.cfg.max_steps > 0:
@@ -567,12 +568,11 @@ class PPOTrainer:
         return chosen
 
     def _order(self, epoch: int) -> list[int]:
-        cache = getattr(self, "_orders", {})
-        if epoch not in cache:
+        """The shuffled prompt order of one pass, from its own generator (the global RNG is the sampler's)."""
+        if self._pass_order[0] != epoch:
             generator = torch.Generator().manual_seed(self.run.seed * 100_003 + epoch)
-            cache = {epoch: torch.randperm(len(self.run.prompts), generator=generator).tolist()}
-            self._orders = cache
-        return cache[epoch]
+            self._pass_order = (epoch, torch.randperm(len(self.run.prompts), generator=generator).tolist())
+        return self._pass_order[1]
 
     # ----------------------------------------------------------------------------------------------
     # Rollout

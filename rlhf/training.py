@@ -131,11 +131,15 @@ def outcome_metrics(
 def held_out_samples(
     model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, spec: GenerationSpec | None, ctx: StageContext
 ) -> dict[str, float]:
-    """The trained policy sampled on the held-out prompts and scored (rank 0; nothing when not configured)."""
-    if spec is None or "eval_prompts" not in ctx.inputs or not ctx.rank.is_main:
+    """The trained policy sampled on the held-out prompts and scored (nothing when not configured).
+
+    Every rank draws the same samples, so that under ZeRO-3 the sharded forward passes (and the collectives
+    in them) stay in step across ranks; rank 0 reports.
+    """
+    if spec is None or "eval_prompts" not in ctx.inputs:
         return {}
     samples = generate(model, tokenizer, load_prompts(ctx.inputs["eval_prompts"]), spec, ctx.seed)
-    return summarize(samples, ctx.task)
+    return summarize(samples, ctx.task) if ctx.rank.is_main else {}
 
 
 def _is_number(value: object) -> bool:
