@@ -284,7 +284,8 @@ def run_ppo(cfg: PolicyStageConfig, ctx: StageContext) -> Trained:
     output = save_output(ctx, trainer.accelerator, trainer.save_policy, models.tokenizer)
     metrics: dict[str, float] = {"prompts": len(prompts), "steps": outcome.updates,
                                  "resumed_from_step": outcome.resumed_from}  # fmt: skip
-    for key in ("score_raw_mean", "kl", "entropy", "no_eos_share", "response_tokens", "explained_variance"):
+    for key in ("score_raw_mean", "kl", "kl_coef", "entropy", "no_eos_share", "response_tokens",
+                "explained_variance"):  # fmt: skip
         if values := [row[key] for row in outcome.history]:
             metrics |= {f"ppo_{key}_first": values[0], f"ppo_{key}_last": values[-1]}
     parents = [reward.ref] if reward.ref else []

@@ -199,12 +199,16 @@ def test_lora_policy_with_a_value_head(config_file: Path, trained: dict[str, flo
     """LoRA: the reference is the policy with its adapters disabled (no second copy); a zero-initialized
     value head on the policy instead of a value model; the published policy is an adapter on its base."""
     overrides = [*SHORT, "stages.policy.max_steps=3", "stages.policy.lora.r=8", "stages.policy.learning_rate=1e-3",
-                 "stages.policy.ppo.value_model=policy_head"]  # fmt: skip
+                 "stages.policy.ppo.value_model=policy_head", "stages.policy.ppo.target_kl=0.001",
+                 "stages.policy.ppo.kl_horizon=100"]  # fmt: skip
     result = run_standalone(
         "policy", policy.run, str(config_file), overrides, str(config_file.parent / "lora")
     )
     assert result.metrics["ppo_kl_first"] == pytest.approx(0.0, abs=1e-6)  # adapters start as a no-op
     assert result.metrics["ppo_kl_last"] > 0.0  # and then move the policy away from its reference
+    # the adaptive controller moves beta after every update (by at most 0.2 * 16 / 100 of itself)
+    assert result.metrics["ppo_kl_coef_first"] == pytest.approx(0.1)
+    assert result.metrics["ppo_kl_coef_last"] != pytest.approx(0.1, abs=1e-9)
     assert (result.output_dir / "adapter_config.json").is_file()
     manifest = Registry(config_file.parent / "registry").manifest(result.ref)
     assert manifest.lora_base == "registry:sft-policy:v1"

@@ -24,6 +24,7 @@ from rlhf.ppo import (
     policy_loss,
     response_forward,
     shape_scores,
+    token_logprobs,
     value_loss,
 )
 
@@ -166,3 +167,13 @@ def test_left_padded_rollout_log_probs_match_one_sequence_at_a_time(tiny_llama_d
     alone = torch.tensor(response_logprobs(model, samples, temperature=0.7))
     assert batched.tolist() == pytest.approx(alone.tolist(), abs=1e-4)
     assert (entropy > 0).all() and values.abs().sum() == 0  # a fresh value head starts at 0
+
+
+def test_entropy_carries_gradients_only_for_an_entropy_bonus() -> None:
+    logits = torch.randn(2, 3, 5, requires_grad=True)
+    tokens = torch.randint(0, 5, (2, 3))
+    logp, entropy = token_logprobs(logits, tokens, temperature=1.0)
+    assert logp.requires_grad and not entropy.requires_grad
+    _, entropy = token_logprobs(logits, tokens, temperature=1.0, entropy_grad=True)
+    assert entropy.requires_grad
+    assert entropy.max() <= math.log(5) + 1e-5  # at most the uniform distribution's
