@@ -299,3 +299,25 @@ def test_ppo_on_two_processes_at_zero_2_and_zero_3(config_file: Path, trained: d
         outputs[stage] = load_causal_lm(ModelSpec(name=str(registry.resolve(ref))))[0].state_dict()
     for name, tensor in outputs[2].items():
         torch.testing.assert_close(outputs[3][name], tensor, rtol=0, atol=1e-5, msg=name)
+
+
+def test_gradient_accumulation_takes_one_step_per_minibatch(
+    config_file: Path, trained: dict[str, float]
+) -> None:
+    """A minibatch of 16 in one micro-batch, or accumulated over four of 4: one optimizer step either way, so
+    the weights move by about as much and in the same direction (the per-micro-batch token means differ a
+    little); a step per micro-batch would move them about four times as far."""
+    base = _weights(Registry(config_file.parent / "registry").resolve("sft-policy:v1"))
+    moved = {}
+    for micro in (16, 4):
+        overrides = [*SHORT, "stages.policy.max_steps=1", "stages.policy.ppo.ppo_epochs=1",
+                     "stages.policy.ppo.num_mini_batches=1", f"stages.policy.per_device_train_batch_size={micro}"]  # fmt: skip
+        result = run_standalone(
+            "policy", policy.run, str(config_file), overrides, str(config_file.parent / f"acc{micro}")
+        )
+        weights = _weights(result.output_dir)
+        moved[micro] = torch.cat([(weights[name] - base[name]).flatten() for name in base if name in weights])
+    whole, accumulated = moved[16], moved[4]
+    assert whole.norm() > 0
+    assert 0.8 < float(accumulated.norm() / whole.norm()) < 1.25
+    assert torch.nn.functional.cosine_similarity(whole, accumulated, dim=0) > 0.9
