@@ -6,12 +6,15 @@ every stage free of launcher details. A single in-process run is rank 0 of world
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rlhf.config import DistributedConfig
+from rlhf.errors import ConfigError
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
@@ -66,16 +69,68 @@ def mixed_precision(precision: str) -> str:
     return "no" if resolved == "fp32" else resolved
 
 
+def deepspeed_config(dist: DistributedConfig) -> dict[str, Any] | None:
+    """The DeepSpeed config a stage runs with: the configured JSON file, or one for `zero_stage` whose batch
+    sizes, accumulation, clipping and precision are "auto" (the trainer fills them in); None without either."""
+    if dist.deepspeed_config is not None:
+        path = Path(dist.deepspeed_config)
+        try:
+            config = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"distributed.deepspeed_config: cannot read {path} as JSON ({exc})") from None
+        if not isinstance(config, dict) or "zero_optimization" not in config:
+            raise ConfigError(f"distributed.deepspeed_config: {path} has no 'zero_optimization' section")
+        return config
+    if dist.zero_stage is None:
+        return None
+    zero: dict[str, Any] = {"stage": dist.zero_stage}
+    if dist.zero_stage == 3:  # the final save gathers the full weights instead of leaving shards
+        zero["stage3_gather_16bit_weights_on_model_save"] = True
+    return {
+        "train_micro_batch_size_per_gpu": "auto",
+        "train_batch_size": "auto",
+        "gradient_accumulation_steps": "auto",
+        "gradient_clipping": "auto",
+        "bf16": {"enabled": "auto"},
+        "fp16": {"enabled": "auto"},
+        "zero_optimization": zero,
+    }
+
+
 def deepspeed_plugin(dist: DistributedConfig) -> DeepSpeedPlugin | None:
-    """accelerate's DeepSpeed plugin for a stage that drives accelerate itself (PPO): from the configured
-    DeepSpeed JSON, or a ZeRO stage with everything else left to DeepSpeed's defaults; None without either."""
-    if dist.deepspeed_config is None and dist.zero_stage is None:
+    """accelerate's DeepSpeed plugin for a stage that drives accelerate itself (PPO); see `deepspeed_config`."""
+    config = deepspeed_config(dist)
+    if config is None:
         return None
     from accelerate.utils import DeepSpeedPlugin
 
-    if dist.deepspeed_config is not None:
-        return DeepSpeedPlugin(hf_ds_config=dist.deepspeed_config)
-    return DeepSpeedPlugin(zero_stage=dist.zero_stage)
+    return DeepSpeedPlugin(hf_ds_config=config)
+
+
+def on_cpu_under_launcher() -> bool:
+    """Several processes and no GPU: DeepSpeed then runs on its CPU accelerator over gloo."""
+    import torch
+
+    return not torch.cuda.is_available() and rank_info().world_size > 1
+
+
+def start_cpu_deepspeed() -> None:
+    """Start gloo and accelerate's shared state in DeepSpeed mode, for a Trainer to reuse
+    (`accelerator_config={"use_configured_state": True}`).
+
+    accelerate (and transformers through it) never starts DeepSpeed on CPUs, for want of a device backend,
+    though DeepSpeed's CPU accelerator (DS_ACCELERATOR=cpu) trains fine over gloo.
+    """
+    import torch
+    from accelerate import PartialState
+
+    if not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("gloo")
+    os.environ["ACCELERATE_USE_DEEPSPEED"] = "true"
+    try:
+        PartialState(backend="gloo")
+    finally:
+        del os.environ["ACCELERATE_USE_DEEPSPEED"]
 
 
 def make_accelerator(deepspeed: DeepSpeedPlugin | None = None, **options: Any) -> Accelerator:
@@ -91,7 +146,7 @@ def make_accelerator(deepspeed: DeepSpeedPlugin | None = None, **options: Any) -
 
     handlers: list[Any] = []
     on_cpu = not torch.cuda.is_available()
-    if on_cpu and deepspeed is not None and rank_info().world_size > 1:
+    if deepspeed is not None and on_cpu_under_launcher():
         if not torch.distributed.is_initialized():
             torch.distributed.init_process_group("gloo")
         handlers.append(InitProcessGroupKwargs(backend="gloo"))

@@ -307,7 +307,9 @@ def run_standalone(
 def standalone_context(cfg: PipelineConfig, stage: str, run_dir: Path) -> tuple[Any, StageContext]:
     """A stage's config section and its context when it runs on its own: data and model resolved here."""
     stage_cfg = stage_section(cfg, stage)
-    inputs, task = prepare_data(cfg, run_dir)
+    rank = rank_info()
+    # under a launcher every rank prepares its own copy (the same files), so no two write one folder at once
+    inputs, task = prepare_data(cfg, run_dir if rank.is_main else run_dir / f".rank{rank.rank}")
     start = resolve_model(stage_cfg.model or cfg.model, run_dir, cfg.seed, open_registry(cfg))
     return stage_cfg, prepare_context(cfg, stage, run_dir, start, inputs, task)
 

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from transformers import TrainerCallback
 
 from rlhf.config import GenerationSpec, TrainStageConfig
-from rlhf.distributed import resolve_precision
+from rlhf.distributed import deepspeed_config, on_cpu_under_launcher, resolve_precision, start_cpu_deepspeed
 from rlhf.errors import StageError
 from rlhf.eval import generate, load_prompts, summarize
 from rlhf.stage import StageContext
@@ -49,7 +49,7 @@ def trainer_arguments(cfg: TrainStageConfig, ctx: StageContext) -> dict[str, Any
 
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
-    return dict(
+    args = dict(
         output_dir=str(ctx.work_dir / "checkpoints"),
         run_name=f"{ctx.run_dir.name}-{ctx.stage}",
         seed=ctx.seed,
@@ -77,6 +77,25 @@ def trainer_arguments(cfg: TrainStageConfig, ctx: StageContext) -> dict[str, Any
         dataloader_num_workers=0,
         **precision_flags(cfg.precision),
     )
+    return args | deepspeed_arguments(ctx)
+
+
+def deepspeed_arguments(ctx: StageContext) -> dict[str, Any]:
+    """The trainer's DeepSpeed settings from the pipeline's `distributed` section (nothing without a ZeRO
+    stage or config). On CPUs under a launcher the DeepSpeed state is started here, gloo underneath, and the
+    trainer told to reuse it; a single CPU process has nothing to shard and trains without DeepSpeed."""
+    config = deepspeed_config(ctx.pipeline.distributed)
+    if config is None:
+        return {}
+    import torch
+
+    if torch.cuda.is_available():
+        return {"deepspeed": config}
+    if not on_cpu_under_launcher():
+        log.info("%s: one CPU process: training without DeepSpeed (ZeRO shards across processes)", ctx.stage)
+        return {}
+    start_cpu_deepspeed()
+    return {"deepspeed": config, "use_cpu": False, "accelerator_config": {"use_configured_state": True}}
 
 
 class LossWatch(TrainerCallback):

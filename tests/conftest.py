@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import tempfile
@@ -54,6 +55,21 @@ def run_cli(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "rlhf.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=600
     )
+
+
+def launch_stage(
+    program: str, config: Path, run_dir: Path, overrides: list[str], processes: int = 2
+) -> subprocess.CompletedProcess[str]:
+    """`python -m stages.<program>` on several real processes (torch.distributed.run; on this CPU machine
+    DeepSpeed runs on its CPU accelerator over gloo)."""
+    with socket.socket() as probe:  # a free port for the rendezvous
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
+               "--master_port", str(port), "-m", f"stages.{program}", "--config", str(config),
+               "--run-dir", str(run_dir), *overrides]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(REPO), "DS_ACCELERATOR": "cpu"}
+    return subprocess.run(command, cwd=REPO, capture_output=True, text=True, env=env, timeout=600)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,7 +24,7 @@ from rlhf.registry import Registry
 from rlhf.stage import run_standalone
 from rlhf.tracking import read_offline_run
 from stages import policy, reward, sft
-from tests.conftest import REPO, pipeline_config
+from tests.conftest import REPO, launch_stage, pipeline_config
 
 pytestmark = pytest.mark.slow  # every test here starts from an SFT policy and a reward model trained for it
 
@@ -259,17 +258,6 @@ def test_rollouts_must_split_into_whole_minibatches(config_file: Path, trained: 
         run_standalone("policy", policy.run, str(config_file), overrides, str(config_file.parent / "uneven"))
 
 
-def _launch(config_file: Path, run_dir: Path, overrides: list[str]) -> subprocess.CompletedProcess[str]:
-    """The policy stage on 2 real processes (torchrun; DeepSpeed on its CPU accelerator over gloo)."""
-    with socket.socket() as probe:  # a free port for the rendezvous
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
-               "-m", "stages.policy", "--config", str(config_file), "--run-dir", str(run_dir), *overrides]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": str(REPO), "DS_ACCELERATOR": "cpu"}
-    return subprocess.run(command, cwd=REPO, capture_output=True, text=True, env=env, timeout=600)
-
-
 @pytest.mark.distributed
 def test_ppo_on_two_processes_at_zero_2_and_zero_3(config_file: Path, trained: dict[str, float]) -> None:
     """Both ZeRO stages train the same policy (same seeds, same rollouts; ZeRO-3 generates from gathered
@@ -279,9 +267,8 @@ def test_ppo_on_two_processes_at_zero_2_and_zero_3(config_file: Path, trained: d
     registry = Registry(config_file.parent / "registry")
     outputs = {}
     for stage in (2, 3):
-        done = _launch(
-            config_file, config_file.parent / f"zero{stage}", [*overrides, f"distributed.zero_stage={stage}"]
-        )
+        zero = [*overrides, f"distributed.zero_stage={stage}"]
+        done = launch_stage("policy", config_file, config_file.parent / f"zero{stage}", zero)
         assert done.returncode == 0, done.stderr[-4000:]
         log = done.stderr + done.stdout
         assert "ppo: 3 updates of 16 responses per process (2 processes)" in log

@@ -1,0 +1,109 @@
+"""The TRL stages (SFT, reward model, DPO) under DeepSpeed on 2 real processes at ZeRO-2 and ZeRO-3 (here on
+DeepSpeed's CPU accelerator over gloo); the shipped DeepSpeed configs; the DeepSpeed config a ZeRO stage
+gets. (PPO's distributed test is in test_ppo.py.)"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from rlhf.config import DistributedConfig, ModelSpec
+from rlhf.distributed import deepspeed_config
+from rlhf.errors import ConfigError
+from rlhf.models import load_causal_lm
+from rlhf.registry import Registry
+from tests.conftest import REPO, launch_stage, pipeline_config
+
+CONFIG = """
+name: ds-test
+seed: 0
+model: tiny-llama
+data:
+  synthetic: {num_sft_train: 800, num_sft_eval: 32, num_preference_tasks: 300}
+stages:
+  sft: {learning_rate: 3.0e-3, max_steps: 6, per_device_train_batch_size: 8, max_length: 64, logging_steps: 1,
+        save_steps: 4, num_threads: 1, evaluation: {max_new_tokens: 8, samples_per_prompt: 1}}
+  reward: {model: tiny-llama, max_steps: 6, per_device_train_batch_size: 8, max_length: 64, logging_steps: 1,
+           save_steps: 4, num_threads: 1}
+  policy: {model: "registry:sft-policy:v1", loss_type: [apo_zero], learning_rate: 1.0e-3, max_steps: 6,
+           per_device_train_batch_size: 8, max_length: 64, logging_steps: 1, save_steps: 4, num_threads: 1,
+           evaluation: {max_new_tokens: 8, samples_per_prompt: 1}}
+tracking: none
+"""
+
+
+@pytest.fixture(scope="module")
+def config_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return pipeline_config(tmp_path_factory.mktemp("distributed"), CONFIG)
+
+
+def _published(log: str) -> str:
+    """The one version published, by rank 0 alone."""
+    lines = [line for line in log.splitlines() if ": published " in line and "[rank" in line]
+    assert len(lines) == 1 and "[rank 0]" in lines[0], lines
+    return lines[0].rsplit("published ", 1)[1].strip()
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+@pytest.mark.parametrize("program", ["sft", "reward", "policy"])
+def test_trl_stages_on_two_processes_at_zero_2_and_zero_3(config_file: Path, program: str) -> None:
+    """Each stage trains under DeepSpeed (its checkpoints are DeepSpeed's), logs from both ranks, publishes
+    once, and ZeRO-2 and ZeRO-3 give the same model (same data order, same seeds)."""
+    registry = Registry(config_file.parent / "registry")
+    if program == "policy" and "sft-policy" not in registry.list():
+        done = launch_stage(
+            "sft", config_file, config_file.parent / "sft-for-dpo", ["distributed.zero_stage=2"]
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+    weights = {}
+    for zero in (2, 3):
+        run_dir = config_file.parent / f"{program}-zero{zero}"
+        done = launch_stage(program, config_file, run_dir, [f"distributed.zero_stage={zero}"])
+        assert done.returncode == 0, done.stderr[-4000:]
+        log = done.stderr + done.stdout
+        assert "[rank 1]" in log and "[rank 0]" in log
+        ref = _published(log)
+        checkpoint = run_dir / program / "checkpoints" / "checkpoint-4"
+        assert (checkpoint / "global_step4").is_dir()  # DeepSpeed's own checkpoint layout: it really ran
+        assert {"rng_state_0.pth", "rng_state_1.pth"} <= {p.name for p in checkpoint.iterdir()}
+        result = json.loads((run_dir / program / "result.json").read_text(encoding="utf-8"))
+        assert result["metrics"]["steps"] == 6
+        if program == "sft":
+            assert result["metrics"]["train_loss_last"] < result["metrics"]["train_loss_first"]
+            assert "gold_reward" in result["metrics"]  # held-out sampling ran on every rank, rank 0 reported
+        if program != "reward":
+            weights[zero] = load_causal_lm(ModelSpec(name=str(registry.resolve(ref))))[0].state_dict()
+    for name, tensor in weights.get(2, {}).items():
+        torch.testing.assert_close(weights[3][name], tensor, rtol=0, atol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize("name", ["zero1", "zero2", "zero3", "zero3_offload"])
+def test_shipped_deepspeed_configs_leave_batch_settings_to_the_trainer(name: str) -> None:
+    path = REPO / "configs" / "deepspeed" / f"{name}.json"
+    config = deepspeed_config(DistributedConfig(deepspeed_config=str(path)))
+    assert config is not None
+    for key in ("train_micro_batch_size_per_gpu", "train_batch_size", "gradient_accumulation_steps"):
+        assert config[key] == "auto", key
+    stage = config["zero_optimization"]["stage"]
+    assert name.startswith(f"zero{stage}")
+    if stage == 3:
+        assert config["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] is True
+    if name.endswith("offload"):
+        assert config["zero_optimization"]["offload_optimizer"]["device"] == "cpu"
+
+
+def test_deepspeed_config_from_a_zero_stage_or_a_bad_file(tmp_path: Path) -> None:
+    assert deepspeed_config(DistributedConfig()) is None
+    config = deepspeed_config(DistributedConfig(zero_stage=3))
+    assert config["zero_optimization"] == {"stage": 3, "stage3_gather_16bit_weights_on_model_save": True}
+    bad = tmp_path / "ds.json"
+    bad.write_text("{not json", encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"distributed.deepspeed_config: cannot read .*ds.json as JSON"):
+        deepspeed_config(DistributedConfig(deepspeed_config=str(bad)))
+    bad.write_text('{"train_batch_size": 8}', encoding="utf-8")
+    with pytest.raises(ConfigError, match="has no 'zero_optimization' section"):
+        deepspeed_config(DistributedConfig(deepspeed_config=str(bad)))
