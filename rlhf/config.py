@@ -252,6 +252,11 @@ class StagesConfig(Schema):
         return plan
 
 
+def stage_key(stage: str) -> str:
+    """A stage's section as a dotted config key: `policy-ppo` is `stages.policy.ppo`."""
+    return "stages." + stage.replace("-", ".", 1)
+
+
 def stage_program(stage: str) -> str:
     """The stage program (`stages.<program>`) that runs a stage: `policy-ppo` is run by `stages.policy`."""
     return stage.partition("-")[0]

@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import socket
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -153,3 +155,44 @@ def make_accelerator(deepspeed: DeepSpeedPlugin | None = None, **options: Any) -
     return Accelerator(
         cpu=on_cpu and deepspeed is None, deepspeed_plugin=deepspeed, kwargs_handlers=handlers, **options
     )
+
+
+def launch_command(dist: DistributedConfig, module: str, args: list[str]) -> list[str]:
+    """The command that starts `python -m MODULE ARGS` on every process of this node.
+
+    torchrun: `num_processes` per node, `num_nodes` nodes meeting at MASTER_ADDR:MASTER_PORT, this node's
+    rank from NODE_RANK (0 by default; one node finds a free local port itself). deepspeed: its launcher,
+    with the hostfile when one is configured.
+    """
+    if dist.launcher == "torchrun":
+        command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(dist.num_processes),
+                   "--nnodes", str(dist.num_nodes), "--node_rank", os.environ.get("NODE_RANK", "0"),
+                   "--master_addr", os.environ.get("MASTER_ADDR", "127.0.0.1"),
+                   "--master_port", os.environ.get("MASTER_PORT") or str(free_port())]  # fmt: skip
+        return [*command, "-m", module, *args]
+    command = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_nodes", str(dist.num_nodes),
+               "--num_gpus", str(dist.num_processes)]  # fmt: skip
+    if dist.hostfile:
+        command += ["--hostfile", dist.hostfile]
+    if "MASTER_ADDR" in os.environ:
+        command += ["--master_addr", os.environ["MASTER_ADDR"]]
+    return [
+        *command,
+        "--master_port",
+        os.environ.get("MASTER_PORT") or str(free_port()),
+        "--module",
+        module,
+        *args,
+    ]
+
+
+def free_port() -> int:
+    """A free TCP port on this host, for a single node's rendezvous."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def needs_launcher(dist: DistributedConfig) -> bool:
+    """Several processes asked for, and this process is not one of them already."""
+    return dist.num_processes * dist.num_nodes > 1 and "LOCAL_RANK" not in os.environ

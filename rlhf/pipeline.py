@@ -13,11 +13,13 @@ import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from rlhf.config import ModelSpec, PipelineConfig, dump_config, stage_program
+from rlhf.config import ModelSpec, PipelineConfig, TrainStageConfig, dump_config, stage_key, stage_program
+from rlhf.distributed import needs_launcher
 from rlhf.eval import GOLD_REWARDS, PolicyEvaluation, evaluate_and_record, evaluate_model
 from rlhf.registry import REF_PREFIX
 from rlhf.stage import (
     StageResult,
+    launch_stage,
     new_run_dir,
     open_registry,
     prepare_context,
@@ -64,10 +66,17 @@ def run_pipeline(cfg: PipelineConfig, run_dir: Path | None = None) -> PipelineRu
         default = (
             cfg.model.model_copy(update={"name": published[parent]}) if parent in published else cfg.model
         )
-        start = resolve_model(stage_cfg.model or default, run_dir, cfg.seed, registry)
-        log.info("stage %s: starting from %s", name, start.ref or start.base_model)
-        module = importlib.import_module(f"stages.{program}")
-        result = run_stage(module.run, stage_cfg, prepare_context(cfg, name, run_dir, start, inputs, task))
+        spec = stage_cfg.model or default
+        log.info("stage %s: starting from %s", name, spec.name)
+        if needs_launcher(cfg.distributed):
+            overrides = launch_overrides(name, stage_cfg, spec, inputs)
+            result = launch_stage(cfg, run_dir / "config.yaml", name, run_dir, overrides)
+        else:
+            start = resolve_model(spec, run_dir, cfg.seed, registry)
+            module = importlib.import_module(f"stages.{program}")
+            result = run_stage(
+                module.run, stage_cfg, prepare_context(cfg, name, run_dir, start, inputs, task)
+            )
         run.results.append(result)
         if result.ref:
             published[name] = REF_PREFIX + result.ref
@@ -88,3 +97,20 @@ def run_pipeline(cfg: PipelineConfig, run_dir: Path | None = None) -> PipelineRu
                "evaluations": {name: e.metrics for name, e in run.evaluations.items()}}  # fmt: skip
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str), encoding="utf-8")
     return run
+
+
+def launch_overrides(
+    stage: str, stage_cfg: TrainStageConfig, start: ModelSpec, inputs: dict[str, str]
+) -> list[str]:
+    """What a launched stage must be told that an in-process one gets from the pipeline: the model it starts
+    from (e.g. the SFT version just published) and, for PPO, the reward model."""
+    key = stage_key(stage)
+    overrides = [f"{key}.model={json.dumps(start.model_dump(mode='json', exclude_none=True))}"]
+    ppo = getattr(stage_cfg, "ppo", None)
+    if (
+        getattr(stage_cfg, "algorithm", None) == "ppo"
+        and ppo.reward_model is None
+        and "reward_model" in inputs
+    ):
+        overrides.append(f"{key}.ppo.reward_model={inputs['reward_model']}")
+    return overrides

@@ -10,6 +10,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import shlex
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -22,8 +25,8 @@ from rlhf.data.files import fingerprint
 from rlhf.data.importers import ImportOptions
 from rlhf.data.preferences import ImportSettings, import_preferences
 from rlhf.data.synthetic import write_synthetic_task
-from rlhf.distributed import RankInfo, configure_logging, rank_info
-from rlhf.errors import ConfigError, RlhfError
+from rlhf.distributed import RankInfo, configure_logging, launch_command, rank_info
+from rlhf.errors import ConfigError, RlhfError, StageError
 from rlhf.models import is_adapter, is_builtin_spec, materialize, registry_model
 from rlhf.registry import REF_PREFIX, Manifest, Registry, default_registry_path, is_reference
 from rlhf.tracking import Tracker
@@ -267,6 +270,8 @@ def stage_main(
     parser.add_argument("--run-dir", help="run directory (default: a new one under runs_dir)")
     parser.add_argument("--name", help=f"which of several named {stage} stages, e.g. {stage}-ppo")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    # the deepspeed launcher passes the local rank as an argument too; we read it from LOCAL_RANK
+    parser.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. stages.sft.max_steps=50")
     args = parser.parse_args(argv)
     configure_logging(rank_info(), args.debug)
@@ -307,11 +312,17 @@ def run_standalone(
 def standalone_context(cfg: PipelineConfig, stage: str, run_dir: Path) -> tuple[Any, StageContext]:
     """A stage's config section and its context when it runs on its own: data and model resolved here."""
     stage_cfg = stage_section(cfg, stage)
-    rank = rank_info()
-    # under a launcher every rank prepares its own copy (the same files), so no two write one folder at once
-    inputs, task = prepare_data(cfg, run_dir if rank.is_main else run_dir / f".rank{rank.rank}")
-    start = resolve_model(stage_cfg.model or cfg.model, run_dir, cfg.seed, open_registry(cfg))
+    inputs, task = prepare_data(cfg, rank_folder(run_dir))
+    start = resolve_model(stage_cfg.model or cfg.model, rank_folder(run_dir), cfg.seed, open_registry(cfg))
     return stage_cfg, prepare_context(cfg, stage, run_dir, start, inputs, task)
+
+
+def rank_folder(run_dir: Path) -> Path:
+    """Where this rank writes the files every rank needs (the task's data, a materialized built-in model):
+    the run directory for rank 0, a folder of its own for the others. Under a launcher every rank writes its
+    own identical copy, so no two processes write one folder at once."""
+    rank = rank_info()
+    return run_dir if rank.is_main else run_dir / f".rank{rank.rank}"
 
 
 def stage_section(cfg: PipelineConfig, stage: str) -> Any:
@@ -324,3 +335,37 @@ def stage_section(cfg: PipelineConfig, stage: str) -> Any:
         raise ConfigError(f"stages.{stage}: holds several stages ({', '.join(named)}); name one of them")
     section = stage_program(stage)
     raise ConfigError(f"stages.{section}: no stage '{stage}' configured; add it under `stages:`")
+
+
+def launch_stage(
+    cfg: PipelineConfig, config_path: Path, stage: str, run_dir: Path, overrides: list[str]
+) -> StageResult:
+    """Run one stage on `distributed.num_processes` processes: start `python -m stages.<program>` on each
+    with the configured launcher, wait, and read the result rank 0 recorded. A failure on any rank stops
+    them all (the launcher's job); its error is in the output above."""
+    program = stage_program(stage)
+    args = ["--config", str(config_path), "--run-dir", str(run_dir), *overrides]
+    if stage != program:
+        args[:0] = ["--name", stage]
+    command = launch_command(cfg.distributed, f"stages.{program}", args)
+    result_file = run_dir / stage / RESULT_FILE
+    result_file.unlink(missing_ok=True)  # a result from an earlier try must not pass for this one's
+    env = dict(os.environ)
+    if not _has_cuda():
+        env.setdefault("DS_ACCELERATOR", "cpu")
+    processes = cfg.distributed.num_processes * cfg.distributed.num_nodes
+    log.info("%s: starting %d processes: %s", stage, processes, shlex.join(command))
+    done = subprocess.run(command, env=env, check=False)
+    if done.returncode != 0 or not result_file.is_file():
+        raise StageError(
+            f"{stage}: failed on {processes} processes (exit code {done.returncode}); the failing rank's error "
+            f"is above, its run directory {run_dir / stage}"
+        )
+    recorded = json.loads(result_file.read_text(encoding="utf-8"))
+    return StageResult(**{**recorded, "output_dir": Path(recorded["output_dir"])})
+
+
+def _has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()

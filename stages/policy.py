@@ -34,7 +34,7 @@ from rlhf.errors import DataError
 from rlhf.eval import load_prompts
 from rlhf.models import is_adapter, load_causal_lm, lora_config
 from rlhf.registry import REF_PREFIX
-from rlhf.stage import ResolvedModel, StageContext, StageResult, resolve_model, stage_main
+from rlhf.stage import ResolvedModel, StageContext, StageResult, rank_folder, resolve_model, stage_main
 from rlhf.training import (
     LossWatch,
     held_out_samples,
@@ -233,7 +233,7 @@ def reward_model_for(
     latest) and the score statistics stored with it, when it has them."""
     default = ctx.inputs.get("reward_model", f"{REF_PREFIX}reward-model:latest")
     spec = cfg.ppo.reward_model or ModelSpec(name=default)
-    reward = resolve_model(spec, ctx.run_dir, ctx.seed, ctx.registry)
+    reward = resolve_model(spec, rank_folder(ctx.run_dir), ctx.seed, ctx.registry)
     stats = None
     if reward.ref:
         metrics = ctx.registry.manifest(reward.ref).metrics

@@ -15,7 +15,7 @@ from rlhf.distributed import deepspeed_config
 from rlhf.errors import ConfigError
 from rlhf.models import load_causal_lm
 from rlhf.registry import Registry
-from tests.conftest import REPO, launch_stage, pipeline_config
+from tests.conftest import REPO, launch_stage, pipeline_config, run_cli
 
 CONFIG = """
 name: ds-test
@@ -107,3 +107,37 @@ def test_deepspeed_config_from_a_zero_stage_or_a_bad_file(tmp_path: Path) -> Non
     bad.write_text('{"train_batch_size": 8}', encoding="utf-8")
     with pytest.raises(ConfigError, match="has no 'zero_optimization' section"):
         deepspeed_config(DistributedConfig(deepspeed_config=str(bad)))
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_rlhf_stage_and_rlhf_run_start_the_launcher(config_file: Path) -> None:
+    """With `distributed.num_processes: 2`, `rlhf stage` (here through DeepSpeed's launcher) and `rlhf run`
+    (through torchrun) start every stage on 2 processes and carry on with what rank 0 recorded: the
+    pipeline's DPO starts from the SFT version it just published."""
+    launch = ["distributed.num_processes=2", "distributed.zero_stage=2"]
+    done = run_cli("stage", "sft", str(config_file), *launch, "distributed.launcher=deepspeed",
+                   "--run-dir", str(config_file.parent / "cli-stage"))  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "deepspeed.launcher.runner" in done.stderr and "[rank 1]" in done.stderr
+    assert "sft: done in" in done.stdout
+    launch.append("distributed.launcher=torchrun")
+
+    done = run_cli("run", str(config_file), *launch, "stages.reward=null", "stages.policy.model=null",
+                   "--run-dir", str(config_file.parent / "cli-run"))  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    sft_ref = next(line for line in done.stdout.splitlines() if line.startswith("sft: published ")).split()[2]
+    policy_ref = next(
+        line for line in done.stdout.splitlines() if line.startswith("policy: published ")
+    ).split()[2]
+    assert Registry(config_file.parent / "registry").manifest(policy_ref).parents == [sft_ref]
+    assert "policy vs SFT: gold_win_rate" in done.stdout
+
+
+@pytest.mark.distributed
+def test_an_error_on_the_ranks_stops_the_launched_stage(config_file: Path) -> None:
+    done = run_cli("stage", "sft", str(config_file), "distributed.num_processes=2", "distributed.launcher=torchrun",
+                   "data.sft_train=/nope.jsonl", "--run-dir", str(config_file.parent / "cli-fail"))  # fmt: skip
+    assert done.returncode != 0
+    assert "error: [rank 0] /nope.jsonl" in done.stderr  # the rank's own one-line message
+    assert "sft: failed on 2 processes" in done.stderr
