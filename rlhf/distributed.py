@@ -109,11 +109,15 @@ def deepspeed_plugin(dist: DistributedConfig) -> DeepSpeedPlugin | None:
     return DeepSpeedPlugin(hf_ds_config=config)
 
 
-def on_cpu_under_launcher() -> bool:
-    """Several processes and no GPU: DeepSpeed then runs on its CPU accelerator over gloo."""
+def has_gpu() -> bool:
     import torch
 
-    return not torch.cuda.is_available() and rank_info().world_size > 1
+    return torch.cuda.is_available()
+
+
+def on_cpu_under_launcher() -> bool:
+    """Several processes and no GPU: DeepSpeed then runs on its CPU accelerator over gloo."""
+    return not has_gpu() and rank_info().world_size > 1
 
 
 def start_cpu_deepspeed() -> None:
@@ -136,25 +140,13 @@ def start_cpu_deepspeed() -> None:
 
 
 def make_accelerator(deepspeed: DeepSpeedPlugin | None = None, **options: Any) -> Accelerator:
-    """accelerate's Accelerator for a stage that drives its own loop (PPO), on GPUs or on CPUs.
-
-    On CPUs accelerate runs several processes only as plain DDP (`cpu=True`) and never starts DeepSpeed
-    there, for want of a device backend; DeepSpeed's CPU accelerator (DS_ACCELERATOR=cpu) works over gloo,
-    so under a launcher we start the gloo process group ourselves and hand accelerate that backend.
-    """
-    import torch
+    """accelerate's Accelerator for a stage that drives its own loop (PPO), on GPUs or on CPUs: several CPU
+    processes with DeepSpeed reuse the state `start_cpu_deepspeed` sets up; without DeepSpeed, plain DDP."""
     from accelerate import Accelerator
-    from accelerate.utils import InitProcessGroupKwargs
 
-    handlers: list[Any] = []
-    on_cpu = not torch.cuda.is_available()
     if deepspeed is not None and on_cpu_under_launcher():
-        if not torch.distributed.is_initialized():
-            torch.distributed.init_process_group("gloo")
-        handlers.append(InitProcessGroupKwargs(backend="gloo"))
-    return Accelerator(
-        cpu=on_cpu and deepspeed is None, deepspeed_plugin=deepspeed, kwargs_handlers=handlers, **options
-    )
+        start_cpu_deepspeed()
+    return Accelerator(cpu=not has_gpu() and deepspeed is None, deepspeed_plugin=deepspeed, **options)
 
 
 def launch_command(dist: DistributedConfig, module: str, args: list[str]) -> list[str]:

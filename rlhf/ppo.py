@@ -590,7 +590,6 @@ class PPOTrainer:
                     f"the reward model returned {int((~torch.isfinite(raw)).sum())} non-finite scores"
                 )
             ids, attention, context = collate(samples, models.tokenizer.pad_token_id, device)
-            unwrapped = self.accelerator.unwrap_model(self.model)
             parts: dict[str, list[Tensor]] = {"logprobs": [], "values": [], "ref": []}
             chunk = spec.rollout.batch_size
             for start in range(0, len(samples), chunk):

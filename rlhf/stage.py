@@ -25,7 +25,7 @@ from rlhf.data.files import fingerprint
 from rlhf.data.importers import ImportOptions
 from rlhf.data.preferences import ImportSettings, import_preferences
 from rlhf.data.synthetic import write_synthetic_task
-from rlhf.distributed import RankInfo, configure_logging, launch_command, rank_info
+from rlhf.distributed import RankInfo, configure_logging, has_gpu, launch_command, rank_info
 from rlhf.errors import ConfigError, RlhfError, StageError
 from rlhf.models import is_adapter, is_builtin_spec, materialize, registry_model
 from rlhf.registry import REF_PREFIX, Manifest, Registry, default_registry_path, is_reference
@@ -351,7 +351,7 @@ def launch_stage(
     result_file = run_dir / stage / RESULT_FILE
     result_file.unlink(missing_ok=True)  # a result from an earlier try must not pass for this one's
     env = dict(os.environ)
-    if not _has_cuda():
+    if not has_gpu():
         env.setdefault("DS_ACCELERATOR", "cpu")
     processes = cfg.distributed.num_processes * cfg.distributed.num_nodes
     log.info("%s: starting %d processes: %s", stage, processes, shlex.join(command))
@@ -363,9 +363,3 @@ def launch_stage(
         )
     recorded = json.loads(result_file.read_text(encoding="utf-8"))
     return StageResult(**{**recorded, "output_dir": Path(recorded["output_dir"])})
-
-
-def _has_cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()

@@ -16,7 +16,13 @@ from typing import TYPE_CHECKING, Any
 from transformers import TrainerCallback
 
 from rlhf.config import GenerationSpec, TrainStageConfig
-from rlhf.distributed import deepspeed_config, on_cpu_under_launcher, resolve_precision, start_cpu_deepspeed
+from rlhf.distributed import (
+    deepspeed_config,
+    has_gpu,
+    on_cpu_under_launcher,
+    resolve_precision,
+    start_cpu_deepspeed,
+)
 from rlhf.errors import StageError
 from rlhf.eval import generate, load_prompts, summarize
 from rlhf.stage import StageContext
@@ -71,7 +77,7 @@ def trainer_arguments(cfg: TrainStageConfig, ctx: StageContext) -> dict[str, Any
         save_steps=cfg.save_steps,
         save_total_limit=cfg.save_total_limit,
         gradient_checkpointing=cfg.gradient_checkpointing,
-        use_cpu=not torch.cuda.is_available(),
+        use_cpu=not has_gpu(),
         report_to=ctx.tracker.report_to if ctx.tracker else "none",
         disable_tqdm=not ctx.rank.is_main,
         dataloader_num_workers=0,
@@ -87,9 +93,7 @@ def deepspeed_arguments(ctx: StageContext) -> dict[str, Any]:
     config = deepspeed_config(ctx.pipeline.distributed)
     if config is None:
         return {}
-    import torch
-
-    if torch.cuda.is_available():
+    if has_gpu():
         return {"deepspeed": config}
     if not on_cpu_under_launcher():
         log.info("%s: one CPU process: training without DeepSpeed (ZeRO shards across processes)", ctx.stage)

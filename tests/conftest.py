@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -62,11 +61,10 @@ def launch_stage(
 ) -> subprocess.CompletedProcess[str]:
     """`python -m stages.<program>` on several real processes (torch.distributed.run; on this CPU machine
     DeepSpeed runs on its CPU accelerator over gloo)."""
-    with socket.socket() as probe:  # a free port for the rendezvous
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    from rlhf.distributed import free_port
+
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
-               "--master_port", str(port), "-m", f"stages.{program}", "--config", str(config),
+               "--master_port", str(free_port()), "-m", f"stages.{program}", "--config", str(config),
                "--run-dir", str(run_dir), *overrides]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(REPO), "DS_ACCELERATOR": "cpu"}
     return subprocess.run(command, cwd=REPO, capture_output=True, text=True, env=env, timeout=600)
