@@ -292,7 +292,14 @@ def _run(args: argparse.Namespace) -> None:
 def _stage(args: argparse.Namespace) -> None:
     from rlhf.config import dump_config, load_config, stage_program
     from rlhf.distributed import configure_logging, needs_launcher, rank_info
-    from rlhf.stage import describe_result, launch_stage, new_run_dir, run_standalone, stage_section
+    from rlhf.stage import (
+        describe_result,
+        launch_stage,
+        node_folder,
+        run_dir_for,
+        run_standalone,
+        stage_section,
+    )
 
     configure_logging(rank_info(), args.debug)
     try:
@@ -300,12 +307,14 @@ def _stage(args: argparse.Namespace) -> None:
     except ModuleNotFoundError:
         raise RlhfError(f"unknown stage '{args.stage}'") from None
     cfg = load_config(args.config, args.overrides)
-    if needs_launcher(cfg.distributed):  # the same stage on every process, rank 0 reporting back
+    if needs_launcher(
+        cfg.distributed_for(args.stage)
+    ):  # the same stage on every process, rank 0 reporting back
         stage_section(cfg, args.stage)  # a missing section fails here, not once per process
-        run_dir = Path(args.run_dir) if args.run_dir else new_run_dir(cfg)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        dump_config(cfg, run_dir / "config.yaml")
-        result = launch_stage(cfg, run_dir / "config.yaml", args.stage, run_dir, [])
+        run_dir = run_dir_for(cfg, args.run_dir)
+        config_file = node_folder(run_dir) / "config.yaml"
+        dump_config(cfg, config_file)
+        result = launch_stage(cfg, config_file, args.stage, run_dir, [])
     else:
         result = run_standalone(args.stage, program.run, args.config, args.overrides, args.run_dir)
     print(f"{args.stage}: done in {result.seconds:.0f}s; {describe_result(result)}")

@@ -75,6 +75,36 @@ class GenerationSpec(Schema):
     batch_size: int = Field(64, gt=0)
 
 
+class DistributedConfig(Schema):
+    """How many processes a stage runs on and how they are launched; a stage's own `distributed:` keys go
+    over these (`PipelineConfig.distributed_for`)."""
+
+    num_processes: int = Field(1, gt=0, description="Processes (GPUs) per node.")
+    num_nodes: int = Field(1, gt=0)
+    hostfile: str | None = None
+    zero_stage: Literal[0, 1, 2, 3] | None = None
+    deepspeed_config: str | None = None
+    launcher: Literal["deepspeed", "torchrun"] = "deepspeed"
+
+
+class StageDistributed(Schema):
+    """A stage's `distributed:` keys over the pipeline's: a key left out (None) keeps the pipeline's value.
+    Naming a ZeRO stage or a DeepSpeed config replaces both of the pipeline's, so the stage's choice wins."""
+
+    num_processes: int | None = Field(None, gt=0)
+    num_nodes: int | None = Field(None, gt=0)
+    hostfile: str | None = None
+    zero_stage: Literal[0, 1, 2, 3] | None = None
+    deepspeed_config: str | None = None
+    launcher: Literal["deepspeed", "torchrun"] | None = None
+
+    def over(self, pipeline: DistributedConfig) -> DistributedConfig:
+        update = self.model_dump(exclude_none=True)
+        if update.keys() & {"zero_stage", "deepspeed_config"}:
+            update = {"zero_stage": None, "deepspeed_config": None} | update
+        return pipeline.model_copy(update=update)
+
+
 class TrainStageConfig(Schema):
     """What every training stage shares: optimisation, schedule, precision, checkpoints, LoRA."""
 
@@ -104,6 +134,10 @@ class TrainStageConfig(Schema):
     lora: LoraSpec | None = None
     num_threads: int | None = Field(
         None, gt=0, description="torch CPU threads per process; None: torch default."
+    )
+    distributed: StageDistributed | None = Field(
+        None,
+        description="This stage's own process count, ZeRO stage, ...; over the pipeline's `distributed`.",
     )
 
 
@@ -306,17 +340,6 @@ class TrackingConfig(Schema):
         return {"backend": value} if isinstance(value, str) else value
 
 
-class DistributedConfig(Schema):
-    """How many processes a stage runs on and how they are launched."""
-
-    num_processes: int = Field(1, gt=0)
-    num_nodes: int = Field(1, gt=0)
-    hostfile: str | None = None
-    zero_stage: Literal[0, 1, 2, 3] | None = None
-    deepspeed_config: str | None = None
-    launcher: Literal["deepspeed", "torchrun"] = "deepspeed"
-
-
 class PipelineConfig(Schema):
     """One pipeline: a model, its data, the stages with their hyperparameters, and where things go."""
 
@@ -342,6 +365,14 @@ class PipelineConfig(Schema):
             names = ", ".join(StagesConfig.model_fields)
             raise ValueError(f"stages: no stage configured; expected at least one of {names}")
         return self
+
+    def distributed_for(self, stage: str) -> DistributedConfig:
+        """How `stage` (a run name from `stages.plan()`) is distributed: the pipeline's `distributed` with the
+        stage's own keys over it."""
+        stage_cfg = self.stages.plan().get(stage)
+        if stage_cfg is None or stage_cfg.distributed is None:
+            return self.distributed
+        return stage_cfg.distributed.over(self.distributed)
 
     def fingerprint(self) -> str:
         """A stable hash of the resolved config, for lineage and caching."""

@@ -153,29 +153,63 @@ def launch_command(dist: DistributedConfig, module: str, args: list[str]) -> lis
     """The command that starts `python -m MODULE ARGS` on every process of this node.
 
     torchrun: `num_processes` per node, `num_nodes` nodes meeting at MASTER_ADDR:MASTER_PORT, this node's
-    rank from NODE_RANK (0 by default; one node finds a free local port itself). deepspeed: its launcher,
-    with the hostfile when one is configured.
+    rank from NODE_RANK. deepspeed: its launcher, which from one node starts the others over ssh (hostfile);
+    with NODE_RANK set it is started on each node instead (`--no_ssh`, as a Slurm script does).
     """
     if dist.launcher == "torchrun":
+        addr, port = rendezvous(dist)
         command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(dist.num_processes),
-                   "--nnodes", str(dist.num_nodes), "--node_rank", os.environ.get("NODE_RANK", "0"),
-                   "--master_addr", os.environ.get("MASTER_ADDR", "127.0.0.1"),
-                   "--master_port", os.environ.get("MASTER_PORT") or str(free_port())]  # fmt: skip
+                   "--nnodes", str(dist.num_nodes), "--node_rank", str(node_rank()),
+                   "--master_addr", addr, "--master_port", port]  # fmt: skip
         return [*command, "-m", module, *args]
     command = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_nodes", str(dist.num_nodes),
                "--num_gpus", str(dist.num_processes)]  # fmt: skip
     if dist.hostfile:
         command += ["--hostfile", dist.hostfile]
-    if "MASTER_ADDR" in os.environ:
-        command += ["--master_addr", os.environ["MASTER_ADDR"]]
-    return [
-        *command,
-        "--master_port",
-        os.environ.get("MASTER_PORT") or str(free_port()),
-        "--module",
-        module,
-        *args,
-    ]
+    if dist.num_nodes > 1 and "NODE_RANK" in os.environ:
+        if not dist.hostfile:
+            raise ConfigError(
+                "distributed.hostfile: the deepspeed launcher on several nodes needs a hostfile"
+            )
+        addr, port = rendezvous(dist)
+        command += ["--no_ssh", "--node_rank", str(node_rank()), "--master_addr", addr]
+    else:  # one node, or the first node starting the others: deepspeed finds the address itself
+        addr, port = os.environ.get("MASTER_ADDR"), os.environ.get("MASTER_PORT") or str(free_port())
+        command += ["--master_addr", addr] if addr else []
+    return [*command, "--master_port", port, "--module", module, *args]
+
+
+def node_rank() -> int:
+    """This node's place among `num_nodes`, from NODE_RANK (set on each node, e.g. from SLURM_NODEID)."""
+    return int(os.environ.get("NODE_RANK", "0"))
+
+
+def is_first_node() -> bool:
+    """The first node alone evaluates, summarizes and owns the run directory; the others follow its stages."""
+    return node_rank() == 0
+
+
+def rendezvous(dist: DistributedConfig) -> tuple[str, str]:
+    """Where the processes meet: one node finds a free local port itself; several must be told the first
+    node's address and a port, the same on every node."""
+    if dist.num_nodes == 1:
+        return os.environ.get("MASTER_ADDR", "127.0.0.1"), os.environ.get("MASTER_PORT") or str(free_port())
+    missing = [name for name in ("MASTER_ADDR", "MASTER_PORT") if not os.environ.get(name)]
+    if missing:
+        raise ConfigError(
+            f"distributed.num_nodes={dist.num_nodes}: set {' and '.join(missing)} on every node "
+            "(the first node's address and a free port; scripts/slurm.sbatch does)"
+        )
+    return os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"]
+
+
+def wait_for_all_ranks() -> None:
+    """A barrier at the end of a launched stage: every rank leaves only after rank 0 has recorded the result,
+    so a launcher that exits 0 on any node means the stage is published and recorded."""
+    import torch
+
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
 
 
 def free_port() -> int:

@@ -14,17 +14,18 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from rlhf.config import ModelSpec, PipelineConfig, TrainStageConfig, dump_config, stage_key, stage_program
-from rlhf.distributed import needs_launcher
+from rlhf.distributed import is_first_node, needs_launcher, node_rank
 from rlhf.eval import GOLD_REWARDS, PolicyEvaluation, evaluate_and_record, evaluate_model
 from rlhf.registry import REF_PREFIX
 from rlhf.stage import (
     StageResult,
     launch_stage,
-    new_run_dir,
+    node_folder,
     open_registry,
     prepare_context,
     prepare_data,
     resolve_model,
+    run_dir_for,
     run_stage,
 )
 
@@ -47,16 +48,21 @@ class PipelineRun:
 
 
 def run_pipeline(cfg: PipelineConfig, run_dir: Path | None = None) -> PipelineRun:
-    """Run every configured stage; the resolved config and a summary land in the run directory."""
-    run_dir = run_dir or new_run_dir(cfg)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    dump_config(cfg, run_dir / "config.yaml")
-    inputs, task = prepare_data(cfg, run_dir)
+    """Run every configured stage; the resolved config and a summary land in the run directory.
+
+    On several nodes started one by one (NODE_RANK set) every node runs this with the same shared run
+    directory: each launches its share of every stage, and the first node alone evaluates and summarizes.
+    """
+    run_dir = run_dir_for(cfg, run_dir)
+    local = node_folder(run_dir)
+    dump_config(cfg, local / "config.yaml")
+    inputs, task = prepare_data(cfg, local)
     registry = open_registry(cfg)
-    base = resolve_model(cfg.model, run_dir, cfg.seed, registry)
+    base = resolve_model(cfg.model, local, cfg.seed, registry)
     run = PipelineRun(run_dir=run_dir, base_model=base.spec)
     log.info("run directory: %s", run_dir)
-    if task in GOLD_REWARDS and "eval_prompts" in inputs and cfg.evaluation is not None:
+    lead = is_first_node()
+    if lead and task in GOLD_REWARDS and "eval_prompts" in inputs and cfg.evaluation is not None:
         run.base_metrics = evaluate_model(base.spec, inputs["eval_prompts"], cfg.evaluation, task, cfg.seed)
 
     published: dict[str, str] = {}  # stage -> registry reference of what it published
@@ -68,9 +74,9 @@ def run_pipeline(cfg: PipelineConfig, run_dir: Path | None = None) -> PipelineRu
         )
         spec = stage_cfg.model or default
         log.info("stage %s: starting from %s", name, spec.name)
-        if needs_launcher(cfg.distributed):
+        if needs_launcher(cfg.distributed_for(name)):
             overrides = launch_overrides(name, stage_cfg, spec, inputs)
-            result = launch_stage(cfg, run_dir / "config.yaml", name, run_dir, overrides)
+            result = launch_stage(cfg, local / "config.yaml", name, run_dir, overrides)
         else:
             start = resolve_model(spec, run_dir, cfg.seed, registry)
             module = importlib.import_module(f"stages.{program}")
@@ -83,6 +89,9 @@ def run_pipeline(cfg: PipelineConfig, run_dir: Path | None = None) -> PipelineRu
             if program != "policy":  # e.g. the reward model, for the policy stages and the evaluation
                 inputs[f"{name}_model"] = published[name]
 
+    if not lead:
+        log.info("node %d: every stage done; the first node evaluates and writes the summary", node_rank())
+        return run
     if "eval_prompts" in inputs and cfg.evaluation is not None:
         reference = published.get("sft", base.spec.name)
         for name, policy in published.items():

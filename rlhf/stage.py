@@ -20,12 +20,29 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rlhf.config import ModelSpec, PipelineConfig, PreferencesConfig, dump_config, load_config, stage_program
+from rlhf.config import (
+    DistributedConfig,
+    ModelSpec,
+    PipelineConfig,
+    PreferencesConfig,
+    dump_config,
+    load_config,
+    stage_program,
+)
 from rlhf.data.files import fingerprint
 from rlhf.data.importers import ImportOptions
 from rlhf.data.preferences import ImportSettings, import_preferences
 from rlhf.data.synthetic import write_synthetic_task
-from rlhf.distributed import RankInfo, configure_logging, has_gpu, launch_command, rank_info
+from rlhf.distributed import (
+    RankInfo,
+    configure_logging,
+    has_gpu,
+    is_first_node,
+    launch_command,
+    node_rank,
+    rank_info,
+    wait_for_all_ranks,
+)
 from rlhf.errors import ConfigError, RlhfError, StageError
 from rlhf.models import is_adapter, is_builtin_spec, materialize, registry_model
 from rlhf.registry import REF_PREFIX, Manifest, Registry, default_registry_path, is_reference
@@ -66,6 +83,11 @@ class StageContext:
     @property
     def model(self) -> ModelSpec:
         return self.start.spec
+
+    @property
+    def distributed(self) -> DistributedConfig:
+        """This stage's processes and DeepSpeed settings (the pipeline's, under the stage's own keys)."""
+        return self.pipeline.distributed_for(self.stage)
 
     def input(self, role: str) -> str:
         """A required input; a missing one is a config error naming the key to set."""
@@ -108,6 +130,16 @@ def new_run_dir(cfg: PipelineConfig) -> Path:
         n += 1
         run_dir = base.with_name(f"{base.name}-{n}")
     run_dir.mkdir(parents=True)
+    return run_dir
+
+
+def run_dir_for(cfg: PipelineConfig, given: str | Path | None) -> Path:
+    """The run directory given, or a new one. A node of several started one by one (NODE_RANK set) must be
+    given one, the same shared directory on every node, since each would otherwise make its own."""
+    if given is None and "NODE_RANK" in os.environ:
+        raise ConfigError("NODE_RANK is set (one node of several): pass --run-dir, the same on every node")
+    run_dir = Path(given) if given else new_run_dir(cfg)
+    run_dir.mkdir(parents=True, exist_ok=True)
     return run_dir
 
 
@@ -277,6 +309,7 @@ def stage_main(
     configure_logging(rank_info(), args.debug)
     try:
         result = run_standalone(args.name or stage, run, args.config, args.overrides, args.run_dir)
+        wait_for_all_ranks()
     except RlhfError as exc:
         if args.debug:
             raise
@@ -301,8 +334,7 @@ def run_standalone(
 ) -> StageResult:
     """One stage outside a pipeline: resolve data and model into a run directory, then run it."""
     cfg = load_config(config_path, overrides)
-    run_path = Path(run_dir) if run_dir else new_run_dir(cfg)
-    run_path.mkdir(parents=True, exist_ok=True)
+    run_path = run_dir_for(cfg, run_dir)
     if rank_info().is_main:
         dump_config(cfg, run_path / "config.yaml")
     stage_cfg, ctx = standalone_context(cfg, stage, run_path)
@@ -325,6 +357,14 @@ def rank_folder(run_dir: Path) -> Path:
     return run_dir if rank.is_main else run_dir / f".rank{rank.rank}"
 
 
+def node_folder(run_dir: Path) -> Path:
+    """Where a node's parent process writes its own files (config, data, base model) when every node runs
+    the pipeline: the run directory on the first node, which owns it, a folder of its own on the others."""
+    folder = run_dir if is_first_node() else run_dir / f".node{node_rank()}"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
 def stage_section(cfg: PipelineConfig, stage: str) -> Any:
     """The config of the stage run as `stage` (`sft`, `policy`, `policy-ppo`); a clear error when absent."""
     plan = cfg.stages.plan()
@@ -340,26 +380,38 @@ def stage_section(cfg: PipelineConfig, stage: str) -> Any:
 def launch_stage(
     cfg: PipelineConfig, config_path: Path, stage: str, run_dir: Path, overrides: list[str]
 ) -> StageResult:
-    """Run one stage on `distributed.num_processes` processes: start `python -m stages.<program>` on each
-    with the configured launcher, wait, and read the result rank 0 recorded. A failure on any rank stops
-    them all (the launcher's job); its error is in the output above."""
+    """Run one stage on its `distributed` processes: start `python -m stages.<program>` on each with the
+    configured launcher, wait, and read the result rank 0 recorded. A failure on any rank stops them all
+    (the launcher's job); its error is in the output above.
+
+    On several nodes each node runs this with its own NODE_RANK, and the run directory must be shared:
+    a node's launcher exits 0 only after rank 0 has recorded the result there (`wait_for_all_ranks`).
+    """
     program = stage_program(stage)
     args = ["--config", str(config_path), "--run-dir", str(run_dir), *overrides]
     if stage != program:
         args[:0] = ["--name", stage]
-    command = launch_command(cfg.distributed, f"stages.{program}", args)
+    dist = cfg.distributed_for(stage)
+    command = launch_command(dist, f"stages.{program}", args)
     result_file = run_dir / stage / RESULT_FILE
-    result_file.unlink(missing_ok=True)  # a result from an earlier try must not pass for this one's
+    if is_first_node():  # a result from an earlier try must not pass for this one's
+        result_file.unlink(missing_ok=True)  # (the other nodes cannot start before the first one has)
     env = dict(os.environ)
     if not has_gpu():
         env.setdefault("DS_ACCELERATOR", "cpu")
-    processes = cfg.distributed.num_processes * cfg.distributed.num_nodes
-    log.info("%s: starting %d processes: %s", stage, processes, shlex.join(command))
+    processes = dist.num_processes * dist.num_nodes
+    where = f" (node {node_rank()} of {dist.num_nodes})" if dist.num_nodes > 1 else ""
+    log.info("%s: starting %d processes%s: %s", stage, processes, where, shlex.join(command))
     done = subprocess.run(command, env=env, check=False)
-    if done.returncode != 0 or not result_file.is_file():
+    if done.returncode != 0:
         raise StageError(
             f"{stage}: failed on {processes} processes (exit code {done.returncode}); the failing rank's error "
             f"is above, its run directory {run_dir / stage}"
+        )
+    if not result_file.is_file():
+        raise StageError(
+            f"{stage}: the ranks ended without a result in {result_file}; on several nodes the run directory "
+            "must be on a filesystem every node shares"
         )
     recorded = json.loads(result_file.read_text(encoding="utf-8"))
     return StageResult(**{**recorded, "output_dir": Path(recorded["output_dir"])})

@@ -87,10 +87,10 @@ def trainer_arguments(cfg: TrainStageConfig, ctx: StageContext) -> dict[str, Any
 
 
 def deepspeed_arguments(ctx: StageContext) -> dict[str, Any]:
-    """The trainer's DeepSpeed settings from the pipeline's `distributed` section (nothing without a ZeRO
+    """The trainer's DeepSpeed settings from the stage's `distributed` settings (nothing without a ZeRO
     stage or config). On CPUs under a launcher the DeepSpeed state is started here, gloo underneath, and the
     trainer told to reuse it; a single CPU process has nothing to shard and trains without DeepSpeed."""
-    config = deepspeed_config(ctx.pipeline.distributed)
+    config = deepspeed_config(ctx.distributed)
     if config is None:
         return {}
     if has_gpu():

@@ -276,7 +276,7 @@ def run_ppo(cfg: PolicyStageConfig, ctx: StageContext) -> Trained:
             seed=ctx.seed,
             reward_stats=stats,
             log_metrics=ctx.tracker.log if ctx.tracker else lambda metrics, step: None,
-            deepspeed_plugin=deepspeed_plugin(ctx.pipeline.distributed),
+            deepspeed_plugin=deepspeed_plugin(ctx.distributed),
             mixed_precision=mixed_precision(cfg.precision),
         )
     )
