@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -242,6 +243,35 @@ class PolicyStageConfig(TrainStageConfig):
     max_length: int = Field(512, gt=0)
     ppo: PPOSpec = Field(default_factory=PPOSpec)
     evaluation: GenerationSpec | None = Field(default_factory=GenerationSpec)
+
+
+@dataclass(frozen=True)
+class PPOBatches:
+    """How one PPO update cuts its rollout, per process: the rollout into minibatches (an optimizer step
+    each), a minibatch into micro-batches (gradients accumulated)."""
+
+    rollout: int
+    minibatch: int
+    micro: int
+
+    @property
+    def accumulation(self) -> int:
+        return self.minibatch // self.micro
+
+
+def ppo_batches(cfg: PolicyStageConfig, stage: str = "policy") -> PPOBatches:
+    """The batches a PPO stage trains with; a rollout that does not split evenly is a config error."""
+    spec = cfg.ppo
+    rollout = spec.prompts_per_update * spec.rollout.samples_per_prompt
+    minibatch = rollout // spec.num_mini_batches
+    micro = min(cfg.per_device_train_batch_size, minibatch)
+    if minibatch == 0 or rollout % spec.num_mini_batches or minibatch % micro:
+        raise ConfigError(
+            f"{stage_key(stage)}.ppo: {rollout} responses per update (prompts_per_update x samples_per_prompt) "
+            f"must split into {spec.num_mini_batches} minibatches of whole micro-batches of "
+            f"per_device_train_batch_size={cfg.per_device_train_batch_size}"
+        )
+    return PPOBatches(rollout, minibatch, micro)
 
 
 def _policy_form(value: Any) -> str:

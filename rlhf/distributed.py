@@ -15,7 +15,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from rlhf.config import DistributedConfig
+from rlhf.config import (
+    DistributedConfig,
+    PipelineConfig,
+    PolicyStageConfig,
+    TrainStageConfig,
+    ppo_batches,
+    stage_key,
+)
 from rlhf.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -45,10 +52,16 @@ def rank_info() -> RankInfo:
 
 
 def configure_logging(info: RankInfo, debug: bool = False) -> None:
-    """Log lines carry the rank, so interleaved output from several processes stays readable."""
+    """Log lines carry the rank, so interleaved output from several processes stays readable; the process
+    that launches a node's ranks in a run of several nodes carries its node's."""
+    who = (
+        f"node {node_rank()}"
+        if "NODE_RANK" in os.environ and "RANK" not in os.environ
+        else f"rank {info.rank}"
+    )
     logging.basicConfig(
         level=logging.DEBUG if debug else logging.INFO,
-        format=f"%(asctime)s [rank {info.rank}] %(name)s: %(message)s",
+        format=f"%(asctime)s [{who}] %(name)s: %(message)s",
         datefmt="%H:%M:%S",
         force=True,
     )
@@ -85,9 +98,6 @@ def deepspeed_config(dist: DistributedConfig) -> dict[str, Any] | None:
         return config
     if dist.zero_stage is None:
         return None
-    zero: dict[str, Any] = {"stage": dist.zero_stage}
-    if dist.zero_stage == 3:  # the final save gathers the full weights instead of leaving shards
-        zero["stage3_gather_16bit_weights_on_model_save"] = True
     return {
         "train_micro_batch_size_per_gpu": "auto",
         "train_batch_size": "auto",
@@ -95,8 +105,22 @@ def deepspeed_config(dist: DistributedConfig) -> dict[str, Any] | None:
         "gradient_clipping": "auto",
         "bf16": {"enabled": "auto"},
         "fp16": {"enabled": "auto"},
-        "zero_optimization": zero,
+        "zero_optimization": ZERO_OPTIMIZATION[dist.zero_stage],
     }
+
+
+# What `zero_stage: N` means (configs/deepspeed/zeroN.json say the same). Bucket sizes are "auto": the
+# trainer sets them from the model's hidden size. DeepSpeed's own default, 5e8 elements, costs 2 GB of fp32
+# buffer per rank whatever the model: at ZeRO-3 that outweighed what partitioning saved on a 100M model
+# (bench/zero_memory.py). ZeRO-3 gathers the full weights for the final save instead of leaving shards.
+_BUCKETS = {"overlap_comm": True, "contiguous_gradients": True, "reduce_bucket_size": "auto"}
+ZERO_OPTIMIZATION: dict[int, dict[str, Any]] = {
+    0: {"stage": 0},
+    1: {"stage": 1, "reduce_bucket_size": "auto"},
+    2: {"stage": 2, **_BUCKETS, "reduce_scatter": True},
+    3: {"stage": 3, **_BUCKETS, "stage3_prefetch_bucket_size": "auto",
+        "stage3_param_persistence_threshold": "auto", "stage3_gather_16bit_weights_on_model_save": True},
+}  # fmt: skip
 
 
 def deepspeed_plugin(dist: DistributedConfig) -> DeepSpeedPlugin | None:
@@ -222,3 +246,55 @@ def free_port() -> int:
 def needs_launcher(dist: DistributedConfig) -> bool:
     """Several processes asked for, and this process is not one of them already."""
     return dist.num_processes * dist.num_nodes > 1 and "LOCAL_RANK" not in os.environ
+
+
+def stage_batches(stage: str, cfg: TrainStageConfig) -> tuple[int, int, str]:
+    """(micro-batch per process, gradient accumulation steps, where the accumulation comes from) a stage
+    trains with: its own settings for the TRL trainers, what PPO derives from its rollout for PPO."""
+    key = stage_key(stage)
+    if isinstance(cfg, PolicyStageConfig) and cfg.algorithm == "ppo":
+        batches = ppo_batches(cfg, stage)
+        source = (f"{key}.ppo: {batches.rollout} responses per update / {cfg.ppo.num_mini_batches} "
+                  f"num_mini_batches / micro-batch {batches.micro} = {batches.accumulation}")  # fmt: skip
+        return batches.micro, batches.accumulation, source
+    accumulation = cfg.gradient_accumulation_steps
+    return cfg.per_device_train_batch_size, accumulation, f"{key}.gradient_accumulation_steps: {accumulation}"
+
+
+def check_deepspeed_batches(cfg: PipelineConfig, stages: list[str] | None = None) -> None:
+    """Fail before any training when a DeepSpeed config's explicit batch sizes disagree with a stage's
+    (every stage, or those named).
+
+    The TRL trainers would stop only at start-up, after the stages before them, and PPO overwrites the JSON's
+    numbers with its own, so deliberate numbers would silently not be what ran. "auto" or absent values are
+    filled in by the trainer and need no check.
+    """
+    for stage, stage_cfg in cfg.stages.plan().items():
+        dist = cfg.distributed_for(stage)
+        config = deepspeed_config(dist)
+        if config is None or (stages is not None and stage not in stages):
+            continue
+        key = stage_key(stage)
+        micro, accumulation, accumulation_source = stage_batches(stage, stage_cfg)
+        world = planned_world_size(dist)
+        total = micro * accumulation * world
+        expected = {
+            "train_micro_batch_size_per_gpu": (micro, f"{key}.per_device_train_batch_size: micro-batch {micro}"),
+            "gradient_accumulation_steps": (accumulation, accumulation_source),
+            "train_batch_size": (
+                total, f"{key}: micro-batch {micro} x accumulation {accumulation} x {world} processes = {total}"
+            ),
+        }  # fmt: skip
+        source = dist.deepspeed_config or f"zero_stage {dist.zero_stage}"
+        for name, (value, stated) in expected.items():
+            given = config.get(name, "auto")
+            if given != "auto" and given != value:
+                raise ConfigError(f"{stated}, but {source} sets {name}: {given}")
+
+
+def planned_world_size(dist: DistributedConfig) -> int:
+    """The processes a stage trains on: inside a launched process the launcher's world (a hand-started
+    torchrun need not match the config), else the configured processes per node x nodes."""
+    if "LOCAL_RANK" in os.environ:
+        return rank_info().world_size
+    return dist.num_processes * dist.num_nodes

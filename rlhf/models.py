@@ -73,6 +73,11 @@ BUILTIN_ARCHITECTURES: dict[str, dict[str, object]] = {
         model_type="llama", hidden_size=512, intermediate_size=1408, num_hidden_layers=12,
         num_attention_heads=8, num_key_value_heads=8, max_position_embeddings=1024, tie_word_embeddings=True,
     ),
+    # ~100M parameters: for the ZeRO memory benchmark, where model states must outweigh the libraries.
+    "medium-llama": dict(
+        model_type="llama", hidden_size=768, intermediate_size=2048, num_hidden_layers=14,
+        num_attention_heads=12, num_key_value_heads=12, max_position_embeddings=1024, tie_word_embeddings=True,
+    ),
     # An encoder reward model with its own tokenizer (no chat template), for the encoder path on a CPU.
     "tiny-bert": dict(
         model_type="bert", hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from rlhf.config import ModelSpec, PipelineConfig, TrainStageConfig, dump_config, stage_key, stage_program
-from rlhf.distributed import is_first_node, needs_launcher, node_rank
+from rlhf.distributed import check_deepspeed_batches, is_first_node, needs_launcher, node_rank
 from rlhf.eval import GOLD_REWARDS, PolicyEvaluation, evaluate_and_record, evaluate_model
 from rlhf.registry import REF_PREFIX
 from rlhf.stage import (
@@ -53,6 +53,7 @@ def run_pipeline(cfg: PipelineConfig, run_dir: Path | None = None) -> PipelineRu
     On several nodes started one by one (NODE_RANK set) every node runs this with the same shared run
     directory: each launches its share of every stage, and the first node alone evaluates and summarizes.
     """
+    check_deepspeed_batches(cfg)
     run_dir = run_dir_for(cfg, run_dir)
     local = node_folder(run_dir)
     dump_config(cfg, local / "config.yaml")

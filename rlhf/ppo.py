@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
-from rlhf.config import LoraSpec, ModelSpec, PolicyStageConfig, PPOSpec
+from rlhf.config import LoraSpec, ModelSpec, PolicyStageConfig, PPOSpec, ppo_batches
 from rlhf.distributed import make_accelerator
 from rlhf.errors import ConfigError, StageError
 from rlhf.eval import Sample, generate
@@ -109,6 +109,7 @@ class PolicyAndValue(nn.Module):
         super().__init__()
         self.policy = policy
         self.value = value
+        self.config = policy.config  # accelerate sizes DeepSpeed's "auto" buckets from its hidden_size
         self.value_head = None
         if value is None:
             self.value_head = nn.Linear(policy.config.hidden_size, 1)
@@ -489,24 +490,15 @@ class PPOTrainer:
 
     def __init__(self, run: PPORun) -> None:
         self.run, self.cfg, self.spec, self.models = run, run.cfg, run.cfg.ppo, run.models
-        spec = self.spec
-        self.rollout_size = spec.prompts_per_update * spec.rollout.samples_per_prompt
-        self.minibatch_size = self.rollout_size // spec.num_mini_batches
-        micro = min(self.cfg.per_device_train_batch_size, self.minibatch_size)
-        if (
-            self.minibatch_size == 0
-            or self.rollout_size % spec.num_mini_batches
-            or self.minibatch_size % micro
-        ):
-            raise ConfigError(
-                f"stages.policy.ppo: {self.rollout_size} responses per update (prompts_per_update x "
-                f"samples_per_prompt) must split into {spec.num_mini_batches} minibatches of whole micro-batches "
-                f"of per_device_train_batch_size={self.cfg.per_device_train_batch_size}"
-            )
-        self.micro_batch_size = micro
+        batches = ppo_batches(self.cfg)
+        self.rollout_size, self.minibatch_size, self.micro_batch_size = (
+            batches.rollout,
+            batches.minibatch,
+            batches.micro,
+        )
         self.accelerator = make_accelerator(
             run.deepspeed_plugin,
-            gradient_accumulation_steps=self.minibatch_size // micro,
+            gradient_accumulation_steps=batches.accumulation,
             mixed_precision=run.mixed_precision,
         )
         self.world = self.accelerator.num_processes
@@ -520,9 +512,9 @@ class PPOTrainer:
                                       fused=run.deepspeed_plugin is None)  # fmt: skip
         self.scheduler = self._schedule(optimizer)
         if plugin := self.accelerator.state.deepspeed_plugin:  # what a Trainer would fill in for "auto"
-            accumulation = self.minibatch_size // micro
-            plugin.deepspeed_config.update(train_micro_batch_size_per_gpu=micro, gradient_accumulation_steps=accumulation,
-                                           train_batch_size=micro * accumulation * self.world,
+            plugin.deepspeed_config.update(train_micro_batch_size_per_gpu=batches.micro,
+                                           gradient_accumulation_steps=batches.accumulation,
+                                           train_batch_size=batches.micro * batches.accumulation * self.world,
                                            gradient_clipping=self.cfg.max_grad_norm)  # fmt: skip
             # ZeRO-3: gather the full weights when the policy is saved (`save_policy`)
             plugin.deepspeed_config["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] = True
@@ -531,6 +523,7 @@ class PPOTrainer:
         for frozen in (self.models.reference, self.models.reward):
             if frozen is not None:
                 frozen.to(device)
+        spec = self.spec
         self.kl_ctl = KLController(spec.kl_coef, spec.target_kl, spec.kl_horizon)
         self.state = PPOState(reward_stats=run.reward_stats if spec.normalize_rewards else None)
         self.accelerator.register_for_checkpointing(self.scheduler, self.kl_ctl, self.state)

@@ -35,6 +35,7 @@ from rlhf.data.preferences import ImportSettings, import_preferences
 from rlhf.data.synthetic import write_synthetic_task
 from rlhf.distributed import (
     RankInfo,
+    check_deepspeed_batches,
     configure_logging,
     has_gpu,
     is_first_node,
@@ -51,6 +52,7 @@ from rlhf.tracking import Tracker
 log = logging.getLogger(__name__)
 
 RESULT_FILE = "result.json"
+LAUNCHED_BY_RLHF = "RLHF_LAUNCHED"  # set for the processes `launch_stage` starts
 
 
 @dataclass
@@ -315,7 +317,7 @@ def stage_main(
             raise
         print(f"error: [rank {rank_info().rank}] {exc}", file=sys.stderr)
         return 2
-    if rank_info().is_main:
+    if rank_info().is_main and LAUNCHED_BY_RLHF not in os.environ:  # else the launching process says it
         print(f"{result.stage}: done in {result.seconds:.0f}s; {describe_result(result)}")
     return 0
 
@@ -334,6 +336,7 @@ def run_standalone(
 ) -> StageResult:
     """One stage outside a pipeline: resolve data and model into a run directory, then run it."""
     cfg = load_config(config_path, overrides)
+    check_deepspeed_batches(cfg, [stage])
     run_path = run_dir_for(cfg, run_dir)
     if rank_info().is_main:
         dump_config(cfg, run_path / "config.yaml")
@@ -396,7 +399,7 @@ def launch_stage(
     result_file = run_dir / stage / RESULT_FILE
     if is_first_node():  # a result from an earlier try must not pass for this one's
         result_file.unlink(missing_ok=True)  # (the other nodes cannot start before the first one has)
-    env = dict(os.environ)
+    env = {**os.environ, LAUNCHED_BY_RLHF: "1"}
     if not has_gpu():
         env.setdefault("DS_ACCELERATOR", "cpu")
     processes = dist.num_processes * dist.num_nodes

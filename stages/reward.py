@@ -223,8 +223,8 @@ def run(cfg: RewardStageConfig, ctx: StageContext) -> StageResult:
     output = save_final(trainer, ctx)
 
     metrics = {**outcome_metrics(trainer, watch, resumed_from), **pair_counts(splits)}
-    if ctx.rank.is_main:
-        metrics.update(evaluate(trainer, splits, ctx.task, cfg.per_device_eval_batch_size))
+    # on every rank: under ZeRO-3 each forward gathers the shards from all of them (rank 0 reports)
+    metrics.update(evaluate(trainer, splits, ctx.task, cfg.per_device_eval_batch_size))
     return StageResult(stage=ctx.stage, output_dir=output, metrics=metrics, publish_as="reward-model")
 
 

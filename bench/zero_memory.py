@@ -1,0 +1,164 @@
+"""Per-rank peak memory of the SFT stage on a ~100M-parameter model at ZeRO-0, 2 and 3 on 2 processes.
+
+What ZeRO saves: with Adam in fp32 every rank holds 16 bytes per parameter of model states (weights 4,
+gradients 4, two moments 8) without partitioning; ZeRO-2 splits gradients and optimizer states across the
+ranks, ZeRO-3 the weights too. Each rank runs the real stage (`stages.sft` under torchrun, DeepSpeed on its
+CPU accelerator here, CUDA on GPUs) and records its peak memory in training (from DeepSpeed's set-up on,
+where partitioning acts) and over the whole stage (which also holds each rank's loading of the full model
+before DeepSpeed partitions it): resident memory on CPUs, allocated device memory on GPUs. On CPUs glibc is
+told to hand every freed tensor back to the system (MALLOC_MMAP_THRESHOLD_), so resident memory follows live
+tensors rather than the allocator's cache. The ZeRO stages run interleaved, each repeat in fresh processes;
+the table gives medians over repeats of the larger rank, and ratios to ZeRO-0 measured in the same run.
+
+    python bench/zero_memory.py --repeats 3          # medium-llama: 99.2M parameters
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+# DeepSpeed keeps gathered ZeRO-3 weights live up to stage3_max_live_parameters / max_reuse_distance (1e9
+# each by default): more than this whole model, so the last variant lowers them to let partitioning act.
+RELEASING = {"stage3_max_live_parameters": 10_000_000, "stage3_max_reuse_distance": 10_000_000}
+VARIANTS: dict[str, dict[str, object]] = {
+    "ZeRO-0": {"stage": 0},
+    "ZeRO-2": {"stage": 2},
+    "ZeRO-3": {"stage": 3},
+    "ZeRO-3, live/reuse 1e7": {"stage": 3, **RELEASING},
+}
+BASELINE = "ZeRO-0"
+
+CONFIG = """
+name: zero-memory
+seed: 0
+model: {model}
+data:
+  synthetic: {{num_sft_train: 400, num_sft_eval: 8, num_preference_tasks: 10}}
+stages:
+  sft: {{learning_rate: 1.0e-4, max_steps: {steps}, per_device_train_batch_size: 4, max_length: 128,
+        logging_steps: 1, save_steps: 100000, num_threads: 1, evaluation: null}}
+evaluation: null
+tracking: none
+registry: {folder}/registry
+runs_dir: {folder}/runs
+"""
+
+
+def worker(out_dir: Path, argv: list[str]) -> int:
+    """One rank of the stage. Its peak memory over the whole stage and over training alone (from DeepSpeed's
+    set-up, inside `Trainer.train`, to the end) land in out_dir/rank<r>.json when the process ends."""
+    import torch
+    import transformers
+
+    from stages.sft import main
+
+    cuda = torch.cuda.is_available()
+    peaks: dict[str, float] = {}
+
+    def peak_mib() -> float:
+        if cuda:
+            return torch.cuda.max_memory_allocated() / 2**20
+        status = Path("/proc/self/status").read_text(encoding="ascii")
+        return int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1)) / 1024
+
+    def reset_peak() -> None:
+        if cuda:
+            torch.cuda.reset_peak_memory_stats()
+        else:  # Linux: "5" sets the high-water mark back to the current resident size
+            Path("/proc/self/clear_refs").write_text("5", encoding="ascii")
+
+    train = transformers.Trainer.train
+
+    def measured_train(self: transformers.Trainer, *args: object, **kwargs: object) -> object:
+        peaks["before_training"] = peak_mib()
+        reset_peak()
+        try:
+            return train(self, *args, **kwargs)
+        finally:
+            peaks["training"] = peak_mib()
+
+    transformers.Trainer.train = measured_train  # measurement only: the stage's training runs unchanged
+
+    def record() -> None:
+        peaks["stage"] = max(peak_mib(), *peaks.values())
+        (out_dir / f"rank{os.environ['RANK']}.json").write_text(json.dumps(peaks), encoding="utf-8")
+
+    atexit.register(record)
+    return main(argv)
+
+
+def measure(zero: dict[str, object], model: str, steps: int, folder: Path) -> list[dict[str, float]]:
+    """Run the stage on 2 processes with this `zero_optimization` (over what `zero_stage` sets); every rank's
+    peak memory."""
+    from rlhf.config import DistributedConfig
+    from rlhf.distributed import deepspeed_config, free_port, has_gpu
+
+    config = folder / "pipeline.yaml"
+    config.write_text(CONFIG.format(model=model, steps=steps, folder=folder), encoding="utf-8")
+    out_dir = Path(tempfile.mkdtemp(dir=folder))
+    deepspeed = deepspeed_config(DistributedConfig(zero_stage=zero["stage"]))
+    deepspeed["zero_optimization"] |= zero
+    (out_dir / "deepspeed.json").write_text(json.dumps(deepspeed), encoding="utf-8")
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+               "--master_port", str(free_port()), __file__, "--worker", str(out_dir), "--",
+               "--config", str(config), "--run-dir", str(out_dir / "run"), f"distributed.deepspeed_config={out_dir / 'deepspeed.json'}",
+               "distributed.num_processes=2"]  # fmt: skip
+    cpu = {"DS_ACCELERATOR": "cpu", "MALLOC_MMAP_THRESHOLD_": "65536"}
+    env = {**os.environ, "PYTHONPATH": str(REPO)} | ({} if has_gpu() else cpu)
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        sys.exit(f"ZeRO {zero}: the stage failed:\n{done.stderr[-3000:]}")
+    result = json.loads((out_dir / "run" / "sft" / "result.json").read_text(encoding="utf-8"))
+    assert result["metrics"]["steps"] == steps, result  # it trained
+    return [json.loads((out_dir / f"rank{r}.json").read_text(encoding="utf-8")) for r in (0, 1)]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="medium-llama")
+    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--worker", type=Path, help=argparse.SUPPRESS)
+    args, rest = parser.parse_known_args()
+    if args.worker:
+        sys.exit(worker(args.worker, [a for a in rest if a != "--"]))
+
+    from rlhf.distributed import has_gpu
+    from rlhf.models import build_builtin_model
+
+    params = sum(p.numel() for p in build_builtin_model(args.model, seed=0)[0].parameters())
+    memory = {name: {"stage": [], "training": []} for name in VARIANTS}
+    with tempfile.TemporaryDirectory() as tmp:
+        for repeat in range(args.repeats):
+            for name, zero in VARIANTS.items():  # interleaved, so drift over time hits every variant alike
+                ranks = measure(zero, args.model, args.steps, Path(tmp))
+                for kind, values in memory[name].items():
+                    values.append(max(rank[kind] for rank in ranks))
+                shown = "; ".join(f"rank {r}: stage {m['stage']:,.0f}, training {m['training']:,.0f}"
+                                  for r, m in enumerate(ranks))  # fmt: skip
+                print(f"repeat {repeat}, {name}: {shown} MiB", flush=True)
+    unit = "allocated GPU memory" if has_gpu() else "resident memory"
+    print(
+        f"\n{args.model}: {params / 1e6:.1f}M parameters, 2 processes, peak {unit} of the larger rank (MiB)"
+    )
+    print(f"| variant | peak in training | ratio vs {BASELINE} | peak over the stage | ratio vs {BASELINE} |")
+    print("|---|---:|---:|---:|---:|")
+    base = {kind: statistics.median(values) for kind, values in memory[BASELINE].items()}
+    for name, kinds in memory.items():
+        training, stage = (statistics.median(kinds[kind]) for kind in ("training", "stage"))
+        print(f"| {name} | {training:,.0f} | {training / base['training']:.2f}x "
+              f"| {stage:,.0f} | {stage / base['stage']:.2f}x |")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
