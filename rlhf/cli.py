@@ -31,7 +31,23 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("config", help="pipeline YAML")
     run.add_argument("overrides", nargs="*", help="dotted overrides, e.g. stages.sft.max_steps=50")
     run.add_argument("--run-dir", help="run directory (default: a new one under runs_dir)")
+    run.add_argument(
+        "--force",
+        action="append",
+        default=[],
+        metavar="STAGE",
+        help="train STAGE even if a version with its fingerprint is published (repeatable)",
+    )
+    run.add_argument(
+        "--from", dest="start_from", metavar="STAGE", help="train STAGE and every stage after it"
+    )
+    run.add_argument("--only", metavar="STAGE", help="run STAGE alone; the stages before it must be cached")
     run.set_defaults(handler=_run)
+
+    status = commands.add_parser("status", help="list pipeline runs and their stages", parents=[common])
+    status.add_argument("run", nargs="?", help="one run directory, shown stage by stage")
+    status.add_argument("--runs-dir", default="runs", help="where the runs are (a config's runs_dir)")
+    status.set_defaults(handler=_status)
 
     stage = commands.add_parser("stage", help="run one stage of a pipeline config", parents=[common])
     stage.add_argument("stage", help="stage name, e.g. sft, or policy-ppo for a named policy stage")
@@ -281,12 +297,23 @@ def _eval(args: argparse.Namespace) -> None:
 def _run(args: argparse.Namespace) -> None:
     from rlhf.config import load_config
     from rlhf.distributed import configure_logging, rank_info
-    from rlhf.pipeline import run_pipeline
+    from rlhf.pipeline import RunOptions, run_pipeline
     from rlhf.report import print_pipeline_summary
 
     configure_logging(rank_info(), args.debug)
     cfg = load_config(args.config, args.overrides)
-    print_pipeline_summary(run_pipeline(cfg, Path(args.run_dir) if args.run_dir else None))
+    options = RunOptions(force=frozenset(args.force), start_from=args.start_from, only=args.only)
+    print_pipeline_summary(run_pipeline(cfg, Path(args.run_dir) if args.run_dir else None, options))
+
+
+def _status(args: argparse.Namespace) -> None:
+    from rlhf.report import print_run, print_runs
+    from rlhf.runs import RunRecord, list_runs
+
+    if args.run:
+        print_run(RunRecord.load(Path(args.run)))
+    else:
+        print_runs(list_runs(Path(args.runs_dir)))
 
 
 def _stage(args: argparse.Namespace) -> None:

@@ -274,9 +274,26 @@ def ppo_batches(cfg: PolicyStageConfig, stage: str = "policy") -> PPOBatches:
     return PPOBatches(rollout, minibatch, micro)
 
 
+# A stage taken from the registry instead of run: `sft: registry:sft-policy:v3`. Later stages start from it.
+RegistryVersion = Annotated[str, Field(pattern=r"^registry:\S+$")]
+
+
+def _stage_form(value: Any) -> str:
+    return "taken" if isinstance(value, str) else "stage"
+
+
+def taken_or(stage: type[TrainStageConfig]) -> Any:
+    """A stage section that holds the stage's config, or the registry version that stands in for it."""
+    return Annotated[
+        Annotated[stage, Tag("stage")] | Annotated[RegistryVersion, Tag("taken")], Discriminator(_stage_form)
+    ]
+
+
 def _policy_form(value: Any) -> str:
     """`policy:` holds one stage's config, or named ones, each saying its algorithm:
-    `{dpo: {algorithm: dpo, ...}, ppo: {algorithm: ppo, ...}}`."""
+    `{dpo: {algorithm: dpo, ...}, ppo: {algorithm: ppo, ...}}`, or a registry version to evaluate."""
+    if isinstance(value, str):
+        return "taken"
     if not isinstance(value, dict) or not value:
         return "one"
     named = (
@@ -287,33 +304,45 @@ def _policy_form(value: Any) -> str:
 
 PolicySection = Annotated[
     Annotated[PolicyStageConfig, Tag("one")]
-    | Annotated[dict[Annotated[str, Field(pattern=STAGE_NAME)], PolicyStageConfig], Tag("named")],
+    | Annotated[dict[Annotated[str, Field(pattern=STAGE_NAME)], PolicyStageConfig], Tag("named")]
+    | Annotated[RegistryVersion, Tag("taken")],
     Discriminator(_policy_form),
 ]
-POLICY_TAGS = frozenset({"one", "named"})  # left out of error key paths
+SECTION_TAGS = frozenset({"one", "named", "stage", "taken"})  # left out of error key paths
 
 
 class StagesConfig(Schema):
-    """The stages to run, in dependency order; a missing section means the stage does not run.
+    """The stages, in dependency order; a missing section means the stage does not run, a registry version
+    (`sft: registry:sft-policy:v3`) that the stage is taken from it rather than run.
 
     `policy` may name several policy stages (e.g. DPO and PPO): each starts from the same SFT version and is
     evaluated against it, so they compare side by side. They run as `policy-<name>`.
     """
 
-    sft: SFTStageConfig | None = None
-    reward: RewardStageConfig | None = None
+    sft: taken_or(SFTStageConfig) | None = None
+    reward: taken_or(RewardStageConfig) | None = None
     policy: PolicySection | None = None
 
     def plan(self) -> dict[str, TrainStageConfig]:
-        """Every configured stage by its run name, in dependency order: sft, reward, policy[-<name>]..."""
+        """Every stage to run by its run name, in dependency order: sft, reward, policy[-<name>]..."""
         plan: dict[str, TrainStageConfig] = {
-            name: cfg for name in ("sft", "reward") if (cfg := getattr(self, name))
+            name: cfg
+            for name in ("sft", "reward")
+            if isinstance(cfg := getattr(self, name), TrainStageConfig)
         }
         if isinstance(self.policy, dict):
             plan |= {f"policy-{name}": cfg for name, cfg in self.policy.items()}
-        elif self.policy is not None:
+        elif isinstance(self.policy, PolicyStageConfig):
             plan["policy"] = self.policy
         return plan
+
+    def taken(self) -> dict[str, str]:
+        """The stages taken from the registry: run name -> registry version."""
+        return {
+            name: value
+            for name in ("sft", "reward", "policy")
+            if isinstance(value := getattr(self, name), str)
+        }
 
 
 def stage_key(stage: str) -> str:
@@ -391,7 +420,7 @@ class PipelineConfig(Schema):
 
     @model_validator(mode="after")
     def _some_stage(self) -> PipelineConfig:
-        if not self.stages.plan():
+        if not self.stages.plan() and not self.stages.taken():
             names = ", ".join(StagesConfig.model_fields)
             raise ValueError(f"stages: no stage configured; expected at least one of {names}")
         return self
@@ -480,7 +509,7 @@ def apply_override(raw: dict[str, Any], override: str) -> None:
 
 def describe_error(err: Any, root: Any) -> str:
     """One line for one pydantic error: the dotted key path, what was expected, what was given."""
-    loc = [str(p) for p in err["loc"] if not str(p).startswith("function-") and p not in POLICY_TAGS]
+    loc = [str(p) for p in err["loc"] if not str(p).startswith("function-") and p not in SECTION_TAGS]
     path = ".".join(loc)
     kind = err["type"]
     if not path:

@@ -411,6 +411,13 @@ class Registry:
                 return manifest
         return None
 
+    def find_by_fingerprint(self, name: str, fingerprint: str) -> Manifest | None:
+        """The newest version of `name` that a pipeline stage with this fingerprint published (its resolved
+        config and inputs hashed), if any: the pipeline then reuses it instead of training the stage again."""
+        entry = self.list().get(_check_name(name, "model name"))
+        versions = entry.versions if entry else []
+        return next((m for m in reversed(versions) if m.extra.get("fingerprint") == fingerprint), None)
+
     def lineage(self, ref: str | Reference) -> dict[str, Any]:
         """The tree a version came from, back to its base model and datasets.
 

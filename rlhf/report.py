@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from rich.console import Console
 from rich.table import Table
 
 from rlhf.eval import PolicyEvaluation
 from rlhf.pipeline import PipelineRun
+from rlhf.runs import RunRecord
 from rlhf.stage import describe_result
 
 # Metrics worth a column, in display order, with their headings.
@@ -37,7 +40,8 @@ def print_pipeline_summary(run: PipelineRun, console: Console | None = None) -> 
             evaluated = evaluation.metrics
             metrics |= {k.removeprefix("policy_"): v for k, v in evaluated.items() if k.startswith("policy_")}
             metrics["kl"] = evaluated.get("kl", float("nan"))
-        table.add_row(result.stage, *_cells(metrics), f"{result.seconds:.0f}s")
+        time_cell = "cached" if result.cached else f"{result.seconds:.0f}s"
+        table.add_row(result.stage, *_cells(metrics), time_cell)
     console.print(table)
     for stage, evaluation in run.evaluations.items():
         shown = {k: v for k, v in evaluation.metrics.items() if "win_rate" in k}
@@ -46,7 +50,9 @@ def print_pipeline_summary(run: PipelineRun, console: Console | None = None) -> 
         )
     for result in run.results:
         console.print(f"{result.stage}: {describe_result(result)}", soft_wrap=True)
-    console.print(f"run directory (config, logs, wandb): {run.run_dir}", soft_wrap=True)
+    console.print(f"run directory (config, record, logs, wandb): {run.run_dir}", soft_wrap=True)
+    if run.report:
+        console.print(f"report: {run.report}", soft_wrap=True)
 
 
 def _cells(metrics: dict[str, float]) -> list[str]:
@@ -68,3 +74,38 @@ def print_evaluation(evaluation: PolicyEvaluation, console: Console | None = Non
     for row in evaluation.rows[:samples]:
         table.add_row(*(f"{cell:.3f}" if isinstance(cell, float) else str(cell) for cell in row))
     console.print(table)
+
+
+def print_runs(records: list[RunRecord], console: Console | None = None) -> None:
+    """`rlhf status`: one line per run, oldest first, with each stage's state."""
+    console = console or Console()
+    if not records:
+        console.print("no runs yet")
+        return
+    table = Table(title=f"runs in {Path(records[0].run_dir).parent}")
+    table.add_column("run", no_wrap=True)
+    for column in ("started", "status", "time", "stages"):
+        table.add_column(column)
+    for record in records:
+        stages = ", ".join(f"{name} {entry.status}" for name, entry in record.stages.items())
+        seconds = f"{record.seconds:.0f}s" if record.seconds is not None else "-"
+        table.add_row(Path(record.run_dir).name, record.started_at[:19], record.state, seconds, stages)
+    console.print(table)
+
+
+def print_run(record: RunRecord, console: Console | None = None) -> None:
+    """`rlhf status RUN`: the run's stages, each with its state, version, time and log; its error, report."""
+    console = console or Console()
+    table = Table(title=f"{record.run_dir} ({record.state}, started {record.started_at})")
+    for column in ("stage", "status", "version", "fingerprint", "time", "log"):
+        table.add_column(column)
+    for name, entry in record.stages.items():
+        seconds = f"{entry.seconds:.0f}s" if entry.seconds is not None else "-"
+        table.add_row(
+            name, entry.status, entry.ref or "-", entry.fingerprint or "-", seconds, entry.log or "-"
+        )
+    console.print(table)
+    if record.error:
+        console.print(f"error: {record.error}", soft_wrap=True)
+    if record.report:
+        console.print(f"report: {record.report}", soft_wrap=True)

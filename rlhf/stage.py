@@ -47,12 +47,16 @@ from rlhf.distributed import (
 from rlhf.errors import ConfigError, RlhfError, StageError
 from rlhf.models import is_adapter, is_builtin_spec, materialize, registry_model
 from rlhf.registry import REF_PREFIX, Manifest, Registry, default_registry_path, is_reference
+from rlhf.stage_logs import run_logged
 from rlhf.tracking import Tracker
 
 log = logging.getLogger(__name__)
 
 RESULT_FILE = "result.json"
+HISTORY_FILE = "history.json"  # a stage's logged training rows: [{"step": n, metric: value, ...}, ...]
 LAUNCHED_BY_RLHF = "RLHF_LAUNCHED"  # set for the processes `launch_stage` starts
+PUBLISHED_AS = {"sft": "sft-policy", "reward": "reward-model", "policy": "policy"}  # program -> registry name
+DEFAULT_REWARD_MODEL = f"{REF_PREFIX}reward-model:latest"  # what a PPO stage scores with, unless told
 
 
 @dataclass
@@ -79,6 +83,8 @@ class StageContext:
     inputs: dict[str, str]  # data role -> location: "sft_train", "sft_eval", "eval_prompts"
     task: str | None  # name of the gold-reward task the data comes from, if any
     registry: Registry
+    checkpoint_dir: Path  # where training checkpoints go, and where a rerun of the same stage resumes from
+    fingerprint: str | None = None  # of the stage's resolved config and inputs, when the pipeline runs it
     datasets_read: list[dict[str, str]] = field(default_factory=list)  # lineage, filled by `data`
     tracker: Tracker | None = None
 
@@ -116,6 +122,7 @@ class StageResult:
     parents: list[str] = field(default_factory=list)  # registry versions it used besides its start (lineage)
     ref: str | None = None  # the published version ("sft-policy:v3"), set once published
     seconds: float = 0.0
+    cached: bool = False  # not trained: a version with the stage's fingerprint was already published
 
     def save(self, path: Path) -> None:
         tmp = path.with_name(path.name + ".tmp")
@@ -203,8 +210,10 @@ def prepare_context(
     start: ResolvedModel,
     inputs: dict[str, str],
     task: str | None,
+    fingerprint: str | None = None,
 ) -> StageContext:
-    """The context of one stage in one run directory."""
+    """The context of one stage in one run directory. A stage with a fingerprint keeps its checkpoints
+    outside the run, under that fingerprint, so the next run of the same stage resumes from them."""
     work_dir = run_dir / stage
     work_dir.mkdir(parents=True, exist_ok=True)
     return StageContext(
@@ -219,7 +228,14 @@ def prepare_context(
         inputs=dict(inputs),
         task=task,
         registry=open_registry(cfg),
+        checkpoint_dir=checkpoint_dir(cfg, stage, fingerprint) if fingerprint else work_dir / "checkpoints",
+        fingerprint=fingerprint,
     )
+
+
+def checkpoint_dir(cfg: PipelineConfig, stage: str, fingerprint: str) -> Path:
+    """Checkpoints of the stage with this fingerprint, whichever run trains it."""
+    return Path(cfg.runs_dir) / "checkpoints" / f"{stage}-{fingerprint}"
 
 
 def publish(result: StageResult, stage_cfg: Any, ctx: StageContext) -> Manifest:
@@ -235,7 +251,8 @@ def publish(result: StageResult, stage_cfg: Any, ctx: StageContext) -> Manifest:
         metrics={k: float(v) for k, v in result.metrics.items()},
         wandb_run_id=ctx.tracker.run_id if ctx.tracker else None,
         lora_base=_lora_base(ctx) if is_adapter(result.output_dir) else None,
-        extra={"pipeline": ctx.pipeline.name, "run_dir": str(ctx.run_dir)},
+        extra={"pipeline": ctx.pipeline.name, "run_dir": str(ctx.run_dir)}
+        | ({"fingerprint": ctx.fingerprint} if ctx.fingerprint else {}),
     )
     result.output_dir, result.ref = ctx.registry.resolve(manifest.ref), manifest.ref
     if ctx.tracker:
@@ -304,13 +321,16 @@ def stage_main(
     parser.add_argument("--run-dir", help="run directory (default: a new one under runs_dir)")
     parser.add_argument("--name", help=f"which of several named {stage} stages, e.g. {stage}-ppo")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    parser.add_argument("--fingerprint", help=argparse.SUPPRESS)  # given by the pipeline that launches it
     # the deepspeed launcher passes the local rank as an argument too; we read it from LOCAL_RANK
     parser.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. stages.sft.max_steps=50")
     args = parser.parse_args(argv)
     configure_logging(rank_info(), args.debug)
     try:
-        result = run_standalone(args.name or stage, run, args.config, args.overrides, args.run_dir)
+        result = run_standalone(
+            args.name or stage, run, args.config, args.overrides, args.run_dir, args.fingerprint
+        )
         wait_for_all_ranks()
     except RlhfError as exc:
         if args.debug:
@@ -324,6 +344,8 @@ def stage_main(
 
 def describe_result(result: StageResult) -> str:
     """Where a stage's product went, for the last console line."""
+    if result.cached:
+        return f"cached as {result.ref} ({result.output_dir})"
     return f"published {result.ref} ({result.output_dir})" if result.ref else f"output in {result.output_dir}"
 
 
@@ -333,23 +355,27 @@ def run_standalone(
     config_path: str,
     overrides: list[str],
     run_dir: str | None = None,
+    fingerprint: str | None = None,
 ) -> StageResult:
-    """One stage outside a pipeline: resolve data and model into a run directory, then run it."""
+    """One stage outside a pipeline (or launched by one, with its fingerprint): resolve data and model into a
+    run directory, then run it."""
     cfg = load_config(config_path, overrides)
     check_deepspeed_batches(cfg, [stage])
     run_path = run_dir_for(cfg, run_dir)
     if rank_info().is_main:
         dump_config(cfg, run_path / "config.yaml")
-    stage_cfg, ctx = standalone_context(cfg, stage, run_path)
+    stage_cfg, ctx = standalone_context(cfg, stage, run_path, fingerprint)
     return run_stage(run, stage_cfg, ctx)
 
 
-def standalone_context(cfg: PipelineConfig, stage: str, run_dir: Path) -> tuple[Any, StageContext]:
+def standalone_context(
+    cfg: PipelineConfig, stage: str, run_dir: Path, fingerprint: str | None = None
+) -> tuple[Any, StageContext]:
     """A stage's config section and its context when it runs on its own: data and model resolved here."""
     stage_cfg = stage_section(cfg, stage)
     inputs, task = prepare_data(cfg, rank_folder(run_dir))
     start = resolve_model(stage_cfg.model or cfg.model, rank_folder(run_dir), cfg.seed, open_registry(cfg))
-    return stage_cfg, prepare_context(cfg, stage, run_dir, start, inputs, task)
+    return stage_cfg, prepare_context(cfg, stage, run_dir, start, inputs, task, fingerprint)
 
 
 def rank_folder(run_dir: Path) -> Path:
@@ -381,7 +407,13 @@ def stage_section(cfg: PipelineConfig, stage: str) -> Any:
 
 
 def launch_stage(
-    cfg: PipelineConfig, config_path: Path, stage: str, run_dir: Path, overrides: list[str]
+    cfg: PipelineConfig,
+    config_path: Path,
+    stage: str,
+    run_dir: Path,
+    overrides: list[str],
+    fingerprint: str | None = None,
+    log_file: Path | None = None,
 ) -> StageResult:
     """Run one stage on its `distributed` processes: start `python -m stages.<program>` on each with the
     configured launcher, wait, and read the result rank 0 recorded. A failure on any rank stops them all
@@ -394,6 +426,8 @@ def launch_stage(
     args = ["--config", str(config_path), "--run-dir", str(run_dir), *overrides]
     if stage != program:
         args[:0] = ["--name", stage]
+    if fingerprint:
+        args[:0] = ["--fingerprint", fingerprint]
     dist = cfg.distributed_for(stage)
     command = launch_command(dist, f"stages.{program}", args)
     result_file = run_dir / stage / RESULT_FILE
@@ -405,10 +439,12 @@ def launch_stage(
     processes = dist.num_processes * dist.num_nodes
     where = f" (node {node_rank()} of {dist.num_nodes})" if dist.num_nodes > 1 else ""
     log.info("%s: starting %d processes%s: %s", stage, processes, where, shlex.join(command))
-    done = subprocess.run(command, env=env, check=False)
-    if done.returncode != 0:
+    returncode = (
+        run_logged(command, env, log_file) if log_file else subprocess.run(command, env=env).returncode
+    )
+    if returncode != 0:
         raise StageError(
-            f"{stage}: failed on {processes} processes (exit code {done.returncode}); the failing rank's error "
+            f"{stage}: failed on {processes} processes (exit code {returncode}); the failing rank's error "
             f"is above, its run directory {run_dir / stage}"
         )
     if not result_file.is_file():

@@ -237,6 +237,26 @@ class Tracker:
 
         self._run.log({key: wandb.Table(columns=columns, data=rows)})
 
+    def log_images(self, images: Mapping[str, Path]) -> None:
+        """Log PNG files as wandb images (one history row), e.g. the run report's figures."""
+        if self._run is None or not images:
+            return
+        import wandb
+
+        self._run.log({key: wandb.Image(str(path)) for key, path in images.items()})
+
+    def log_files(self, name: str, kind: str, root: Path, files: list[Path]) -> None:
+        """An artifact holding copies of `files` under their paths relative to `root`, so that a document and
+        the figures it links (e.g. the run report) arrive together and stay readable when downloaded."""
+        if self._run is None:
+            return
+        import wandb
+
+        artifact = wandb.Artifact(name, type=kind)
+        for path in files:
+            artifact.add_file(str(path), name=Path(path).relative_to(root).as_posix())
+        self._run.log_artifact(artifact)
+
     def log_model(self, name: str, version: str, path: Path, metadata: Mapping[str, Any]) -> None:
         """A wandb model artifact for a registry version that *references* its files (file:// URI): nothing
         is uploaded twice, and the artifact's versions line up with the registry's (`v1`, `latest`, ...)."""
@@ -277,8 +297,9 @@ def read_offline_run(path: Path) -> dict[str, Any]:
     """What a run recorded, read from its `.wandb` transaction log (a run directory or the file itself).
 
     Returns run_id, project, entity, group, job_type, name, tags, config, history (one dict per step,
-    with `_step`), summary, artifacts logged (name, type, aliases, metadata, references) and exit_code (None while the run is unfinished). Nested keys become nested
-    dicts; wandb's own `_wandb` bookkeeping is left out.
+    with `_step`), summary, artifacts logged (name, type, aliases, metadata, references, files) and exit_code
+    (None while the run is unfinished). Nested keys become nested dicts; wandb's own `_wandb` bookkeeping is
+    left out.
     """
     path = Path(path)
     files = sorted(path.glob("run-*.wandb")) if path.is_dir() else [path]
@@ -318,9 +339,10 @@ def _apply(run: dict[str, Any], record: Record) -> None:
     elif kind == "artifact":
         artifact = record.artifact
         references = [entry.ref for entry in artifact.manifest.contents if entry.ref]
+        files = [entry.path for entry in artifact.manifest.contents if not entry.ref]
         run["artifacts"].append(
             {"name": artifact.name, "type": artifact.type, "aliases": list(artifact.aliases),
-             "metadata": json.loads(artifact.metadata or "{}"), "references": references}
+             "metadata": json.loads(artifact.metadata or "{}"), "references": references, "files": files}
         )  # fmt: skip
     elif kind == "exit":
         run["exit_code"] = record.exit.exit_code

@@ -1,15 +1,17 @@
 """What every TRL-based stage shares: trainer arguments from our config, precision, the loss watch,
-resume from the last checkpoint, and the atomic hand-over of the final model.
+resume from the last checkpoint, the training history for the run report, and the atomic hand-over of the
+final model.
 
 One helper for all stages, so SFT, reward and DPO cannot drift apart in how they checkpoint or log.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import shutil
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,7 +27,7 @@ from rlhf.distributed import (
 )
 from rlhf.errors import StageError
 from rlhf.eval import generate, load_prompts, summarize
-from rlhf.stage import StageContext
+from rlhf.stage import HISTORY_FILE, StageContext
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
@@ -56,7 +58,7 @@ def trainer_arguments(cfg: TrainStageConfig, ctx: StageContext) -> dict[str, Any
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     args = dict(
-        output_dir=str(ctx.work_dir / "checkpoints"),
+        output_dir=str(ctx.checkpoint_dir),
         run_name=f"{ctx.run_dir.name}-{ctx.stage}",
         seed=ctx.seed,
         learning_rate=cfg.learning_rate,
@@ -165,20 +167,51 @@ def held_out_samples(
     return summarize(samples, ctx.task) if ctx.rank.is_main else {}
 
 
+def save_history(
+    ctx: StageContext, history: Sequence[Mapping[str, Any]], step_key: str = "step"
+) -> Path | None:
+    """The stage's logged training history, `[{"step": n, metric: value, ...}, ...]`, as `history.json` in its
+    work directory: the run report draws its training curves from it. Rank 0 writes it aside and renames it
+    into place, so a reader never sees half a file; other ranks write nothing (None).
+
+    A TRL stage passes `trainer.state.log_history`, which a resume restores from the checkpoint (a LossWatch
+    only sees the steps since); PPO passes its per-update rows, numbered by `step_key="update"`.
+    """
+    if not ctx.rank.is_main:
+        return None
+    rows = [
+        {"step": row[step_key], **{k: v for k, v in row.items() if k != step_key and _is_number(v)}}
+        for row in history
+    ]
+    path = ctx.work_dir / HISTORY_FILE
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(rows, indent=1), encoding="utf-8")
+    tmp.replace(path)
+    return path
+
+
 def _is_number(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def train_with_resume(trainer: Trainer) -> int:
     """Train, continuing from the newest checkpoint a previous try left; returns the step resumed from (0: fresh)."""
-    from transformers.trainer_utils import get_last_checkpoint
-
-    out = Path(trainer.args.output_dir)
-    checkpoint = get_last_checkpoint(str(out)) if out.is_dir() else None
+    checkpoint = last_complete_checkpoint(Path(trainer.args.output_dir))
     if checkpoint:
         log.info("resuming from %s", checkpoint)
-    trainer.train(resume_from_checkpoint=checkpoint)
-    return int(Path(checkpoint).name.rsplit("-", 1)[1]) if checkpoint else 0
+    trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    return int(checkpoint.name.rsplit("-", 1)[1]) if checkpoint else 0
+
+
+def last_complete_checkpoint(folder: Path) -> Path | None:
+    """The newest checkpoint the trainer finished writing. It writes trainer_state.json last, so one without
+    it was cut short (a kill -9 mid-save) and is passed over for the one before."""
+    numbered = [p for p in folder.glob("checkpoint-*") if p.name.rsplit("-", 1)[1].isdigit()]
+    for checkpoint in sorted(numbered, key=lambda p: int(p.name.rsplit("-", 1)[1]), reverse=True):
+        if (checkpoint / "trainer_state.json").is_file():
+            return checkpoint
+        log.warning("passing over %s: not completely written", checkpoint)
+    return None
 
 
 def save_final(trainer: Trainer, ctx: StageContext) -> Path:

@@ -33,13 +33,22 @@ from rlhf.distributed import deepspeed_plugin, mixed_precision
 from rlhf.errors import DataError
 from rlhf.eval import load_prompts
 from rlhf.models import is_adapter, load_causal_lm, lora_config
-from rlhf.registry import REF_PREFIX
-from rlhf.stage import ResolvedModel, StageContext, StageResult, rank_folder, resolve_model, stage_main
+from rlhf.stage import (
+    DEFAULT_REWARD_MODEL,
+    PUBLISHED_AS,
+    ResolvedModel,
+    StageContext,
+    StageResult,
+    rank_folder,
+    resolve_model,
+    stage_main,
+)
 from rlhf.training import (
     LossWatch,
     held_out_samples,
     outcome_metrics,
     save_final,
+    save_history,
     save_output,
     train_with_resume,
     trainer_arguments,
@@ -210,6 +219,7 @@ def run_dpo(cfg: PolicyStageConfig, ctx: StageContext) -> Trained:
     given = {"train": counts["pairs_train"], "eval": counts["pairs_eval"]}
     counts.update(length_counts(trainer, given, cfg.max_length))
     resumed_from = train_with_resume(trainer)
+    save_history(ctx, trainer.state.log_history)
     drop_reference_adapter(trainer.model)
     output = save_final(trainer, ctx)
     metrics = {**counts, **outcome_metrics(trainer, watch, resumed_from, TRAINER_METRICS)}
@@ -231,7 +241,7 @@ def reward_model_for(
 ) -> tuple[ResolvedModel, tuple[float, float] | None]:
     """The reward model PPO optimizes against (the stage's own, else the pipeline's, else the registry's
     latest) and the score statistics stored with it, when it has them."""
-    default = ctx.inputs.get("reward_model", f"{REF_PREFIX}reward-model:latest")
+    default = ctx.inputs.get("reward_model", DEFAULT_REWARD_MODEL)
     spec = cfg.ppo.reward_model or ModelSpec(name=default)
     reward = resolve_model(spec, rank_folder(ctx.run_dir), ctx.seed, ctx.registry)
     stats = None
@@ -272,7 +282,7 @@ def run_ppo(cfg: PolicyStageConfig, ctx: StageContext) -> Trained:
             cfg=cfg,
             models=models,
             prompts=prompts,
-            checkpoint_dir=ctx.work_dir / "checkpoints",
+            checkpoint_dir=ctx.checkpoint_dir,
             seed=ctx.seed,
             reward_stats=stats,
             log_metrics=ctx.tracker.log if ctx.tracker else lambda metrics, step: None,
@@ -281,6 +291,7 @@ def run_ppo(cfg: PolicyStageConfig, ctx: StageContext) -> Trained:
         )
     )
     outcome = trainer.train()
+    save_history(ctx, outcome.history, step_key="update")
     output = save_output(ctx, trainer.accelerator, trainer.save_policy, models.tokenizer)
     metrics: dict[str, float] = {"prompts": len(prompts), "steps": outcome.updates,
                                  "resumed_from_step": outcome.resumed_from}  # fmt: skip
@@ -304,7 +315,7 @@ def run(cfg: PolicyStageConfig, ctx: StageContext) -> StageResult:
     trained = ALGORITHMS[cfg.algorithm](cfg, ctx)
     with trained.sampling_ready():
         metrics = trained.metrics | held_out_samples(trained.model, trained.tokenizer, cfg.evaluation, ctx)
-    return StageResult(stage=ctx.stage, output_dir=trained.output_dir, metrics=metrics, publish_as="policy",
+    return StageResult(stage=ctx.stage, output_dir=trained.output_dir, metrics=metrics, publish_as=PUBLISHED_AS["policy"],
                        parents=trained.parents)  # fmt: skip
 
 

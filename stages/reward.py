@@ -30,8 +30,15 @@ from rlhf.errors import DataError, StageError
 from rlhf.eval import GOLD_REWARDS, last_user_text
 from rlhf.models import load_reward_model, lora_config
 from rlhf.rewards import Framing, fit_length, framing, reward_stats, score_ids
-from rlhf.stage import StageContext, StageResult, stage_main
-from rlhf.training import LossWatch, outcome_metrics, save_final, train_with_resume, trainer_arguments
+from rlhf.stage import PUBLISHED_AS, StageContext, StageResult, stage_main
+from rlhf.training import (
+    LossWatch,
+    outcome_metrics,
+    save_final,
+    save_history,
+    train_with_resume,
+    trainer_arguments,
+)
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -220,12 +227,13 @@ def run(cfg: RewardStageConfig, ctx: StageContext) -> StageResult:
     watch = LossWatch()
     trainer, splits = build_trainer(cfg, ctx, watch)
     resumed_from = train_with_resume(trainer)
+    save_history(ctx, trainer.state.log_history)
     output = save_final(trainer, ctx)
 
     metrics = {**outcome_metrics(trainer, watch, resumed_from), **pair_counts(splits)}
     # on every rank: under ZeRO-3 each forward gathers the shards from all of them (rank 0 reports)
     metrics.update(evaluate(trainer, splits, ctx.task, cfg.per_device_eval_batch_size))
-    return StageResult(stage=ctx.stage, output_dir=output, metrics=metrics, publish_as="reward-model")
+    return StageResult(stage=ctx.stage, output_dir=output, metrics=metrics, publish_as=PUBLISHED_AS["reward"])
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,12 +17,13 @@ from typing import TYPE_CHECKING
 from rlhf.config import SFTStageConfig
 from rlhf.data.files import SFT_FORMS, load_rows
 from rlhf.models import load_causal_lm, lora_config
-from rlhf.stage import StageContext, StageResult, stage_main
+from rlhf.stage import PUBLISHED_AS, StageContext, StageResult, stage_main
 from rlhf.training import (
     LossWatch,
     held_out_samples,
     outcome_metrics,
     save_final,
+    save_history,
     train_with_resume,
     trainer_arguments,
 )
@@ -66,11 +67,12 @@ def run(cfg: SFTStageConfig, ctx: StageContext) -> StageResult:
     watch = LossWatch()
     trainer = build_trainer(cfg, ctx, watch)
     resumed_from = train_with_resume(trainer)
+    save_history(ctx, trainer.state.log_history)
     output = save_final(trainer, ctx)
 
     metrics = outcome_metrics(trainer, watch, resumed_from)
     metrics |= held_out_samples(trainer.model, trainer.processing_class, cfg.evaluation, ctx)
-    return StageResult(stage=ctx.stage, output_dir=output, metrics=metrics, publish_as="sft-policy")
+    return StageResult(stage=ctx.stage, output_dir=output, metrics=metrics, publish_as=PUBLISHED_AS["sft"])
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -53,8 +53,9 @@ def test_run_trains_tracks_and_says_where_results_went(config_file: Path, tmp_pa
     assert summary["stages"][0]["stage"] == "sft" and "gold_reward" in summary["stages"][0]["metrics"]
 
     # the stage's wandb run, read back from disk
-    (run_file,) = run_dir.glob("wandb/offline-run-*/run-*.wandb")
-    run = read_offline_run(run_file)
+    runs = [read_offline_run(path) for path in run_dir.glob("wandb/offline-run-*/run-*.wandb")]
+    (run,) = [run for run in runs if run["job_type"] == "sft"]
+    assert [r["job_type"] for r in runs if r["job_type"] != "sft"] == ["report"]  # the run report, logged too
     assert run["group"] == "r1" and run["job_type"] == "sft" and run["project"] == "cli-test"
     assert run["config"]["stage"]["learning_rate"] == pytest.approx(4e-3)
     losses = [row["train/loss"] for row in run["history"] if "train/loss" in row]
@@ -121,7 +122,7 @@ def test_malformed_jsonl_line_is_named(config_file: Path, tmp_path: Path) -> Non
     bad.write_text('{"prompt": "a", "completion": "b"}\n{"prompt": "a", "completion": \n')
     done = rlhf("run", str(config_file), f"data.sft_train={bad}", "tracking=none", cwd=tmp_path)
     assert done.returncode == 2
-    assert f"error: {bad}:2: not valid JSON" in done.stderr
+    assert f"error: sft failed: {bad}:2: not valid JSON" in done.stderr and "sft/stage.log)" in done.stderr
     assert "Traceback" not in done.stderr
 
 
