@@ -8,7 +8,8 @@ where partitioning acts) and over the whole stage (which also holds each rank's 
 before DeepSpeed partitions it): resident memory on CPUs, allocated device memory on GPUs. On CPUs glibc is
 told to hand every freed tensor back to the system (MALLOC_MMAP_THRESHOLD_), so resident memory follows live
 tensors rather than the allocator's cache. The ZeRO stages run interleaved, each repeat in fresh processes;
-the table gives medians over repeats of the larger rank, and ratios to ZeRO-0 measured in the same run.
+the table gives each rank's median over repeats, and the larger rank's ratio to ZeRO-0 measured in the
+same run.
 
     python bench/zero_memory.py --repeats 3          # medium-llama: 99.2M parameters
 """
@@ -137,27 +138,35 @@ def main() -> None:
     from rlhf.models import build_builtin_model
 
     params = sum(p.numel() for p in build_builtin_model(args.model, seed=0)[0].parameters())
-    memory = {name: {"stage": [], "training": []} for name in VARIANTS}
+    # variant -> (rank, "stage" | "training") -> one peak per repeat
+    memory: dict[str, dict[tuple[int, str], list[float]]] = {name: {} for name in VARIANTS}
     with tempfile.TemporaryDirectory() as tmp:
         for repeat in range(args.repeats):
             for name, zero in VARIANTS.items():  # interleaved, so drift over time hits every variant alike
                 ranks = measure(zero, args.model, args.steps, Path(tmp))
-                for kind, values in memory[name].items():
-                    values.append(max(rank[kind] for rank in ranks))
+                for rank, peaks in enumerate(ranks):
+                    for kind, value in peaks.items():
+                        memory[name].setdefault((rank, kind), []).append(value)
                 shown = "; ".join(f"rank {r}: stage {m['stage']:,.0f}, training {m['training']:,.0f}"
                                   for r, m in enumerate(ranks))  # fmt: skip
                 print(f"repeat {repeat}, {name}: {shown} MiB", flush=True)
     unit = "allocated GPU memory" if has_gpu() else "resident memory"
+    median = {
+        name: {key: statistics.median(values) for key, values in peaks.items()}
+        for name, peaks in memory.items()
+    }
     print(
-        f"\n{args.model}: {params / 1e6:.1f}M parameters, 2 processes, peak {unit} of the larger rank (MiB)"
+        f"\n{args.model}: {params / 1e6:.1f}M parameters, 2 processes, peak {unit} (MiB), medians of {args.repeats}"
     )
-    print(f"| variant | peak in training | ratio vs {BASELINE} | peak over the stage | ratio vs {BASELINE} |")
+    print(
+        f"| variant | rank 0 in training | rank 1 in training | larger rank over the stage | vs {BASELINE} |"
+    )
     print("|---|---:|---:|---:|---:|")
-    base = {kind: statistics.median(values) for kind, values in memory[BASELINE].items()}
-    for name, kinds in memory.items():
-        training, stage = (statistics.median(kinds[kind]) for kind in ("training", "stage"))
-        print(f"| {name} | {training:,.0f} | {training / base['training']:.2f}x "
-              f"| {stage:,.0f} | {stage / base['stage']:.2f}x |")  # fmt: skip
+    base = max(median[BASELINE][rank, "stage"] for rank in (0, 1))
+    for name, peaks in median.items():
+        stage = max(peaks[rank, "stage"] for rank in (0, 1))
+        print(f"| {name} | {peaks[0, 'training']:,.0f} | {peaks[1, 'training']:,.0f} | {stage:,.0f} "
+              f"| {stage / base:.2f}x |")  # fmt: skip
 
 
 if __name__ == "__main__":
