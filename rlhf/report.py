@@ -87,9 +87,10 @@ def print_runs(records: list[RunRecord], console: Console | None = None) -> None
     for column in ("started", "status", "time", "stages"):
         table.add_column(column)
     for record in records:
-        stages = ", ".join(f"{name} {entry.status}" for name, entry in record.stages.items())
+        stages = " ".join(f"{name}:{entry.status}" for name, entry in record.stages.items())
         seconds = f"{record.seconds:.0f}s" if record.seconds is not None else "-"
-        table.add_row(Path(record.run_dir).name, record.started_at[:19], record.state, seconds, stages)
+        started = record.started_at[5:16].replace("T", " ")  # MM-DD hh:mm
+        table.add_row(Path(record.run_dir).name, started, record.state, seconds, stages)
     console.print(table)
 
 
