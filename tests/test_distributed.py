@@ -176,3 +176,17 @@ def test_two_processes_follow_the_loss_curve_of_one_at_the_same_global_batch(con
     assert len(curves["one"]) == 10 and curves["one"][-1] < curves["one"][0]
     for name in ("two-zero2", "two-zero3-accumulating"):
         assert curves[name] == pytest.approx(curves["one"], abs=1e-4), name
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_a_stages_own_distributed_block_launches_that_stage_alone(config_file: Path) -> None:
+    """The pipeline runs in one process; the reward model's own `distributed:` asks for 2 at ZeRO-2, so only
+    that stage goes through the launcher."""
+    done = run_cli("run", str(config_file), "stages.policy=null", "stages.sft.max_steps=2",
+                   "stages.reward.distributed={num_processes: 2, zero_stage: 2, launcher: torchrun}",
+                   "--run-dir", str(config_file.parent / "per-stage"))  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "reward: starting 2 processes" in done.stderr and "[rank 1] stages.reward" in done.stderr
+    assert "sft: starting 2 processes" not in done.stderr  # SFT trained in-process
+    assert "reward: published reward-model:" in done.stdout
