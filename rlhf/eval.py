@@ -168,11 +168,20 @@ def last_user_text(prompt: Messages) -> str:
     return next(m["content"] for m in reversed(prompt) if m["role"] == "user")
 
 
+def on_evaluation_device(model: PreTrainedModel) -> PreTrainedModel:
+    """The GPU when there is one: the closing evaluation runs in the pipeline's own process, and sampling an
+    8B policy on its CPU would take hours. (Every tensor the evaluation makes goes to `model.device`.)"""
+    import torch
+
+    return model.to("cuda") if torch.cuda.is_available() else model
+
+
 def evaluate_model(
     spec: ModelSpec, prompts_path: str, gen: GenerationSpec, task: str | None, seed: int
 ) -> dict[str, float]:
     """Load a model, sample it on the prompts file, and summarize (e.g. the untrained base, as a baseline)."""
     model, tokenizer = load_causal_lm(spec)
+    model = on_evaluation_device(model)
     return summarize(generate(model, tokenizer, load_prompts(prompts_path), gen, seed), task)
 
 
@@ -203,6 +212,7 @@ def evaluate_policy(
     """
     policy_model, tokenizer = load_causal_lm(policy)
     reference_model, reference_tokenizer = load_causal_lm(reference)
+    policy_model, reference_model = on_evaluation_device(policy_model), on_evaluation_device(reference_model)
     ours = generate(policy_model, tokenizer, prompts, gen, seed)
     theirs = generate(reference_model, reference_tokenizer, prompts, gen, seed)
     metrics = {f"policy_{k}": v for k, v in summarize(ours, task).items()}
@@ -219,6 +229,7 @@ def evaluate_policy(
         columns += ["policy_gold", "reference_gold"]
     if judge is not None:
         model, judge_tokenizer = load_reward_model(judge)
+        model = on_evaluation_device(model)
         scores.append(tuple(score(model, judge_tokenizer, [s.prompt for s in side], [s.response for s in side])
                             for side in (ours, theirs)))  # type: ignore[arg-type]  # fmt: skip
         metrics |= {"policy_rm_score": fmean(scores[-1][0]), "reference_rm_score": fmean(scores[-1][1]),
