@@ -453,13 +453,15 @@ class PPOState:
 
     update: int = 0
     reward_stats: tuple[float, float] | None = None
+    history: list[dict[str, float]] = field(default_factory=list)  # one row per update, for the run report
 
     def state_dict(self) -> dict[str, Any]:
-        return {"update": self.update, "reward_stats": self.reward_stats}
+        return {"update": self.update, "reward_stats": self.reward_stats, "history": self.history}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.update = state["update"]
         self.reward_stats = tuple(state["reward_stats"]) if state["reward_stats"] else None
+        self.history = list(state.get("history", []))
 
 
 @dataclass
@@ -800,7 +802,6 @@ class PPOTrainer:
             torch.manual_seed(
                 self.run.seed + self.accelerator.process_index
             )  # [13] each process its own seed
-        history: list[dict[str, float]] = []
         log.info("ppo: %d updates of %d responses per process (%d processes), %d PPO epochs x %d minibatches",
                  self.total_updates, self.rollout_size, self.world, self.spec.ppo_epochs,
                  self.spec.num_mini_batches)  # fmt: skip
@@ -812,7 +813,7 @@ class PPOTrainer:
             metrics = self.metrics(batch, samples, train_stats, timer)
             self.kl_ctl.update(metrics["kl"], len(samples) * self.world)
             self.state.update += 1
-            history.append({"update": self.state.update, **metrics})
+            self.state.history.append({"update": self.state.update, **metrics})
             self.run.log_metrics({f"ppo/{k}": v for k, v in metrics.items()}, self.state.update)
             if self.state.update % self.cfg.logging_steps == 0 or self.state.update in (
                 1,
@@ -829,7 +830,7 @@ class PPOTrainer:
             if self.state.update % self.cfg.save_steps == 0 and self.state.update < self.total_updates:
                 self.save_checkpoint()
         policy = self.accelerator.unwrap_model(self.model).policy
-        return PPOOutcome(policy, history, self.state.update, resumed_from)
+        return PPOOutcome(policy, self.state.history, self.state.update, resumed_from)
 
 
 def checkpoints(directory: Path) -> list[Path]:

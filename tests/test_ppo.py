@@ -5,6 +5,7 @@ value head; a reward model with another tokenizer."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -161,6 +162,8 @@ def test_a_run_killed_and_resumed_equals_an_uninterrupted_run(
     for name, tensor in theirs.items():
         torch.testing.assert_close(ours[name], tensor, rtol=0, atol=1e-6, msg=name)
     assert whole.metrics["resumed_from_step"] == 0
+    history = json.loads((run_dir / "policy" / "history.json").read_text(encoding="utf-8"))
+    assert [row["step"] for row in history] == list(range(1, 13))  # the updates before the kill came back too
 
 
 def _policy_versions(registry: Registry) -> int:
