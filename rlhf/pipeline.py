@@ -6,8 +6,8 @@ a stage left out does not run, one given as a registry version (`sft: registry:s
 the registry. A stage that runs gets a fingerprint: the hash of its resolved config and of its inputs (the
 data it reads, the registry versions it starts from). When a version with that fingerprint is already
 published the stage is not trained again (`sft: cached as sft-policy:v3`) unless asked (--force, --from,
---only), and its checkpoints live under that fingerprint, so a stage killed mid-training resumes at the next
-run. A failing stage stops the run with its error and the path of its log; later stages do not start.
+--only), and until it publishes its checkpoints live under that fingerprint, so a stage killed mid-training
+resumes at the next run. A failing stage stops the run with its error and the path of its log; later stages do not start.
 
 A stage is started by module name (`stages.<name>`), so the library never imports the stage programs.
 """
@@ -37,6 +37,7 @@ from rlhf.stage import (
     HISTORY_FILE,
     PUBLISHED_AS,
     StageResult,
+    checkpoint_dir,
     launch_stage,
     node_folder,
     open_registry,
@@ -223,7 +224,7 @@ def _train_or_reuse(
             f"--only {options.only} needs this stage published with fingerprint {fingerprint}, and no version "
             "has it; run without --only first"
         )
-    stage_log = run_dir / name / "stage.log"
+    stage_log = local / name / "stage.log"  # each node its own
     record.stage(name, "running", fingerprint=fingerprint, log=str(stage_log))
     log.info("stage %s: starting from %s (fingerprint %s, log %s)", name, spec.name, fingerprint, stage_log)
     if needs_launcher(cfg.distributed_for(name)):
@@ -233,6 +234,8 @@ def _train_or_reuse(
         with logged_to(stage_log):
             result = _run_in_process(cfg, name, stage_cfg, spec, inputs, task, run_dir, local, fingerprint)
     record.stage(name, "done", ref=result.ref, seconds=round(result.seconds, 1))
+    if is_first_node():  # published: a rerun is cached, and a forced one must train afresh, not resume
+        shutil.rmtree(checkpoint_dir(cfg, name, fingerprint), ignore_errors=True)
     return result
 
 

@@ -79,10 +79,11 @@ def test_a_rerun_reuses_each_stage_whose_fingerprint_has_a_version(config: Path)
 
 @pytest.mark.slow
 def test_force_from_and_only_choose_what_trains(config: Path) -> None:
-    run(config)
+    run(config, "stages.sft.save_steps=1")  # checkpoints at every step, gone once the stage published
     forced = run(config, "--force", "sft")  # a new SFT version: the reward model's input changed with it
     assert "sft: published sft-policy:v2" in forced.stdout
     assert "reward: published reward-model:v2" in forced.stdout
+    assert Registry(config.parent / "registry").manifest("sft-policy:v2").metrics["resumed_from_step"] == 0
 
     only = run(config, "--only", "reward")
     assert (
@@ -163,6 +164,7 @@ def test_a_stage_killed_mid_training_resumes_at_the_next_run(config: Path) -> No
     assert metrics["resumed_from_step"] >= 10 and metrics["steps"] == 100, metrics
     log = json.loads((sorted((config.parent / "runs").glob("runner-*"))[-1] / "run.json").read_text())
     assert log["stages"]["sft"]["status"] == "done"
+    assert not list(checkpoints.glob("sft-*"))  # published: a rerun is cached, so its checkpoints went
 
 
 def test_resume_passes_over_a_checkpoint_cut_short(tmp_path: Path) -> None:
