@@ -110,7 +110,7 @@ class StageOutcome:
     seconds: float | None = None
     history: list[dict[str, float]] = field(default_factory=list)
     finished: bool = False
-    cached: bool = False  # not trained in this run: its history is with the run that trained it
+    cached: bool = False  # not trained in this run (its history, when shown, is the training run's)
 
 
 @dataclass

@@ -59,6 +59,9 @@ def test_a_rerun_reuses_each_stage_whose_fingerprint_has_a_version(config: Path)
     assert "sft: cached as sft-policy:v1" in again.stdout
     assert "reward: cached as reward-model:v1" in again.stdout
     assert versions(config) == ["reward-model:v1", "sft-policy:v1"]
+    cached_run = sorted((config.parent / "runs").glob("runner-*"))[-1]
+    report = (cached_run / "report.md").read_text(encoding="utf-8")
+    assert "report/training-sft.png" in report and "cached" in report  # the curves of the run that trained it
 
     changed = run(config, "stages.reward.learning_rate=2.0e-4")  # what the reward model is: trained again
     assert "sft: cached as sft-policy:v1" in changed.stdout
