@@ -522,6 +522,8 @@ def describe_error(err: Any, root: Any) -> str:
     if kind == "missing":
         return f"{path}: missing field"
     given = err.get("input")
+    if kind == "string_pattern_mismatch" and "taken" in err["loc"]:
+        return f"{path}: expected the stage's settings or a registry version (registry:NAME:VERSION), got {given!r}"
     expected = _EXPECTED.get(kind)
     if expected:
         return f"{path}: expected {expected}, got {given!r}"

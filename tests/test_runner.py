@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from rlhf.config import validate_config
+from rlhf.errors import ConfigError
 from rlhf.registry import Registry
 from rlhf.runs import RunRecord, list_runs
 from rlhf.training import last_complete_checkpoint
@@ -181,3 +183,9 @@ def test_resume_passes_over_a_checkpoint_cut_short(tmp_path: Path) -> None:
     (tmp_path / "checkpoint-final").mkdir()  # not a step: ignored
     assert last_complete_checkpoint(tmp_path) == tmp_path / "checkpoint-10"
     assert last_complete_checkpoint(tmp_path / "none-yet") is None
+
+
+def test_a_stage_given_as_anything_but_a_registry_version_is_a_one_line_error() -> None:
+    with pytest.raises(ConfigError, match=r"^config: stages\.sft: expected the stage's settings or a registry "
+                       r"version \(registry:NAME:VERSION\), got 'sft-policy:v3'$"):  # fmt: skip
+        validate_config({"model": "tiny-llama", "stages": {"sft": "sft-policy:v3"}})
