@@ -186,7 +186,9 @@ def _run_stages(
     summary = {"base_model": run.base_model.name, "base_metrics": run.base_metrics,
                "stages": [asdict(r) for r in run.results],
                "evaluations": {name: e.metrics for name, e in run.evaluations.items()}}  # fmt: skip
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str), encoding="utf-8")
+    written = run_dir / "summary.json.tmp"  # aside, then renamed: a reader never sees half a summary
+    written.write_text(json.dumps(summary, indent=2, default=str), encoding="utf-8")
+    written.replace(run_dir / "summary.json")
     return run
 
 
