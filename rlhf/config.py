@@ -27,6 +27,7 @@ from pydantic import (
 )
 from pydantic.dataclasses import dataclass as pydantic_dataclass
 
+from rlhf import atomic
 from rlhf.data.synthetic import SynthConfig
 from rlhf.errors import ConfigError
 
@@ -578,6 +579,4 @@ def _section_type(annotation: Any) -> Any:
 
 def dump_config(cfg: PipelineConfig, path: Path) -> None:
     """Save the resolved config (what actually ran) as YAML, atomically."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), encoding="utf-8")
-    tmp.replace(path)
+    atomic.write_text(path, yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))

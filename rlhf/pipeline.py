@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rlhf import atomic
 from rlhf.config import ModelSpec, PipelineConfig, TrainStageConfig, dump_config, stage_key, stage_program
 from rlhf.data.files import fingerprint as file_fingerprint
 from rlhf.distributed import check_deepspeed_batches, is_first_node, needs_launcher, node_rank
@@ -145,14 +146,13 @@ def _run_stages(
     if lead and evaluating and task in GOLD_REWARDS:
         run.base_metrics = evaluate_model(base.spec, inputs["eval_prompts"], cfg.evaluation, task, cfg.seed)
 
-    published: dict[
-        str, str
-    ] = {}  # stage -> registry reference of what it published, reused or was taken from
-    plan = cfg.stages.plan()
+    # stage -> registry reference of what it published, reused or was taken from
+    published: dict[str, str] = {}
+    plan, taken = cfg.stages.plan(), cfg.stages.taken()
     for name in graph[1:-1]:
         program = stage_program(name)
-        if name in cfg.stages.taken():
-            ref = registry.manifest(cfg.stages.taken()[name].removeprefix(REF_PREFIX)).ref
+        if name in taken:
+            ref = registry.manifest(taken[name].removeprefix(REF_PREFIX)).ref
             record.stage(name, "taken", ref=ref)
             log.info("%s: taken from the registry as %s", name, ref)
             result = StageResult(stage=name, output_dir=registry.resolve(ref), ref=ref)
@@ -186,9 +186,7 @@ def _run_stages(
     summary = {"base_model": run.base_model.name, "base_metrics": run.base_metrics,
                "stages": [asdict(r) for r in run.results],
                "evaluations": {name: e.metrics for name, e in run.evaluations.items()}}  # fmt: skip
-    written = run_dir / "summary.json.tmp"  # aside, then renamed: a reader never sees half a summary
-    written.write_text(json.dumps(summary, indent=2, default=str), encoding="utf-8")
-    written.replace(run_dir / "summary.json")
+    atomic.write_text(run_dir / "summary.json", json.dumps(summary, indent=2, default=str))
     return run
 
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from rlhf import atomic
 from rlhf.config import TrackingConfig, stage_program
 from rlhf.stage import HISTORY_FILE, RESULT_FILE
 from rlhf.tracking import Tracker
@@ -420,9 +421,7 @@ def write_report(run_dir: Path) -> Path:
     run = load_run(run_dir)
     text = render(run, draw_figures(run, run_dir / FIGURES_DIR))
     path = run_dir / REPORT_FILE
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
+    atomic.write_text(path, text)
     return path
 
 

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from rlhf import atomic
 from rlhf.errors import RlhfError
 
 RECORD_FILE = "run.json"
@@ -94,10 +95,7 @@ class RunRecord:
         return self.status
 
     def save(self) -> None:
-        path = Path(self.run_dir) / RECORD_FILE
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(asdict(self), indent=2), encoding="utf-8")
-        tmp.replace(path)
+        atomic.write_text(Path(self.run_dir) / RECORD_FILE, json.dumps(asdict(self), indent=2))
 
 
 def _alive(pid: int) -> bool:

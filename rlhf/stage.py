@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rlhf import atomic
 from rlhf.config import (
     DistributedConfig,
     ModelSpec,
@@ -125,9 +126,7 @@ class StageResult:
     cached: bool = False  # not trained: a version with the stage's fingerprint was already published
 
     def save(self, path: Path) -> None:
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(asdict(self), default=str, indent=2), encoding="utf-8")
-        tmp.replace(path)
+        atomic.write_text(path, json.dumps(asdict(self), default=str, indent=2))
 
 
 def new_run_dir(cfg: PipelineConfig) -> Path:

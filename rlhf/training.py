@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from transformers import TrainerCallback
 
+from rlhf import atomic
 from rlhf.config import GenerationSpec, TrainStageConfig
 from rlhf.distributed import (
     deepspeed_config,
@@ -184,9 +185,7 @@ def save_history(
         for row in history
     ]
     path = ctx.work_dir / HISTORY_FILE
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(rows, indent=1), encoding="utf-8")
-    tmp.replace(path)
+    atomic.write_text(path, json.dumps(rows, indent=1))
     return path
 
 

@@ -24,6 +24,7 @@ from pathlib import Path
 from statistics import fmean
 from typing import TYPE_CHECKING, Any
 
+from rlhf import atomic
 from rlhf.config import RewardStageConfig
 from rlhf.data.preferences import load_preferences
 from rlhf.errors import DataError, StageError
@@ -105,10 +106,8 @@ def fit_split(
 
 def write_quarantine(splits: list[FittedSplit], path: Path) -> None:
     """The pairs left out for length, with their reasons and source locations (written aside, then renamed)."""
-    tmp = path.with_name(path.name + ".tmp")
     lines = [json.dumps(entry, ensure_ascii=False) + "\n" for split in splits for entry in split.quarantined]
-    tmp.write_text("".join(lines), encoding="utf-8")
-    tmp.replace(path)
+    atomic.write_text(path, "".join(lines))
 
 
 def pair_counts(splits: dict[str, FittedSplit]) -> dict[str, int]:
