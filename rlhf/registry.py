@@ -23,6 +23,11 @@ Commit protocol (a crash at any point leaves no half version visible, and a retr
 3. After the commit, mode "move" deletes the source directory. Staging by hard link and deleting the
    source afterwards costs what a rename costs, yet a crash never leaves a half-moved source behind.
 
+The file mechanics these steps rest on (staging, hashing, fsync, flocks, deletion, the size/hash check of
+a version's files) live in `rlhf.registry_storage`; what a version's record is and which names are valid
+(references, manifests, the name and alias checks, the metadata clean-up that drops secrets) live in
+`rlhf.registry_manifest`. This module decides what they are applied to, and when.
+
 Version numbers are never reused, not even after `remove`, so `policy:v3` always means one model.
 `latest` always points at the highest version: publish and remove move it, `set_alias` refuses it.
 Only stdlib here: the registry knows nothing of training.
@@ -32,41 +37,43 @@ from __future__ import annotations
 
 import builtins
 import contextlib
-import fcntl
-import hashlib
-import itertools
 import json
 import math
 import os
-import re
 import shutil
 import socket
 import subprocess
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal, TypedDict, Unpack
+from typing import Any, Literal, Unpack
 
+from rlhf import registry_storage as storage
 from rlhf.errors import RegistryError
+from rlhf.registry_manifest import (
+    LATEST,
+    REF_PREFIX,
+    Manifest,
+    ModelEntry,
+    PublishOptions,
+    Reference,
+    check_alias,
+    check_dataset,
+    check_metrics,
+    check_name,
+    clean_metadata,
+    config_hash,
+    is_reference,
+    is_version,
+    lora_refs,
+)
+from rlhf.registry_storage import FileEntry
 
-REF_PREFIX = "registry:"
 ENV_VAR = "RLHF_REGISTRY"
 DEFAULT_PATH = "registry"
-LATEST = "latest"
 MANIFEST = "manifest.json"
 INDEX_FORMAT = 1
-
-_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
-_VERSION = re.compile(r"^v[1-9][0-9]*$")
-_VERSION_LIKE = re.compile(r"^v[0-9]+$")
-_SECRET_WORDS = frozenset(
-    {"secret", "password", "passwd", "passphrase", "credential", "credentials", "apikey"}
-)
-_SECRET_PAIRS = frozenset({("api", "key"), ("access", "key"), ("private", "key")})
-_SPECIAL_TOKENS = frozenset({"pad", "bos", "eos", "unk", "sep", "cls", "mask"})
-"""`pad_token` and friends name a tokenizer's special token, not a credential."""
 
 
 def default_registry_path(configured: str | Path | None = None) -> Path:
@@ -76,138 +83,6 @@ def default_registry_path(configured: str | Path | None = None) -> Path:
     environment), so that a caller's deliberate choice always wins.
     """
     return Path(configured or os.environ.get(ENV_VAR) or DEFAULT_PATH).expanduser()
-
-
-def is_reference(text: str) -> bool:
-    """Whether a model spec points into the registry (as opposed to a HF id or a directory)."""
-    return text.startswith(REF_PREFIX)
-
-
-def _check_name(text: str, what: str) -> str:
-    """A model name or alias that cannot escape the registry folder."""
-    if not _NAME.match(text):
-        raise RegistryError(f"registry: bad {what} {text!r}: expected [a-z0-9][a-z0-9._-]{{0,63}}")
-    return text
-
-
-def _check_alias(alias: str) -> str:
-    """An alias a user may set: valid, not version-like, and not the managed `latest`."""
-    _check_name(alias, "alias")
-    if _VERSION_LIKE.match(alias):
-        raise RegistryError(f"registry: alias {alias!r} looks like a version; pick a name such as 'best'")
-    if alias == LATEST:
-        raise RegistryError(
-            "registry: 'latest' always points at the newest version; publish and remove move it"
-        )
-    return alias
-
-
-@dataclass(frozen=True)
-class Reference:
-    """A model name plus a selector: a version (`v3`) or an alias (`latest`, `best`, custom)."""
-
-    name: str
-    selector: str = LATEST
-
-    def __post_init__(self) -> None:
-        _check_name(self.name, "model name")
-        if _VERSION_LIKE.match(self.selector) and not _VERSION.match(self.selector):
-            raise RegistryError(f"registry: bad version {self.selector!r}: expected v1, v2, ...")
-        _check_name(self.selector, "version or alias")
-
-    @classmethod
-    def parse(cls, text: str) -> Reference:
-        """Accept `registry:NAME:SEL`, `registry:NAME` (= latest), `NAME:SEL` and `NAME`."""
-        body = text.removeprefix(REF_PREFIX)
-        parts = body.split(":")
-        if len(parts) > 2:
-            raise RegistryError(f"registry: bad reference {text!r}: expected registry:NAME[:VERSION|ALIAS]")
-        return cls(*parts)
-
-    @property
-    def is_version(self) -> bool:
-        """Whether the selector names a concrete version rather than an alias."""
-        return bool(_VERSION.match(self.selector))
-
-    def __str__(self) -> str:
-        return f"{self.name}:{self.selector}"
-
-
-@dataclass(frozen=True)
-class FileEntry:
-    """One file of a version: its path relative to the version directory, size and sha256."""
-
-    path: str
-    size: int
-    sha256: str
-
-
-@dataclass
-class Manifest:
-    """Everything known about one version: its files, where it came from, and how it scored."""
-
-    name: str
-    version: str
-    stage: str | None
-    files: list[FileEntry]
-    base_model: str | None
-    parents: list[str]  # concrete "name:vN" of the versions it was built from
-    datasets: list[dict[str, Any]]  # {"name", "fingerprint", "path"}
-    config: dict[str, Any]  # secrets dropped
-    config_hash: str  # sha256 of the canonical JSON of `config`
-    metrics: dict[str, float]
-    code_version: str | None  # git commit of the publishing cwd, "+dirty" when tracked files changed
-    wandb_run_id: str | None
-    created_at: str  # ISO 8601, UTC
-    host: str
-    lora_base: str | None  # for an adapter-only version: the model it applies to
-    extra: dict[str, Any]
-
-    @property
-    def ref(self) -> str:
-        """The concrete reference, `name:vN`, as parents and lineage write it."""
-        return f"{self.name}:{self.version}"
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict, as index.json stores it."""
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> Manifest:
-        """The inverse of `to_dict`."""
-        return cls(**{**data, "files": [FileEntry(**entry) for entry in data["files"]]})
-
-    def to_json(self) -> str:
-        """The text of manifest.json."""
-        return json.dumps(self.to_dict(), indent=1, sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str) -> Manifest:
-        """Read manifest.json text back."""
-        return cls.from_dict(json.loads(text))
-
-
-@dataclass(frozen=True)
-class ModelEntry:
-    """One model in a listing: its versions, oldest first, and its aliases (alias -> version)."""
-
-    name: str
-    versions: list[Manifest]
-    aliases: dict[str, str]
-
-
-class PublishOptions(TypedDict, total=False):
-    """The lineage and metadata a version can carry; see `Registry.publish`."""
-
-    stage: str | None
-    base_model: str | None
-    parents: Iterable[str | Reference]
-    datasets: Iterable[Mapping[str, Any]]
-    config: Mapping[str, Any] | None
-    metrics: Mapping[str, float] | None
-    wandb_run_id: str | None
-    lora_base: str | None
-    extra: Mapping[str, Any] | None
 
 
 class Registry:
@@ -242,7 +117,7 @@ class Registry:
         filesystems); "copy" makes an independent copy. Parents and a `registry:` lora_base are
         resolved to concrete versions, which must exist.
         """
-        _check_name(name, "model name")
+        check_name(name, "model name")
         if mode not in ("move", "link", "copy"):
             raise RegistryError(f"registry: bad mode {mode!r}: expected move, link or copy")
         source = Path(source_dir)
@@ -251,25 +126,27 @@ class Registry:
         parent_refs = list(dict.fromkeys(self._find(index, parent)[0].ref for parent in parents))
         if lora_base is not None and is_reference(lora_base):
             lora_base = REF_PREFIX + self._find(index, lora_base)[0].ref
-        clean_config = _jsonable(_drop_secrets(dict(config or {})))
+        clean_config = clean_metadata(config or {})
         fields: dict[str, Any] = {
             "name": name,
             "stage": stage,
             "base_model": base_model,
             "parents": parent_refs,
-            "datasets": [_check_dataset(entry) for entry in datasets],
+            "datasets": [check_dataset(entry) for entry in datasets],
             "config": clean_config,
             "config_hash": config_hash(clean_config),
-            "metrics": _check_metrics(metrics or {}),
+            "metrics": check_metrics(metrics or {}),
             "code_version": _code_version(),
             "wandb_run_id": wandb_run_id,
             "host": socket.gethostname(),
             "lora_base": lora_base,
-            "extra": _jsonable(_drop_secrets(dict(extra or {}))),
+            "extra": clean_metadata(extra or {}),
         }
         with self._staging() as staging:
-            entries = [_stage_file(path, staging / rel, rel, copy=mode == "copy") for rel, path in files]
-            _fsync_tree(staging)
+            entries = [
+                storage.stage_file(path, staging / rel, rel, copy=mode == "copy") for rel, path in files
+            ]
+            storage.fsync_tree(staging)
             manifest = self._commit(staging, fields, entries)
         if mode == "move":
             self._discard(source)
@@ -296,11 +173,7 @@ class Registry:
         inner, outer = source.resolve(), self.root.resolve()
         if inner.is_relative_to(outer) or outer.is_relative_to(inner):
             raise RegistryError(f"registry: source {source} overlaps the registry {self.root}")
-        files = sorted(
-            (Path(folder, file).relative_to(source).as_posix(), Path(folder, file))
-            for folder, _, names in os.walk(source, followlinks=True)
-            for file in names
-        )
+        files = storage.list_files(source)
         if not files:
             raise RegistryError(f"registry: source {source} has no files")
         if any(rel == MANIFEST for rel, _ in files):
@@ -310,40 +183,33 @@ class Registry:
     def _discard(self, source: Path) -> None:
         """Delete a moved source. Renamed into staging first (one atomic step on one filesystem), so
         that a crash midway never leaves a half-deleted source for a retry to publish; gc ends the job."""
-        with contextlib.suppress(OSError):
-            source = source.rename(self.root / ".staging" / uuid.uuid4().hex)
-        shutil.rmtree(source, ignore_errors=True)
+        storage.discard(source, self.root / ".staging" / uuid.uuid4().hex)
 
     @contextlib.contextmanager
     def _staging(self) -> Iterator[Path]:
-        """A fresh staging directory, flock-ed so that `gc` can tell it from a crashed publisher's."""
-        with self._locked():
-            path = self.root / ".staging" / uuid.uuid4().hex
-            path.mkdir(parents=True)
-            fd = os.open(path, os.O_RDONLY)
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        try:
-            yield path
-        finally:
-            shutil.rmtree(path, ignore_errors=True)  # gone already once committed
-            os.close(fd)
+        """A fresh staging directory, flock-ed so that `gc` can tell it from a crashed publisher's; created
+        under the registry lock, so that `gc` never sees it before its flock is taken."""
+        with contextlib.ExitStack() as stack:
+            with self._locked():
+                path = stack.enter_context(storage.held_directory(self.root / ".staging" / uuid.uuid4().hex))
+            yield path  # removed on exit: gone already once committed
 
     def _commit(self, staging: Path, fields: dict[str, Any], entries: builtins.list[FileEntry]) -> Manifest:
         """Step 2 of the protocol: number, rename, and the index update that makes it visible."""
         name = fields["name"]
         with self._locked():
             index = self._read_index()
-            for parent in [*fields["parents"], *_lora_refs(fields["lora_base"])]:
+            for parent in [*fields["parents"], *lora_refs(fields["lora_base"])]:
                 self._find(index, parent)  # still there: a parent removed meanwhile fails the publish
             model = index["models"].setdefault(name, {"last_version": 0, "versions": {}, "aliases": {}})
             number = 1 + max([model["last_version"], *self._versions_on_disk(name)])
             created = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
             manifest = Manifest(**fields, version=f"v{number}", files=entries, created_at=created)
-            _write_durable(staging / MANIFEST, manifest.to_json())
+            storage.write_durable(staging / MANIFEST, manifest.to_json())
             target = self._version_dir(name, manifest.version)
             target.parent.mkdir(parents=True, exist_ok=True)
             os.rename(staging, target)
-            _fsync_dir(target.parent)
+            storage.fsync_dir(target.parent)
             model["last_version"] = number
             model["versions"][manifest.version] = manifest.to_dict()
             model["aliases"][LATEST] = manifest.version
@@ -355,7 +221,7 @@ class Registry:
         folder = self.root / "models" / name
         if not folder.is_dir():
             return []
-        return [int(entry.name[1:]) for entry in folder.iterdir() if _VERSION.match(entry.name)]
+        return [int(entry.name[1:]) for entry in folder.iterdir() if is_version(entry.name)]
 
     # ---------------------------------------------------------------------------------------------
     # Reading
@@ -389,7 +255,7 @@ class Registry:
     def find_identical(self, name: str, model_dir: str | Path) -> Manifest | None:
         """The newest version of `name` whose files equal `model_dir`'s (same paths, sizes and sha256), if any:
         registering the same base model twice then reuses one version instead of storing a second."""
-        entry = self.list().get(_check_name(name, "model name"))
+        entry = self.list().get(check_name(name, "model name"))
         if entry is None:
             return None
         files = dict(self._source_files(Path(model_dir)))
@@ -398,7 +264,7 @@ class Registry:
 
         def digest(rel: str) -> str:
             if rel not in hashes:
-                hashes[rel] = _sha256(files[rel])
+                hashes[rel] = storage.sha256(files[rel])
             return hashes[rel]
 
         for manifest in reversed(entry.versions):
@@ -414,7 +280,7 @@ class Registry:
     def find_by_fingerprint(self, name: str, fingerprint: str) -> Manifest | None:
         """The newest version of `name` that a pipeline stage with this fingerprint published (its resolved
         config and inputs hashed), if any: the pipeline then reuses it instead of training the stage again."""
-        entry = self.list().get(_check_name(name, "model name"))
+        entry = self.list().get(check_name(name, "model name"))
         versions = entry.versions if entry else []
         return next((m for m in reversed(versions) if m.extra.get("fingerprint") == fingerprint), None)
 
@@ -432,7 +298,7 @@ class Registry:
         data = index["models"].get(target.name, {}).get("versions", {}).get(target.selector)
         if data is None:
             return {"ref": ref, "missing": True, "parents": []}
-        parents = list(dict.fromkeys([*data["parents"], *_lora_refs(data["lora_base"])]))
+        parents = list(dict.fromkeys([*data["parents"], *lora_refs(data["lora_base"])]))
         return {
             "ref": ref,
             "stage": data["stage"],
@@ -484,7 +350,7 @@ class Registry:
 
     def set_alias(self, ref: str | Reference, alias: str) -> None:
         """Point `alias` of the referenced model at that version (moving it if set elsewhere)."""
-        _check_alias(alias)
+        check_alias(alias)
         with self._locked():
             index = self._read_index()
             manifest, _ = self._find(index, ref)
@@ -500,10 +366,10 @@ class Registry:
         with self._locked():
             index = self._read_index()
             manifest, _ = self._find(index, ref)
-            manifest.extra = {**manifest.extra, key: _jsonable(_drop_secrets(dict(value)))}
+            manifest.extra = {**manifest.extra, key: clean_metadata(value)}
             target = self._version_dir(manifest.name, manifest.version) / MANIFEST
             temp = target.with_name(f".{MANIFEST}.{uuid.uuid4().hex}.tmp")
-            _write_durable(temp, manifest.to_json())
+            storage.write_durable(temp, manifest.to_json())
             os.replace(temp, target)  # never half a manifest, even on a crash
             index["models"][manifest.name]["versions"][manifest.version] = manifest.to_dict()
             self._write_index(index)
@@ -524,7 +390,7 @@ class Registry:
         With `version`, that version gets it only if it is at least as good as the current holder,
         unless `force`. Versions lacking the metric (or with NaN) are skipped.
         """
-        _check_alias(alias)
+        check_alias(alias)
         sign = 1.0 if higher_is_better else -1.0
         with self._locked():
             index = self._read_index()
@@ -557,7 +423,7 @@ class Registry:
                 for name, model in sorted(index["models"].items())
                 for version in _sorted_versions(model)
                 if manifest.ref in model["versions"][version]["parents"]
-                or manifest.ref in _lora_refs(model["versions"][version]["lora_base"])
+                or manifest.ref in lora_refs(model["versions"][version]["lora_base"])
             ]
             if children and not force:
                 raise RegistryError(
@@ -581,13 +447,15 @@ class Registry:
         removed: builtins.list[Path] = []
         with self._locked():
             models = self._read_index()["models"]
-            removed += [path for path in self.root.glob(".index-*.tmp") if _delete(path)]
+            removed += [path for path in self.root.glob(".index-*.tmp") if storage.delete(path)]
             staging = self.root / ".staging"
             if staging.is_dir():
-                removed += [path for path in staging.iterdir() if not _is_held(path) and _delete(path)]
+                removed += [
+                    path for path in staging.iterdir() if not storage.is_held(path) and storage.delete(path)
+                ]
             for folder in sorted((self.root / "models").glob("*/*")):
                 if folder.name not in models.get(folder.parent.name, {}).get("versions", {}):
-                    removed += [folder] if _delete(folder) else []
+                    removed += [folder] if storage.delete(folder) else []
         return removed
 
     # ---------------------------------------------------------------------------------------------
@@ -607,7 +475,9 @@ class Registry:
         except FileNotFoundError:
             return {"format": INDEX_FORMAT, "models": {}}
         except (OSError, ValueError) as exc:
-            raise RegistryError(f"registry: cannot read {self._index_path}: {_first_line(exc)}") from exc
+            raise RegistryError(
+                f"registry: cannot read {self._index_path}: {storage.first_line(exc)}"
+            ) from exc
         if not isinstance(index, dict) or index.get("format") != INDEX_FORMAT:
             raise RegistryError(f"registry: {self._index_path} is not a format-{INDEX_FORMAT} registry index")
         return index
@@ -616,77 +486,19 @@ class Registry:
         """Replace index.json atomically and durably: the commit point of every change."""
         temp = self.root / f".index-{uuid.uuid4().hex}.tmp"
         try:
-            _write_durable(temp, json.dumps(index, indent=1, sort_keys=True))
+            storage.write_durable(temp, json.dumps(index, indent=1, sort_keys=True))
             os.replace(temp, self._index_path)
         finally:
             temp.unlink(missing_ok=True)
-        _fsync_dir(self.root)
+        storage.fsync_dir(self.root)
 
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
+    def _locked(self) -> contextlib.AbstractContextManager[None]:
         """The registry-wide writer lock; released by the kernel if the holder dies."""
-        try:
-            self.root.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as exc:
-            raise RegistryError(f"registry: cannot write to {self.root}: {_first_line(exc)}") from exc
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)
+        return storage.locked(self.root / ".lock")
 
 
 # -------------------------------------------------------------------------------------------------
 # Helpers
-
-
-def config_hash(config: Mapping[str, Any]) -> str:
-    """sha256 of the canonical JSON of a config: equal configs hash equal whatever their key order."""
-    blob = json.dumps(config, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
-    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
-
-
-def _jsonable(value: Any) -> Any:
-    """`value` as the index will store it (paths and other scalars as strings)."""
-    return json.loads(json.dumps(value, default=str))
-
-
-def _is_secret_key(key: str) -> bool:
-    """Whether a config key names a credential: hf_token, wandb_api_key, apiKey, password, ..."""
-    words = re.split(r"[^a-z0-9]+", re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", key).lower())
-    if _SECRET_WORDS.intersection(words) or _SECRET_PAIRS.intersection(itertools.pairwise(words)):
-        return True
-    return words[-1] == "token" and not (len(words) > 1 and words[-2] in _SPECIAL_TOKENS)
-
-
-def _drop_secrets(value: Any) -> Any:
-    """A copy of `value` without the entries whose keys name credentials: none reaches the registry."""
-    if isinstance(value, Mapping):
-        return {k: _drop_secrets(v) for k, v in value.items() if not _is_secret_key(str(k))}
-    if isinstance(value, list | tuple):
-        return [_drop_secrets(item) for item in value]
-    return value
-
-
-def _check_dataset(entry: Mapping[str, Any]) -> dict[str, Any]:
-    """A dataset lineage record: needs at least a name and a fingerprint."""
-    if not isinstance(entry, Mapping) or not {"name", "fingerprint"} <= entry.keys():
-        raise RegistryError(f"registry: bad dataset {entry!r}: expected {{'name', 'fingerprint', 'path'}}")
-    return _jsonable(dict(entry))
-
-
-def _check_metrics(metrics: Mapping[str, float]) -> dict[str, float]:
-    """Metrics as floats, so that `promote` can compare them."""
-    try:
-        return {str(key): float(value) for key, value in metrics.items()}
-    except (TypeError, ValueError) as exc:
-        raise RegistryError(f"registry: metrics must be numbers: {_first_line(exc)}") from exc
-
-
-def _lora_refs(lora_base: str | None) -> list[str]:
-    """The registry version a lora_base names, as `name:vN`, if it names one."""
-    return [lora_base.removeprefix(REF_PREFIX)] if lora_base and is_reference(lora_base) else []
 
 
 def _check_promotion(
@@ -723,111 +535,13 @@ def _git(*args: str) -> str:
     return result.stdout.strip()
 
 
-def _stage_file(source: Path, target: Path, rel: str, *, copy: bool) -> FileEntry:
-    """Hard-link (or, when asked or across filesystems, copy) one file into staging; hash and fsync it."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        if copy:
-            shutil.copyfile(source, target)
-        else:
-            try:
-                os.link(source, target)
-            except OSError:
-                shutil.copyfile(source, target)
-        with open(target, "rb") as handle:
-            digest = hashlib.file_digest(handle, "sha256").hexdigest()
-            os.fsync(handle.fileno())
-            size = os.fstat(handle.fileno()).st_size
-    except OSError as exc:
-        raise RegistryError(f"registry: cannot take {source}: {_first_line(exc)}") from exc
-    return FileEntry(path=rel, size=size, sha256=digest)
-
-
 def _check_version(manifest: Manifest, folder: Path, *, full: bool) -> list[str]:
     """What is wrong with a version on disk: missing or resized files always; with `full`, content
     hashes, a manifest.json that differs from the index, and files the manifest does not list."""
-    problems = []
-    for entry in manifest.files:
-        path = folder / entry.path
-        try:
-            size = path.stat().st_size
-        except FileNotFoundError:
-            problems.append(f"{manifest.ref}: {entry.path}: missing")
-            continue
-        if size != entry.size:
-            problems.append(f"{manifest.ref}: {entry.path}: size {size}, expected {entry.size}")
-        elif full and _sha256(path) != entry.sha256:
-            problems.append(f"{manifest.ref}: {entry.path}: sha256 mismatch")
+    problems = storage.check_files(folder, manifest.files, full=full)
     if full and folder.is_dir():
-        if _read_text(folder / MANIFEST) != manifest.to_json():
-            problems.append(f"{manifest.ref}: {MANIFEST}: missing or differs from the index")
+        if storage.read_text(folder / MANIFEST) != manifest.to_json():
+            problems.append(f"{MANIFEST}: missing or differs from the index")
         listed = {entry.path for entry in manifest.files} | {MANIFEST}
-        problems += [
-            f"{manifest.ref}: {path.relative_to(folder).as_posix()}: not in the manifest"
-            for path in sorted(folder.rglob("*"))
-            if not path.is_dir() and path.relative_to(folder).as_posix() not in listed
-        ]
-    return problems
-
-
-def _read_text(path: Path) -> str | None:
-    try:
-        return path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError):
-        return None
-
-
-def _sha256(path: Path) -> str:
-    with open(path, "rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
-
-
-def _write_durable(path: Path, text: str) -> None:
-    """Write and fsync, so that a commit never points at data still in the page cache."""
-    with open(path, "w", encoding="utf-8") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_tree(root: Path) -> None:
-    """fsync every directory of a staged tree, so that its entries survive a power loss."""
-    for folder, _, _ in os.walk(root):
-        _fsync_dir(Path(folder))
-
-
-def _is_held(path: Path) -> bool:
-    """Whether a live process holds the flock of a staging directory."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
-    return False
-
-
-def _delete(path: Path) -> bool:
-    """Remove a file or a tree; whether it is gone."""
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        path.unlink(missing_ok=True)
-    return not path.exists()
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+        problems += [f"{rel}: not in the manifest" for rel in storage.unlisted_files(folder, listed)]
+    return [f"{manifest.ref}: {problem}" for problem in problems]
