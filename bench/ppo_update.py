@@ -160,9 +160,9 @@ def setup_tiny(work: Path, threads: int, overrides: list[str]) -> Models:
 
 def setup_small(work: Path) -> Models:
     """`small-llama` random-init as the policy, a random-init one-output head on it as the reward model."""
-    from rlhf.config import ModelSpec
     from rlhf.data.synthetic import SynthConfig, write_synthetic_task
     from rlhf.models import load_reward_model, materialize, save_pretrained_atomic
+    from rlhf.settings import ModelSpec
 
     started = time.perf_counter()
     root = work / "small"
@@ -187,9 +187,9 @@ def start_gold(models: Models, settings: Settings, seeds: list[int]) -> dict[str
     """Gold reward and EOS share of the SFT start, sampled as the trained policies are (median over seeds)."""
     import torch
 
-    from rlhf.config import ModelSpec
     from rlhf.eval import generate, load_prompts, summarize
     from rlhf.models import load_causal_lm
+    from rlhf.settings import ModelSpec
 
     torch.set_num_threads(settings.threads)
     model, tokenizer = load_causal_lm(ModelSpec(name=models.policy))
@@ -202,7 +202,7 @@ def start_gold(models: Models, settings: Settings, seeds: list[int]) -> dict[str
 
 
 def eval_spec(settings: Settings) -> Any:
-    from rlhf.config import GenerationSpec
+    from rlhf.settings import GenerationSpec
 
     return GenerationSpec(
         max_new_tokens=settings.max_new_tokens,
@@ -223,9 +223,10 @@ def ours_worker(models: Models, settings: Settings) -> dict[str, Any]:
     import torch
 
     torch.set_num_threads(settings.threads)
-    from rlhf.config import GenerationSpec, ModelSpec, PolicyStageConfig, PPOSpec
     from rlhf.eval import generate, load_prompts, summarize
+    from rlhf.models import policy_training
     from rlhf.ppo import PPORun, PPOTrainer, build_models
+    from rlhf.settings import GenerationSpec, ModelSpec, PolicyStageConfig, PPOSpec
 
     recipe = RECIPES[settings.recipe]
     rollout = GenerationSpec(
@@ -259,7 +260,10 @@ def ours_worker(models: Models, settings: Settings) -> dict[str, Any]:
             reward_clip=recipe["reward_clip"],
         ),
     )
-    built = build_models(ModelSpec(name=models.policy), ModelSpec(name=models.reward), None, "reward")
+    policy_spec = ModelSpec(name=models.policy)
+    built = build_models(
+        policy_spec, ModelSpec(name=models.reward), policy_training(policy_spec, None, "policy"), "reward"
+    )
     ends: list[float] = []  # when each update's metrics were logged: the end of the update
     with tempfile.TemporaryDirectory(prefix="ppo-update-") as tmp:
         trainer = PPOTrainer(
@@ -270,6 +274,7 @@ def ours_worker(models: Models, settings: Settings) -> dict[str, Any]:
                 checkpoint_dir=Path(tmp),
                 seed=settings.seed,
                 reward_stats=models.reward_stats,
+                config_key="stages.policy",
                 log_metrics=lambda metrics, step: ends.append(time.perf_counter()),
             )
         )

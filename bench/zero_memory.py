@@ -101,8 +101,8 @@ def worker(out_dir: Path, argv: list[str]) -> int:
 def measure(zero: dict[str, object], model: str, steps: int, folder: Path) -> list[dict[str, float]]:
     """Run the stage on 2 processes with this `zero_optimization` (over what `zero_stage` sets); every rank's
     peak memory."""
-    from rlhf.config import DistributedConfig
     from rlhf.distributed import deepspeed_config, free_port, has_gpu
+    from rlhf.settings import DistributedConfig
 
     config = folder / "pipeline.yaml"
     config.write_text(CONFIG.format(model=model, steps=steps, folder=folder), encoding="utf-8")

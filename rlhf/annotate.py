@@ -12,10 +12,10 @@ import json
 import tempfile
 from pathlib import Path
 
-from rlhf.config import GenerationSpec, ModelSpec
 from rlhf.eval import Messages, generate, load_prompts
 from rlhf.models import load_causal_lm, registry_model
 from rlhf.registry import Registry, is_reference
+from rlhf.settings import GenerationSpec, ModelSpec
 
 LABEL_CONFIG = """<View>
   <Style>.prompt { white-space: pre-wrap; }</Style>

@@ -7,7 +7,6 @@ with `--debug`, which shows the full traceback.
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,6 +15,7 @@ from rlhf.errors import RlhfError
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The `rlhf` parser, one command group at a time."""
     # --debug is accepted before or after the subcommand; SUPPRESS keeps a subparser from resetting it.
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
@@ -26,7 +26,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--debug", action="store_true", help="show full tracebacks")
     commands = parser.add_subparsers(dest="command", required=True)
+    _add_pipeline_commands(commands, common)
+    _add_registry_commands(commands, common)
+    _add_eval_command(commands, common)
+    _add_data_commands(commands, common)
+    return parser
 
+
+def _add_pipeline_commands(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    """`rlhf run`, `rlhf status`, `rlhf stage`."""
     run = commands.add_parser("run", help="run a pipeline config end to end", parents=[common])
     run.add_argument("config", help="pipeline YAML")
     run.add_argument("overrides", nargs="*", help="dotted overrides, e.g. stages.sft.max_steps=50")
@@ -56,11 +64,13 @@ def build_parser() -> argparse.ArgumentParser:
     stage.add_argument("--run-dir", help="run directory (default: a new one under runs_dir)")
     stage.set_defaults(handler=_stage)
 
-    _add_registry_commands(commands, common)
 
+def _add_eval_command(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     evaluate = commands.add_parser("eval", help="a policy against a reference: gold, reward model, KL, samples",
                                    parents=[common])  # fmt: skip
-    evaluate.add_argument("policy", help="registry ref (registry:policy:latest) or directory")
+    evaluate.add_argument(
+        "evaluated", metavar="POLICY", help="registry ref (registry:policy:latest) or directory"
+    )
     evaluate.add_argument(
         "--reference", required=True, help="registry ref or directory, e.g. registry:sft-policy:v1"
     )
@@ -76,6 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--tracking", choices=["wandb", "none"], default="wandb")
     evaluate.set_defaults(handler=_eval)
 
+
+def _add_data_commands(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    """`rlhf data synth`, `rlhf data import`, `rlhf data export-for-annotation`."""
     data = commands.add_parser("data", help="data tools").add_subparsers(dest="data_command", required=True)
     synth = data.add_parser(
         "synth", help="write the built-in synthetic task (demonstrations, prompts, export)", parents=[common]
@@ -143,7 +156,6 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--seed", type=int, default=0)
     export.add_argument("--registry", help="registry directory (default: $RLHF_REGISTRY, else ./registry)")
     export.set_defaults(handler=_export_for_annotation)
-    return parser
 
 
 def _add_registry_commands(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -272,8 +284,8 @@ def _registry_gc(args: argparse.Namespace) -> None:
 
 
 def _registry_export(args: argparse.Namespace) -> None:
-    from rlhf.config import ModelSpec
     from rlhf.models import export_model, registry_model
+    from rlhf.settings import ModelSpec
 
     spec, manifest = registry_model(_registry(args), ModelSpec(name=args.ref), verify=True)
     out = export_model(spec, Path(args.to), merge_lora=args.merge_lora)
@@ -281,14 +293,15 @@ def _registry_export(args: argparse.Namespace) -> None:
 
 
 def _eval(args: argparse.Namespace) -> None:
-    from rlhf.config import GenerationSpec, TrackingConfig
+    from rlhf.config import TrackingConfig
     from rlhf.eval import evaluate_and_record
     from rlhf.report import print_evaluation
+    from rlhf.settings import GenerationSpec
 
     gen = GenerationSpec(samples_per_prompt=args.samples_per_prompt, max_new_tokens=args.max_new_tokens,
                          temperature=args.temperature)  # fmt: skip
     evaluation = evaluate_and_record(
-        _registry(args), args.policy, args.reference, args.prompts, gen, args.gold,
+        _registry(args), args.evaluated, args.reference, args.prompts, gen, args.gold,
         TrackingConfig(backend=args.tracking, project="rlhf-eval"), Path(args.run_dir), args.seed, args.judge,
     )  # fmt: skip
     print_evaluation(evaluation)
@@ -317,34 +330,13 @@ def _status(args: argparse.Namespace) -> None:
 
 
 def _stage(args: argparse.Namespace) -> None:
-    from rlhf.config import dump_config, load_config, stage_program
-    from rlhf.distributed import configure_logging, needs_launcher, rank_info
-    from rlhf.stage import (
-        describe_result,
-        launch_stage,
-        node_folder,
-        run_dir_for,
-        run_standalone,
-        stage_section,
-    )
+    from rlhf.config import load_config
+    from rlhf.distributed import configure_logging, rank_info
+    from rlhf.launch import start_stage
 
     configure_logging(rank_info(), args.debug)
-    try:
-        program = importlib.import_module(f"stages.{stage_program(args.stage)}")
-    except ModuleNotFoundError:
-        raise RlhfError(f"unknown stage '{args.stage}'") from None
-    cfg = load_config(args.config, args.overrides)
-    if needs_launcher(
-        cfg.distributed_for(args.stage)
-    ):  # the same stage on every process, rank 0 reporting back
-        stage_section(cfg, args.stage)  # a missing section fails here, not once per process
-        run_dir = run_dir_for(cfg, args.run_dir)
-        config_file = node_folder(run_dir) / "config.yaml"
-        dump_config(cfg, config_file)
-        result = launch_stage(cfg, config_file, args.stage, run_dir, [])
-    else:
-        result = run_standalone(args.stage, program.run, args.config, args.overrides, args.run_dir)
-    print(f"{args.stage}: done in {result.seconds:.0f}s; {describe_result(result)}")
+    result = start_stage(load_config(args.config, args.overrides), args.stage, args.run_dir)
+    print(f"{args.stage}: done in {result.seconds:.0f}s; {result.describe()}")
 
 
 def _synth(args: argparse.Namespace) -> None:
@@ -379,9 +371,9 @@ def _import(args: argparse.Namespace) -> None:
 
 
 def _token_counter(model: str, registry_dir: str | None):
-    from rlhf.config import ModelSpec
     from rlhf.models import registry_model, token_counter
     from rlhf.registry import Registry, default_registry_path, is_reference
+    from rlhf.settings import ModelSpec
 
     spec = ModelSpec(name=model)
     if is_reference(model):
@@ -391,8 +383,8 @@ def _token_counter(model: str, registry_dir: str | None):
 
 def _export_for_annotation(args: argparse.Namespace) -> None:
     from rlhf.annotate import export_for_annotation
-    from rlhf.config import GenerationSpec
     from rlhf.registry import Registry, default_registry_path
+    from rlhf.settings import GenerationSpec
 
     generation = GenerationSpec(max_new_tokens=args.max_new_tokens, temperature=args.temperature)
     counts = export_for_annotation(args.prompts, args.model, args.out, Registry(default_registry_path(args.registry)),

@@ -1,8 +1,8 @@
-"""Typed schemas for the pipeline config, YAML loading and dotted command-line overrides.
+"""The pipeline config: one YAML file for a whole pipeline, its sections, loading, overrides and errors.
 
-One YAML file describes a whole pipeline. Every section is a pydantic model that forbids unknown keys,
-so a typo fails at load time with its key path and a suggestion instead of being silently ignored
-after an hour of training. `load_config` is the single way in: YAML (safe-loaded) + overrides + validation.
+`load_config` is the single way in: YAML (safe-loaded) + dotted command-line overrides + validation. Every
+section forbids unknown keys, so a typo fails at load time with its key path and a suggestion. The settings
+of one stage live in `rlhf.settings`; the `stages:` section is built from the stage table (`rlhf.stage_table`).
 """
 
 from __future__ import annotations
@@ -10,351 +10,29 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import yaml
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Discriminator,
-    Field,
-    Tag,
-    TypeAdapter,
-    ValidationError,
-    model_validator,
-)
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 from pydantic.dataclasses import dataclass as pydantic_dataclass
 
 from rlhf import atomic
 from rlhf.data.synthetic import SynthConfig
 from rlhf.errors import ConfigError
 
-STAGE_NAME = r"^[A-Za-z0-9][A-Za-z0-9_]*$"
-
-
-class Schema(BaseModel):
-    """Base of every config section: unknown keys are errors, assignments are validated."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-
-class LoraSpec(Schema):
-    """A LoRA adapter through peft; the stage trains the adapter only and keeps the base frozen."""
-
-    r: int = Field(16, gt=0)
-    alpha: int = Field(32, gt=0)
-    dropout: float = Field(0.05, ge=0.0, lt=1.0)
-    target_modules: list[str] | Literal["all-linear"] = "all-linear"
-
-
-class ModelSpec(Schema):
-    """Where a model comes from: a Hugging Face id, a local directory, or a built-in tiny spec."""
-
-    name: str
-    trust_remote_code: bool = False
-    revision: str | None = None
-    base: str | None = Field(
-        None, description="For a LoRA adapter: the model it applies to (default: the adapter's own record)."
-    )
-
-    @model_validator(mode="before")
-    @classmethod
-    def _from_string(cls, value: Any) -> Any:
-        """`model: tiny-llama` is shorthand for `model: {name: tiny-llama}`."""
-        return {"name": value} if isinstance(value, str) else value
-
-
-class GenerationSpec(Schema):
-    """Sampling settings for evaluation generations."""
-
-    max_new_tokens: int = Field(16, gt=0)
-    temperature: float = Field(1.0, gt=0.0)
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
-    top_k: int = Field(0, ge=0)
-    samples_per_prompt: int = Field(4, gt=0, description="Several samples per prompt steady the mean.")
-    batch_size: int = Field(64, gt=0)
-
-
-class DistributedConfig(Schema):
-    """How many processes a stage runs on and how they are launched; a stage's own `distributed:` keys go
-    over these (`PipelineConfig.distributed_for`)."""
-
-    num_processes: int = Field(1, gt=0, description="Processes (GPUs) per node.")
-    num_nodes: int = Field(1, gt=0)
-    hostfile: str | None = None
-    zero_stage: Literal[0, 1, 2, 3] | None = None
-    deepspeed_config: str | None = None
-    launcher: Literal["deepspeed", "torchrun"] = "deepspeed"
-
-
-class StageDistributed(Schema):
-    """A stage's `distributed:` keys over the pipeline's: a key left out (None) keeps the pipeline's value.
-    Naming a ZeRO stage or a DeepSpeed config replaces both of the pipeline's, so the stage's choice wins."""
-
-    num_processes: int | None = Field(None, gt=0)
-    num_nodes: int | None = Field(None, gt=0)
-    hostfile: str | None = None
-    zero_stage: Literal[0, 1, 2, 3] | None = None
-    deepspeed_config: str | None = None
-    launcher: Literal["deepspeed", "torchrun"] | None = None
-
-    def over(self, pipeline: DistributedConfig) -> DistributedConfig:
-        update = self.model_dump(exclude_none=True)
-        if update.keys() & {"zero_stage", "deepspeed_config"}:
-            update = {"zero_stage": None, "deepspeed_config": None} | update
-        return pipeline.model_copy(update=update)
-
-
-class TrainStageConfig(Schema):
-    """What every training stage shares: optimisation, schedule, precision, checkpoints, LoRA."""
-
-    model: ModelSpec | None = Field(
-        None, description="Defaults to the pipeline's model (or the previous stage's)."
-    )
-    learning_rate: float = Field(2e-5, gt=0.0)
-    num_train_epochs: float = Field(1.0, gt=0.0)
-    max_steps: int = Field(-1, description="Overrides num_train_epochs when positive.")
-    per_device_train_batch_size: int = Field(8, gt=0)
-    per_device_eval_batch_size: int = Field(16, gt=0)
-    gradient_accumulation_steps: int = Field(1, gt=0)
-    warmup_steps: float = Field(
-        0, ge=0, description="Steps of linear warmup; a value below 1 is a fraction of all steps."
-    )
-    lr_scheduler_type: str = "linear"
-    weight_decay: float = Field(0.0, ge=0.0)
-    max_grad_norm: float = Field(1.0, gt=0.0)
-    logging_steps: int = Field(10, gt=0)
-    eval_steps: int | None = Field(None, gt=0, description="Evaluate every N steps; None: once per epoch.")
-    save_steps: int = Field(200, gt=0)
-    save_total_limit: int | None = Field(2, gt=0)
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
-        "auto", description="auto: bf16 on a GPU that supports it, fp32 elsewhere."
-    )
-    gradient_checkpointing: bool = False
-    lora: LoraSpec | None = None
-    num_threads: int | None = Field(
-        None, gt=0, description="torch CPU threads per process; None: torch default."
-    )
-    distributed: StageDistributed | None = Field(
-        None,
-        description="This stage's own process count, ZeRO stage, ...; over the pipeline's `distributed`.",
-    )
-
-
-class SFTStageConfig(TrainStageConfig):
-    """Stage 1: supervised fine-tuning on demonstrations (TRL SFTTrainer)."""
-
-    dataset: str | None = Field(
-        None, description="JSONL, parquet or datasets directory; default: data.sft_train."
-    )
-    eval_dataset: str | None = Field(None, description="Default: data.sft_eval.")
-    max_length: int = Field(1024, gt=0)
-    packing: bool = False
-    completion_only_loss: bool = True
-    evaluation: GenerationSpec | None = Field(
-        default_factory=GenerationSpec,
-        description="Sample on held-out prompts after training and score them (gold reward where the task has one).",
-    )
-
-
-class RewardStageConfig(TrainStageConfig):
-    """Stage 2: a reward model (sequence-classification head, one output) on preference pairs (TRL RewardTrainer)."""
-
-    learning_rate: float = Field(1e-4, gt=0.0)
-    dataset: str | None = Field(
-        None, description="A preference dataset directory; default: the imported data."
-    )
-    max_length: int = Field(512, gt=0)
-    length_policy: Literal["truncate_prompt", "quarantine"] = Field(
-        "truncate_prompt",
-        description="Pairs over max_length: cut the prompt from the left keeping both responses whole, or set aside.",
-    )
-    use_margin: bool = Field(False, description="Use the pairs' margin in the Bradley-Terry loss.")
-    center_rewards_coefficient: float | None = Field(None, ge=0.0)
-
-
-class PPOSpec(Schema):
-    """PPO's own hyperparameters (`algorithm: ppo`); defaults follow the InstructGPT-style recipe.
-
-    One update: `rollout.samples_per_prompt` responses to each of `prompts_per_update` prompts (per process),
-    scored by the reward model, then `ppo_epochs` passes over them in `num_mini_batches` minibatches, each cut
-    into micro-batches of `per_device_train_batch_size` (gradients accumulated). The stage's `max_steps` counts
-    updates; otherwise `num_train_epochs` passes over the prompts set the count.
-    """
-
-    reward_model: ModelSpec | None = Field(
-        None, description="Default: the pipeline's reward model, else registry:reward-model:latest."
-    )
-    prompts: str | None = Field(
-        None, description="JSONL of prompts to train on; default: the preference data's training prompts."
-    )
-    prompts_per_update: int = Field(64, gt=0)
-    rollout: GenerationSpec = Field(
-        default_factory=lambda: GenerationSpec(max_new_tokens=64, samples_per_prompt=1),
-        description="Sampling of the rollouts; its temperature also divides the logits of every log-prob.",
-    )
-    ppo_epochs: int = Field(4, gt=0)
-    num_mini_batches: int = Field(1, gt=0)
-    value_model: Literal["reward", "policy_head"] = Field(
-        "reward",
-        description="reward: a trainable copy of the reward model (a copy of the policy's backbone when the "
-        "tokenizers differ); policy_head: a zero-initialized value head on the policy.",
-    )
-    kl_coef: float = Field(
-        0.05, ge=0.0, description="beta of the per-token KL penalty (the start, if adaptive)."
-    )
-    kl_estimator: Literal["k1", "k3"] = "k1"
-    target_kl: float | None = Field(
-        None, gt=0.0, description="Set: adapt kl_coef toward this KL per response (Ziegler et al.)."
-    )
-    kl_horizon: int = Field(10000, gt=0, description="Responses over which the adaptive controller reacts.")
-    gamma: float = Field(1.0, ge=0.0, le=1.0)
-    lam: float = Field(0.95, ge=0.0, le=1.0)
-    whiten_advantages: bool = True
-    whiten_rewards: bool = False
-    normalize_rewards: bool = Field(
-        True, description="Scores to mean 0, std 1 with the reward model's stored statistics."
-    )
-    reward_scale: float = Field(1.0, gt=0.0, description="Multiplies the (normalized) score.")
-    reward_clip: float | None = Field(10.0, gt=0.0, description="Clip the scaled score to +-this.")
-    missing_eos_penalty: float | None = Field(
-        1.0, ge=0.0, description="Subtracted from the score of a response that never ended (EOS)."
-    )
-    cliprange: float = Field(0.2, gt=0.0)
-    cliprange_value: float = Field(0.2, gt=0.0)
-    vf_coef: float = Field(0.1, ge=0.0)
-    entropy_coef: float = Field(0.0, ge=0.0)
-
-
-class PolicyStageConfig(TrainStageConfig):
-    """Stage 3: optimization of the SFT policy: DPO on TRL's DPOTrainer, or our own PPO (`rlhf.ppo`)."""
-
-    algorithm: Literal["dpo", "ppo"] = "dpo"
-    learning_rate: float = Field(1e-6, gt=0.0)
-    dataset: str | None = Field(
-        None, description="A preference dataset directory; default: the imported data."
-    )
-    beta: float = Field(0.1, gt=0.0, description="DPO's beta.")
-    loss_type: list[str] = Field(
-        default_factory=lambda: ["sigmoid"], description="TRL DPO loss types, combinable."
-    )
-    precompute_ref_log_probs: bool = False
-    max_length: int = Field(512, gt=0)
-    ppo: PPOSpec = Field(default_factory=PPOSpec)
-    evaluation: GenerationSpec | None = Field(default_factory=GenerationSpec)
-
-
-@dataclass(frozen=True)
-class PPOBatches:
-    """How one PPO update cuts its rollout, per process: the rollout into minibatches (an optimizer step
-    each), a minibatch into micro-batches (gradients accumulated)."""
-
-    rollout: int
-    minibatch: int
-    micro: int
-
-    @property
-    def accumulation(self) -> int:
-        return self.minibatch // self.micro
-
-
-def ppo_batches(cfg: PolicyStageConfig, stage: str = "policy") -> PPOBatches:
-    """The batches a PPO stage trains with; a rollout that does not split evenly is a config error."""
-    spec = cfg.ppo
-    rollout = spec.prompts_per_update * spec.rollout.samples_per_prompt
-    minibatch = rollout // spec.num_mini_batches
-    micro = min(cfg.per_device_train_batch_size, minibatch)
-    if minibatch == 0 or rollout % spec.num_mini_batches or minibatch % micro:
-        raise ConfigError(
-            f"{stage_key(stage)}.ppo: {rollout} responses per update (prompts_per_update x samples_per_prompt) "
-            f"must split into {spec.num_mini_batches} minibatches of whole micro-batches of "
-            f"per_device_train_batch_size={cfg.per_device_train_batch_size}"
-        )
-    return PPOBatches(rollout, minibatch, micro)
-
-
-# A stage taken from the registry instead of run: `sft: registry:sft-policy:v3`. Later stages start from it.
-RegistryVersion = Annotated[str, Field(pattern=r"^registry:\S+$")]
-
-
-def _stage_form(value: Any) -> str:
-    return "taken" if isinstance(value, str) else "stage"
-
-
-def taken_or(stage: type[TrainStageConfig]) -> Any:
-    """A stage section that holds the stage's config, or the registry version that stands in for it."""
-    return Annotated[
-        Annotated[stage, Tag("stage")] | Annotated[RegistryVersion, Tag("taken")], Discriminator(_stage_form)
-    ]
-
-
-def _policy_form(value: Any) -> str:
-    """`policy:` holds one stage's config, or named ones, each saying its algorithm:
-    `{dpo: {algorithm: dpo, ...}, ppo: {algorithm: ppo, ...}}`, or a registry version to evaluate."""
-    if isinstance(value, str):
-        return "taken"
-    if not isinstance(value, dict) or not value:
-        return "one"
-    named = (
-        isinstance(v, PolicyStageConfig) or (isinstance(v, dict) and "algorithm" in v) for v in value.values()
-    )
-    return "named" if all(named) else "one"
-
-
-PolicySection = Annotated[
-    Annotated[PolicyStageConfig, Tag("one")]
-    | Annotated[dict[Annotated[str, Field(pattern=STAGE_NAME)], PolicyStageConfig], Tag("named")]
-    | Annotated[RegistryVersion, Tag("taken")],
-    Discriminator(_policy_form),
-]
-SECTION_TAGS = frozenset({"one", "named", "stage", "taken"})  # left out of error key paths
-
-
-class StagesConfig(Schema):
-    """The stages, in dependency order; a missing section means the stage does not run, a registry version
-    (`sft: registry:sft-policy:v3`) that the stage is taken from it rather than run.
-
-    `policy` may name several policy stages (e.g. DPO and PPO): each starts from the same SFT version and is
-    evaluated against it, so they compare side by side. They run as `policy-<name>`.
-    """
-
-    sft: taken_or(SFTStageConfig) | None = None
-    reward: taken_or(RewardStageConfig) | None = None
-    policy: PolicySection | None = None
-
-    def plan(self) -> dict[str, TrainStageConfig]:
-        """Every stage to run by its run name, in dependency order: sft, reward, policy[-<name>]..."""
-        plan: dict[str, TrainStageConfig] = {
-            name: cfg
-            for name in ("sft", "reward")
-            if isinstance(cfg := getattr(self, name), TrainStageConfig)
-        }
-        if isinstance(self.policy, dict):
-            plan |= {f"policy-{name}": cfg for name, cfg in self.policy.items()}
-        elif isinstance(self.policy, PolicyStageConfig):
-            plan["policy"] = self.policy
-        return plan
-
-    def taken(self) -> dict[str, str]:
-        """The stages taken from the registry: run name -> registry version."""
-        return {
-            name: value
-            for name in ("sft", "reward", "policy")
-            if isinstance(value := getattr(self, name), str)
-        }
-
-
-def stage_key(stage: str) -> str:
-    """A stage's section as a dotted config key: `policy-ppo` is `stages.policy.ppo`."""
-    return "stages." + stage.replace("-", ".", 1)
-
-
-def stage_program(stage: str) -> str:
-    """The stage program (`stages.<program>`) that runs a stage: `policy-ppo` is run by `stages.policy`."""
-    return stage.partition("-")[0]
-
+# TODO(me): temporary, until rlhf/ppo.py imports these from rlhf.settings
+from rlhf.settings import (  # noqa: F401
+    DistributedConfig,
+    GenerationSpec,
+    LoraSpec,
+    ModelSpec,
+    PolicyStageConfig,
+    PPOSpec,
+    Schema,
+    ppo_batches,
+)
+from rlhf.stage_table import SECTION_TAGS, STAGES, StagesConfig
 
 SyntheticData = pydantic_dataclass(SynthConfig, frozen=True, config=ConfigDict(extra="forbid"))
 
@@ -555,7 +233,8 @@ def _known_keys(root: Any, loc: list[str]) -> list[str]:
         fields = _fields_of(model)
         if part in fields:
             model = _section_type(fields[part])
-        elif model is not PolicyStageConfig:  # there, a part not a field is a named policy stage
+        elif not any(spec.named_by and spec.config is model for spec in STAGES):
+            # in a section that holds several named stages, a part not a field is a stage's own name
             return []
     return list(_fields_of(model))
 

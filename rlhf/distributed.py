@@ -15,15 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from rlhf.config import (
-    DistributedConfig,
-    PipelineConfig,
-    PolicyStageConfig,
-    TrainStageConfig,
-    ppo_batches,
-    stage_key,
-)
+from rlhf.config import PipelineConfig
 from rlhf.errors import ConfigError
+from rlhf.settings import DistributedConfig, PolicyStageConfig, TrainStageConfig, ppo_batches
+from rlhf.stage_table import stage_key
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
@@ -253,7 +248,7 @@ def stage_batches(stage: str, cfg: TrainStageConfig) -> tuple[int, int, str]:
     trains with: its own settings for the TRL trainers, what PPO derives from its rollout for PPO."""
     key = stage_key(stage)
     if isinstance(cfg, PolicyStageConfig) and cfg.algorithm == "ppo":
-        batches = ppo_batches(cfg, stage)
+        batches = ppo_batches(cfg, key)
         source = (f"{key}.ppo: {batches.rollout} responses per update / {cfg.ppo.num_mini_batches} "
                   f"num_mini_batches / micro-batch {batches.micro} = {batches.accumulation}")  # fmt: skip
         return batches.micro, batches.accumulation, source

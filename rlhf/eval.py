@@ -13,13 +13,14 @@ from pathlib import Path
 from statistics import fmean
 from typing import TYPE_CHECKING
 
-from rlhf.config import GenerationSpec, ModelSpec, TrackingConfig
+from rlhf.config import TrackingConfig
 from rlhf.data import synthetic
 from rlhf.data.files import fingerprint, iter_jsonl
 from rlhf.errors import DataError
 from rlhf.models import inference, load_causal_lm, load_reward_model, registry_model, right_padded
 from rlhf.registry import Registry, is_reference
 from rlhf.rewards import score
+from rlhf.settings import GenerationSpec, ModelSpec
 from rlhf.tracking import Tracker
 
 if TYPE_CHECKING:

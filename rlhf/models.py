@@ -18,13 +18,14 @@ import shutil
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
-from rlhf.config import LoraSpec, ModelSpec
 from rlhf.data.synthetic import task_corpus
 from rlhf.errors import ModelError
 from rlhf.registry import Manifest, Registry, is_reference
+from rlhf.settings import LoraSpec, ModelSpec
 
 if TYPE_CHECKING:
     from peft import LoraConfig
@@ -415,3 +416,34 @@ def lora_config(spec: LoraSpec | None, task_type: str = "CAUSAL_LM") -> LoraConf
         target_modules=spec.target_modules,
         task_type=task_type,
     )
+
+
+@dataclass(frozen=True)
+class PolicyTraining:
+    """What a policy stage (DPO, PPO, ...) trains on its start model, and what its reference is.
+
+    - the start is itself a LoRA adapter (SFT trained one): that adapter trains on; the reference is a frozen
+      copy of it (`lora:` is ignored: the adapter keeps its own r/alpha);
+    - `lora:` on full weights: a fresh adapter trains; the reference is the same model with its adapters
+      disabled, so no second copy is held;
+    - full fine-tuning: the weights train; the reference is a frozen copy.
+    """
+
+    new_adapter: LoraConfig | None  # a fresh adapter to put on the start; None: train what the start has
+    reference: Literal["adapters disabled", "frozen copy"]
+
+    @property
+    def reference_is_the_policy(self) -> bool:
+        return self.reference == "adapters disabled"
+
+
+def policy_training(start: ModelSpec, lora: LoraSpec | None, stage: str) -> PolicyTraining:
+    """The LoRA / reference choice of a policy stage (see `PolicyTraining`), said once in the log."""
+    if is_adapter(start.name):
+        if lora:
+            log.info("%s: the start is a LoRA adapter; training it further (its r/alpha, not the stage's lora:)",
+                     stage)  # fmt: skip
+        return PolicyTraining(None, "frozen copy")
+    if lora:
+        return PolicyTraining(lora_config(lora), "adapters disabled")
+    return PolicyTraining(None, "frozen copy")

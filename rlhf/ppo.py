@@ -1,7 +1,7 @@
 """PPO for language models, the InstructGPT recipe, in one module: read it top to bottom.
 
-    models -> rollout (sample, score, log-probs, values) -> rewards (KL penalty + score) -> advantages (GAE)
-    -> update (clipped policy and value losses, several epochs over minibatches) -> metrics -> checkpoint
+    models -> rollout (sample, score, log-probs, values) -> rewards (KL penalty + score) and advantages (GAE)
+    -> losses (clipped policy and value) -> update (several epochs over minibatches) -> metrics -> checkpoint
 
 TRL removed its PPOTrainer in 2026, so this is our own code on torch, transformers and accelerate (DeepSpeed
 underneath when configured). The details that decide whether PPO works for language models are marked `[n]`
@@ -14,7 +14,7 @@ where they live:
     [5] the value model initialized from the reward model; a fresh value head at 0
     [6] reward-model scores normalized (mean 0, std 1) with statistics stored with the reward model
     [7] responses truncated at their first EOS before scoring; a penalty when there is none
-    [8] per-token KL penalty -beta * (log p - log p_ref), beta fixed or adaptive toward a target KL
+    [8] per-token KL penalty -kl_coef * (log p - log p_ref), kl_coef fixed or adaptive toward a target KL
     [9] log-probs and values masked after EOS; advantages whitened over valid tokens only
     [10] GAE (gamma 1, lambda 0.95); returns = advantages + values
     [11] clipped ratio (0.2), clipped value (0.2), value-loss coefficient 0.1, gradient-norm clipping
@@ -22,9 +22,11 @@ where they live:
     [13] learning rate decayed to zero; each process its own seed
     [14] diagnostics: approx KL, clip fraction, entropy, explained variance, raw vs shaped score, no-EOS share
 
-Tensor shapes: B responses in a rollout, P the (left-padded) prompt width, T the (right-padded) response width.
-Per-token tensors are [B, T] over response positions; `mask` marks a response's tokens up to and including
-its EOS [9].
+Tensor shapes, given in every docstring as `name: [shape]` (`[]` a scalar): B responses (a rollout, or the
+rows of a micro-batch), P the (left-padded) prompt width, T the (right-padded) response width, L = P + T the
+whole sequence, V the vocabulary. Per-token tensors are [B, T] over response positions; `mask: [B, T]` marks a
+response's tokens up to and including its EOS [9]; `attention: [B, L]` marks the real tokens of prompt and
+response.
 """
 
 from __future__ import annotations
@@ -32,7 +34,6 @@ from __future__ import annotations
 import copy
 import logging
 import math
-import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
@@ -44,21 +45,24 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
-from rlhf.config import LoraSpec, ModelSpec, PolicyStageConfig, PPOSpec, ppo_batches
+from rlhf.checkpoints import (
+    CHECKPOINT_PREFIX,
+    last_complete_checkpoint,
+    prune_checkpoints,
+    write_aside_then_rename,
+)
 from rlhf.distributed import make_accelerator
 from rlhf.errors import ConfigError, StageError
-from rlhf.eval import Sample, generate
-from rlhf.models import is_adapter, load_causal_lm, load_reward_model, lora_config
+from rlhf.eval import Messages, Sample, generate
+from rlhf.models import PolicyTraining, load_causal_lm, load_reward_model
 from rlhf.rewards import score, score_ids
+from rlhf.settings import ModelSpec, PolicyStageConfig, PPOSpec, ppo_batches
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 log = logging.getLogger(__name__)
-
-Messages = list[dict[str, str]]
-CHECKPOINT_PREFIX = "checkpoint-"
 
 
 # ==================================================================================================
@@ -95,8 +99,9 @@ class ValueModel(nn.Module):
         self.backbone = getattr(classifier, classifier.base_model_prefix)
         self.head = classifier.score
 
-    def forward(self, input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor) -> Tensor:
-        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids)
+    def forward(self, ids: Tensor, attention: Tensor, positions: Tensor) -> Tensor:
+        """ids, attention, positions: [B, L] -> values: [B, L]."""
+        hidden = self.backbone(input_ids=ids, attention_mask=attention, position_ids=positions)
         return self.head(hidden.last_hidden_state).squeeze(-1)
 
 
@@ -116,44 +121,36 @@ class PolicyAndValue(nn.Module):
             nn.init.zeros_(self.value_head.weight)
             nn.init.zeros_(self.value_head.bias)
 
-    def forward(
-        self, input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor
-    ) -> tuple[Tensor, Tensor]:
-        """(logits [B, L, V], values [B, L]) of whole sequences."""
-        out = self.policy(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            output_hidden_states=self.value_head is not None,
-        )
+    def forward(self, ids: Tensor, attention: Tensor, positions: Tensor) -> tuple[Tensor, Tensor]:
+        """ids, attention, positions: [B, L] -> (logits: [B, L, V], values: [B, L])."""
+        out = self.policy(input_ids=ids, attention_mask=attention, position_ids=positions,
+                          output_hidden_states=self.value_head is not None)  # fmt: skip
         if self.value_head is not None:
             values = self.value_head(out.hidden_states[-1]).squeeze(-1)
         else:
-            values = self.value(input_ids, attention_mask, position_ids)
+            values = self.value(ids, attention, positions)
         return out.logits, values
 
 
-def build_models(policy: ModelSpec, reward: ModelSpec, lora: LoraSpec | None, value_model: str) -> PPOModels:
-    """Load the SFT policy (with a fresh LoRA adapter when asked), its reference, the reward model and the
-    value model, following the stage's choices:
+def build_models(
+    policy: ModelSpec, reward: ModelSpec, training: PolicyTraining, value_model: str
+) -> PPOModels:
+    """Load the start policy, its reference, the reward model and the value model, as the stage chose:
 
-    - reference: with LoRA the policy's own base, adapters disabled; otherwise a frozen copy of the SFT model.
+    - policy and reference (`training`, from `rlhf.models.policy_training`): with a fresh LoRA adapter on the
+      start, the reference is its base with the adapters disabled; otherwise a frozen copy of the start.
     - value (`reward`): a trainable copy of the reward model when it reads the policy's tokens; when the
       tokenizers differ, a copy of the policy's backbone with a fresh head (values must be per policy token).
     - value (`policy_head`): a zero-initialized head on the policy.
     """
     model, tokenizer = load_causal_lm(policy)
     reference = None
-    if lora and not is_adapter(policy.name):
+    if training.new_adapter is not None:
         from peft import get_peft_model
 
-        model = get_peft_model(model, lora_config(lora))
+        model = get_peft_model(model, training.new_adapter)
     else:
         reference, _ = load_causal_lm(policy)
-        if lora:
-            log.info(
-                "ppo: the start is a LoRA adapter; training it further (its r/alpha, not stages.policy.lora)"
-            )
     reward_model, reward_tokenizer = load_reward_model(reward)
     shared = tokenizer.get_vocab() == reward_tokenizer.get_vocab()
     value = None
@@ -175,18 +172,82 @@ def build_models(policy: ModelSpec, reward: ModelSpec, lora: LoraSpec | None, va
 
 
 # ==================================================================================================
-# Forward passes: log-probs, entropy and values of the response tokens
+# Rollout: sample responses, score them, and the forward passes that give log-probs and values
 
 
-def position_ids(mask: Tensor) -> Tensor:
-    """[2] Positions counted over real tokens only, so a left-padded prompt starts at position 0."""
-    return (mask.cumsum(-1) - 1).clamp(min=0)
+@dataclass
+class Rollout:
+    """One update's experience: what the rollout measured, then what `PPOTrainer.advantages` adds."""
+
+    ids: Tensor  # [B, L] prompt + response
+    attention: Tensor  # [B, L]
+    context: int  # P: the response starts here
+    mask: Tensor  # [B, T]
+    logprobs: Tensor  # [B, T] the sampling policy's
+    ref_logprobs: Tensor  # [B, T]
+    values: Tensor  # [B, T]
+    raw_scores: Tensor  # [B] the reward model's
+    scores: Tensor  # [B] shaped (`shape_scores`)
+    ended: Tensor  # [B] bool: the response ended with EOS
+    kl: Tensor = field(init=False)  # [B, T]
+    rewards: Tensor = field(init=False)  # [B, T]
+    advantages: Tensor = field(init=False)  # [B, T]
+    returns: Tensor = field(init=False)  # [B, T]
+
+
+@contextmanager
+def generation_ready(accelerator: Accelerator, model: nn.Module) -> Iterator[PolicyAndValue]:
+    """The unwrapped model, its ZeRO-3 shards gathered once for the whole rollout batch, not once per token
+    (per-token gathering is what makes ZeRO-3 generation crawl or hang in other tools)."""
+    unwrapped = accelerator.unwrap_model(model)
+    plugin = accelerator.state.deepspeed_plugin
+    if plugin is not None and plugin.zero_stage == 3:
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters(list(model.parameters())):
+            yield unwrapped
+    else:
+        yield unwrapped
+
+
+def collate(samples: Sequence[Sample], pad_id: int, device: torch.device) -> tuple[Tensor, Tensor, int]:
+    """Samples as one batch: prompts left-padded to a common width P, responses right-padded after it [2].
+    -> (ids: [B, L], attention: [B, L], P)."""
+    width = max(len(s.prompt_ids) for s in samples)
+    length = max(max(len(s.response_ids) for s in samples), 1)
+    rows, masks = [], []
+    for s in samples:
+        left, right = width - len(s.prompt_ids), length - len(s.response_ids)
+        rows.append([pad_id] * left + [*s.prompt_ids, *s.response_ids] + [pad_id] * right)
+        masks.append([0] * left + [1] * (len(s.prompt_ids) + len(s.response_ids)) + [0] * right)
+    return torch.tensor(rows, device=device), torch.tensor(masks, device=device), width
+
+
+def reward_scores(models: PPOModels, samples: Sequence[Sample]) -> Tensor:
+    """[1][7] The reward model's raw score of each prompt + response, truncated at its first EOS: [B].
+
+    Sharing the policy's tokenizer, the reward model reads the exact token ids sampled; otherwise the
+    response text is decoded and re-encoded in the reward model's own format."""
+    if models.shared_tokenizer:
+        sequences = [s.prompt_ids + s.response_ids for s in samples]
+        raw = score_ids(models.reward, sequences, models.reward_tokenizer.pad_token_id)
+    else:
+        raw = score(models.reward, models.reward_tokenizer, [s.prompt for s in samples],
+                    [s.response for s in samples])  # fmt: skip
+    return torch.tensor(raw, dtype=torch.float32)
+
+
+def position_ids(attention: Tensor) -> Tensor:
+    """[2] Positions counted over real tokens only, so a left-padded prompt starts at position 0.
+    attention: [B, L] -> positions: [B, L]."""
+    return (attention.cumsum(-1) - 1).clamp(min=0)
 
 
 def token_logprobs(
     logits: Tensor, tokens: Tensor, temperature: float, entropy_grad: bool = False
 ) -> tuple[Tensor, Tensor]:
-    """(log-prob of each token, entropy of each distribution), logits divided by the temperature first [3].
+    """The log-prob of each token and the entropy of each distribution, logits divided by the temperature
+    first [3]. logits: [B, T, V], tokens: [B, T] -> (logprobs: [B, T], entropy: [B, T]).
 
     The entropy carries gradients only when asked (an entropy bonus): over a large vocabulary its graph
     would cost as much memory as the logits again, for a number that is otherwise only logged."""
@@ -196,40 +257,42 @@ def token_logprobs(
     return logp.gather(-1, tokens[..., None]).squeeze(-1), entropy
 
 
-def response_forward(
-    model: nn.Module, ids: Tensor, mask: Tensor, context: int, temperature: float, entropy_grad: bool = False
-) -> tuple[Tensor, Tensor, Tensor]:
-    """(log-probs, entropy, values) at the response positions, each [B, T].
+def response_forward(model: nn.Module, ids: Tensor, attention: Tensor, context: int, temperature: float,
+                     entropy_grad: bool = False) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
+    """The policy-and-value model at the response positions.
 
-    The logits at position i predict token i + 1, so the response's T tokens are read from positions
-    context - 1 ... context + T - 2; the value there is that of the state before each response token.
+    ids, attention: [B, L] -> (logprobs: [B, T], entropy: [B, T], values: [B, T]). The logits at position i
+    predict token i + 1, so the response's T tokens are read from positions P - 1 ... L - 2 (`context` = P);
+    the value there is that of the state before each response token.
     """
-    logits, values = model(ids, mask, position_ids(mask))
+    logits, values = model(ids, attention, position_ids(attention))
     reading = slice(context - 1, -1)
     logp, entropy = token_logprobs(logits[:, reading], ids[:, context:], temperature, entropy_grad)
     return logp, entropy, values[:, reading].float()
 
 
-def reference_logprobs(
-    models: PPOModels, policy: PreTrainedModel, ids: Tensor, mask: Tensor, context: int, temperature: float
-) -> Tensor:
-    """The frozen reference's log-probs of the response tokens (with LoRA: the policy, adapters disabled)."""
+def reference_logprobs(models: PPOModels, policy: PreTrainedModel, ids: Tensor, attention: Tensor,
+                       context: int, temperature: float) -> Tensor:  # fmt: skip
+    """The frozen reference's log-probs of the response tokens (with LoRA: the policy, adapters disabled).
+    ids, attention: [B, L] -> ref_logprobs: [B, T]."""
     switch = policy.disable_adapter() if models.reference is None else nullcontext()
     reference = policy if models.reference is None else models.reference
     with switch:
-        logits = reference(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask)).logits
-    return token_logprobs(logits[:, context - 1 : -1], ids[:, context:], temperature)[0]
+        out = reference(input_ids=ids, attention_mask=attention, position_ids=position_ids(attention))
+    return token_logprobs(out.logits[:, context - 1 : -1], ids[:, context:], temperature)[0]
 
 
 # ==================================================================================================
-# Rewards: KL estimators, the KL controller, per-token rewards
+# Rewards and advantages: KL estimators, the KL controller, per-token rewards, score shaping, masked
+# statistics, whitening, GAE
 
 
 def kl_estimate(logprobs: Tensor, ref_logprobs: Tensor, estimator: str = "k1") -> Tensor:
     """Per-token estimate of KL(policy || reference) from tokens sampled by the policy.
 
-    k1 = log p - log p_ref: unbiased, can be negative on one token; k3 = (r - 1) - log r with
-    r = p_ref / p: unbiased and never negative, lower variance (Schulman, "Approximating KL divergence").
+    logprobs, ref_logprobs: [B, T] -> kl: [B, T]. k1 = log p - log p_ref: unbiased, can be negative on one
+    token; k3 = (r - 1) - log r with r = p_ref / p: unbiased and never negative, lower variance (Schulman,
+    "Approximating KL divergence").
     """
     log_ratio = logprobs - ref_logprobs
     if estimator == "k1":
@@ -240,39 +303,37 @@ def kl_estimate(logprobs: Tensor, ref_logprobs: Tensor, estimator: str = "k1") -
 
 
 class KLController:
-    """The KL coefficient beta [8]: fixed, or adapted toward a target KL per response (Ziegler et al. 2019):
-    beta *= 1 + clip(KL / target - 1, -0.2, 0.2) * responses / horizon."""
+    """The KL coefficient kl_coef [8]: fixed, or adapted toward a target KL per response (Ziegler et al.
+    2019): kl_coef *= 1 + clip(KL / target - 1, -0.2, 0.2) * responses / horizon."""
 
-    def __init__(self, value: float, target: float | None = None, horizon: int = 10000) -> None:
-        self.value, self.target, self.horizon = value, target, horizon
+    def __init__(self, kl_coef: float, target: float | None = None, horizon: int = 10000) -> None:
+        self.kl_coef, self.target, self.horizon = kl_coef, target, horizon
 
     def update(self, kl: float, responses: int) -> None:
         if self.target is not None:
             error = min(max(kl / self.target - 1.0, -0.2), 0.2)
-            self.value *= 1.0 + error * responses / self.horizon
+            self.kl_coef *= 1.0 + error * responses / self.horizon
 
     def state_dict(self) -> dict[str, float]:
-        return {"value": self.value}
+        return {"kl_coef": self.kl_coef}
 
     def load_state_dict(self, state: dict[str, float]) -> None:
-        self.value = state["value"]
-
-
-def last_token_index(mask: Tensor) -> Tensor:
-    """Index of each response's last valid token (its EOS, or the last one sampled)."""
-    return (mask.sum(-1).long() - 1).clamp(min=0)
+        self.kl_coef = state["kl_coef"]
 
 
 def per_token_rewards(kl: Tensor, scores: Tensor, mask: Tensor, kl_coef: float) -> Tensor:
-    """[8] -beta * KL on every response token, plus the sequence's score on its last valid token [1]."""
+    """[8] -kl_coef * KL on every response token, plus the sequence's score on its last valid token [1].
+    kl: [B, T], scores: [B], mask: [B, T] -> rewards: [B, T]."""
     rewards = -kl_coef * kl * mask
-    rewards[torch.arange(len(scores)), last_token_index(mask)] += scores
+    last = (mask.sum(-1).long() - 1).clamp(min=0)  # [B]: each response's EOS, or the last token sampled
+    rewards[torch.arange(len(scores)), last] += scores
     return rewards
 
 
 def shape_scores(raw: Tensor, ended: Tensor, spec: PPOSpec, stats: tuple[float, float] | None) -> Tensor:
     """Raw reward-model scores to the score PPO optimizes: normalized with the reward model's statistics [6],
-    scaled, clipped, and a penalty for responses that never ended with EOS [7]."""
+    scaled, clipped, and a penalty for responses that never ended with EOS [7].
+    raw: [B], ended: [B] bool -> scores: [B]."""
     shaped = raw
     if stats is not None:
         mean, std = stats
@@ -285,23 +346,21 @@ def shape_scores(raw: Tensor, ended: Tensor, spec: PPOSpec, stats: tuple[float, 
     return shaped
 
 
-# ==================================================================================================
-# Advantages: masked statistics, whitening, GAE
-
-
 def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
+    """The mean over the masked entries. x, mask: [B, T] -> []."""
     return (x * mask).sum() / mask.sum().clamp(min=1)
 
 
 def masked_var(x: Tensor, mask: Tensor) -> Tensor:
-    """Variance over the masked entries, with Bessel's correction (as the usual whitening has it)."""
-    count = mask.sum()
+    """Variance over the masked entries, with Bessel's correction (as the usual whitening has it).
+    x, mask: [B, T] -> []."""
     centered = (x - masked_mean(x, mask)) * mask
-    return (centered**2).sum() / (count - 1).clamp(min=1)
+    return (centered**2).sum() / (mask.sum() - 1).clamp(min=1)
 
 
 def masked_whiten(x: Tensor, mask: Tensor, shift_mean: bool = True) -> Tensor:
-    """[9] Mean 0 (optionally kept), std 1 over the valid tokens only; entries outside the mask become 0."""
+    """[9] Mean 0 (optionally kept), std 1 over the valid tokens only; entries outside the mask become 0.
+    x, mask: [B, T] -> [B, T]."""
     mean, var = masked_mean(x, mask), masked_var(x, mask)
     whitened = (x - mean) * torch.rsqrt(var + 1e-8)
     if not shift_mean:
@@ -310,11 +369,12 @@ def masked_whiten(x: Tensor, mask: Tensor, shift_mean: bool = True) -> Tensor:
 
 
 def gae(rewards: Tensor, values: Tensor, mask: Tensor, gamma: float, lam: float) -> tuple[Tensor, Tensor]:
-    """[10] Generalized advantage estimation over each response: (advantages, returns = advantages + values).
+    """[10] Generalized advantage estimation over each response; returns = advantages + values.
+    rewards, values, mask: [B, T] -> (advantages: [B, T], returns: [B, T]).
 
-    delta_t = r_t + gamma * V_{t+1} - V_t (V = 0 past the last valid token), A_t = sum_k (gamma*lam)^k delta_{t+k}.
-    The discounted sum is one matrix product with the upper-triangular matrix of (gamma*lam)^(k) rather than
-    a Python loop over positions.
+    delta_t = r_t + gamma * V_{t+1} - V_t (V = 0 past the last valid token), and
+    A_t = sum_k (gamma*lam)^k delta_{t+k}: one matrix product with the upper-triangular [T, T] matrix of
+    (gamma*lam)^k rather than a Python loop over positions.
     """
     values = values * mask
     next_values = torch.cat([values[:, 1:], torch.zeros_like(values[:, :1])], dim=1)
@@ -333,7 +393,8 @@ def gae(rewards: Tensor, values: Tensor, mask: Tensor, gamma: float, lam: float)
 def policy_loss(
     logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, mask: Tensor, cliprange: float
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """[11] The clipped surrogate: (loss, clip fraction, approximate KL 0.5 * E[(log r)^2]) over valid tokens."""
+    """[11] The clipped surrogate over valid tokens, its clip fraction and approximate KL 0.5 * E[(log r)^2].
+    logprobs, old_logprobs, advantages, mask: [B, T] -> (loss: [], clipfrac: [], approx_kl: [])."""
     log_ratio = logprobs - old_logprobs
     ratio = torch.exp(log_ratio)
     unclipped = -advantages * ratio
@@ -347,7 +408,8 @@ def policy_loss(
 def value_loss(
     values: Tensor, old_values: Tensor, returns: Tensor, mask: Tensor, cliprange_value: float
 ) -> tuple[Tensor, Tensor]:
-    """[11] The clipped value loss 0.5 * max((V - R)^2, (V_clipped - R)^2): (loss, clip fraction)."""
+    """[11] The clipped value loss 0.5 * max((V - R)^2, (V_clipped - R)^2) and its clip fraction.
+    values, old_values, returns, mask: [B, T] -> (loss: [], clipfrac: [])."""
     clipped_values = old_values + (values - old_values).clamp(-cliprange_value, cliprange_value)
     unclipped_error = (values - returns) ** 2
     clipped_error = (clipped_values - returns) ** 2
@@ -356,76 +418,14 @@ def value_loss(
 
 
 def explained_variance(values: Tensor, returns: Tensor, mask: Tensor) -> float:
-    """1 - Var(returns - values) / Var(returns): 1 is a perfect critic, 0 no better than a constant."""
+    """1 - Var(returns - values) / Var(returns): 1 is a perfect critic, 0 no better than a constant.
+    values, returns, mask: [B, T] -> a float."""
     var_returns = masked_var(returns, mask)
     return float(1.0 - masked_var(returns - values, mask) / var_returns) if var_returns > 0 else float("nan")
 
 
 # ==================================================================================================
-# Rollout: sample, score, and everything the update needs
-
-
-@dataclass
-class Rollout:
-    """One update's experience. `ids`/`attention` are prompt + response; the rest [B, T] or [B]."""
-
-    ids: Tensor
-    attention: Tensor
-    context: int  # P: the response starts here
-    mask: Tensor
-    logprobs: Tensor
-    ref_logprobs: Tensor
-    values: Tensor
-    raw_scores: Tensor
-    scores: Tensor
-    ended: Tensor
-    rewards: Tensor = field(init=False)
-    advantages: Tensor = field(init=False)
-    returns: Tensor = field(init=False)
-    kl: Tensor = field(init=False)
-
-
-def collate(samples: Sequence[Sample], pad_id: int, device: torch.device) -> tuple[Tensor, Tensor, int]:
-    """Samples as one batch: prompts left-padded to a common width P, responses right-padded after it [2].
-
-    Returns (ids [B, P + T], attention mask, P)."""
-    width = max(len(s.prompt_ids) for s in samples)
-    length = max(max(len(s.response_ids) for s in samples), 1)
-    rows, masks = [], []
-    for s in samples:
-        left, right = width - len(s.prompt_ids), length - len(s.response_ids)
-        rows.append([pad_id] * left + [*s.prompt_ids, *s.response_ids] + [pad_id] * right)
-        masks.append([0] * left + [1] * (len(s.prompt_ids) + len(s.response_ids)) + [0] * right)
-    return torch.tensor(rows, device=device), torch.tensor(masks, device=device), width
-
-
-@contextmanager
-def generation_ready(accelerator: Accelerator, model: nn.Module) -> Iterator[PolicyAndValue]:
-    """The unwrapped model, its ZeRO-3 shards gathered once for the whole rollout batch, not once per token
-    (per-token gathering is what makes ZeRO-3 generation crawl or hang in other tools)."""
-    unwrapped = accelerator.unwrap_model(model)
-    plugin = accelerator.state.deepspeed_plugin
-    if plugin is not None and plugin.zero_stage == 3:
-        import deepspeed
-
-        with deepspeed.zero.GatheredParameters(list(model.parameters())):
-            yield unwrapped
-    else:
-        yield unwrapped
-
-
-def reward_scores(models: PPOModels, samples: Sequence[Sample]) -> Tensor:
-    """[1][7] The reward model's raw score of each prompt + response, truncated at its first EOS.
-
-    Sharing the policy's tokenizer, the reward model reads the exact token ids sampled; otherwise the
-    response text is decoded and re-encoded in the reward model's own format."""
-    if models.shared_tokenizer:
-        sequences = [s.prompt_ids + s.response_ids for s in samples]
-        raw = score_ids(models.reward, sequences, models.reward_tokenizer.pad_token_id)
-    else:
-        raw = score(models.reward, models.reward_tokenizer, [s.prompt for s in samples],
-                    [s.response for s in samples])  # fmt: skip
-    return torch.tensor(raw, dtype=torch.float32)
+# The update and the training loop
 
 
 @dataclass
@@ -441,10 +441,6 @@ class Timer:
             yield
         finally:
             self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - started
-
-
-# ==================================================================================================
-# The training loop
 
 
 @dataclass
@@ -474,6 +470,7 @@ class PPORun:
     checkpoint_dir: Path
     seed: int
     reward_stats: tuple[float, float] | None  # the reward model's stored mean/std; None: from the 1st rollout
+    config_key: str  # the stage's section, e.g. `stages.policy.ppo`, for errors in its settings
     log_metrics: Callable[[dict[str, float], int], None] = lambda metrics, step: None
     deepspeed_plugin: Any = None
     mixed_precision: str = "no"
@@ -488,23 +485,18 @@ class PPOOutcome:
 
 
 class PPOTrainer:
-    """Rollouts and updates, with checkpoints and exact resume. `train()` is the whole algorithm."""
+    """Rollouts and updates, with checkpoints and exact resume. `train()` is the whole algorithm; the methods
+    after it are its steps, in the order one update runs them."""
 
     def __init__(self, run: PPORun) -> None:
         self.run, self.cfg, self.spec, self.models = run, run.cfg, run.cfg.ppo, run.models
-        batches = ppo_batches(self.cfg)
-        self.rollout_size, self.minibatch_size, self.micro_batch_size = (
-            batches.rollout,
-            batches.minibatch,
-            batches.micro,
-        )
-        self.accelerator = make_accelerator(
-            run.deepspeed_plugin,
-            gradient_accumulation_steps=batches.accumulation,
-            mixed_precision=run.mixed_precision,
-        )
+        self.batches = batches = ppo_batches(self.cfg, self.run.config_key)
+        self.accelerator = make_accelerator(run.deepspeed_plugin, mixed_precision=run.mixed_precision,
+                                            gradient_accumulation_steps=batches.accumulation)  # fmt: skip
         self.world = self.accelerator.num_processes
-        self.total_updates = self._count_updates()
+        per_update = self.spec.prompts_per_update * self.world
+        for_the_epochs = max(1, math.ceil(self.cfg.num_train_epochs * len(run.prompts) / per_update))
+        self.total_updates = self.cfg.max_steps if self.cfg.max_steps > 0 else for_the_epochs
         model = PolicyAndValue(self.models.policy, self.models.value)
         trainable = [p for p in model.parameters() if p.requires_grad]
         # fused: one kernel per step instead of one per tensor (about 10% of a 40M model's update on a CPU);
@@ -521,24 +513,15 @@ class PPOTrainer:
             # ZeRO-3: gather the full weights when the policy is saved (`save_policy`)
             plugin.deepspeed_config["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] = True
         self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
-        device = self.accelerator.device
         for frozen in (self.models.reference, self.models.reward):
             if frozen is not None:
-                frozen.to(device)
-        spec = self.spec
-        self.kl_ctl = KLController(spec.kl_coef, spec.target_kl, spec.kl_horizon)
-        self.state = PPOState(reward_stats=run.reward_stats if spec.normalize_rewards else None)
-        self.accelerator.register_for_checkpointing(self.scheduler, self.kl_ctl, self.state)
-        self._pass_order: tuple[int, list[int]] = (-1, [])
-
-    def _count_updates(self) -> int:
-        if self.cfg.max_steps > 0:
-            return self.cfg.max_steps
-        per_update = self.spec.prompts_per_update * self.world
-        return max(1, math.ceil(self.cfg.num_train_epochs * len(self.run.prompts) / per_update))
+                frozen.to(self.accelerator.device)
+        self.kl_controller = KLController(self.spec.kl_coef, self.spec.target_kl, self.spec.kl_horizon)
+        self.state = PPOState(reward_stats=run.reward_stats if self.spec.normalize_rewards else None)
+        self.accelerator.register_for_checkpointing(self.scheduler, self.kl_controller, self.state)
 
     def _schedule(self, optimizer: torch.optim.Optimizer) -> Any:
-        """[13] The learning rate over all optimizer steps (linear to zero by default), warmup as configured."""
+        """[13] The learning rate over all optimizer steps (linear to zero by default), warmup as set."""
         from transformers import get_scheduler
 
         steps = self.total_updates * self.spec.ppo_epochs * self.spec.num_mini_batches
@@ -548,56 +531,85 @@ class PPOTrainer:
                              num_training_steps=steps)  # fmt: skip
 
     # ----------------------------------------------------------------------------------------------
-    # Data: which prompts an update samples
+    # The loop
+
+    def train(self) -> PPOOutcome:
+        """For each update: rollout -> advantages -> PPO epochs -> metrics -> (checkpoint)."""
+        self.run.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        resumed_from = self.resume()
+        if not resumed_from:
+            torch.manual_seed(self.run.seed + self.accelerator.process_index)  # [13] a seed per process
+        log.info("ppo: %d updates of %d responses per process (%d processes), %d PPO epochs x %d minibatches",
+                 self.total_updates, self.batches.rollout, self.world, self.spec.ppo_epochs,
+                 self.spec.num_mini_batches)  # fmt: skip
+        while self.state.update < self.total_updates:
+            timer = Timer()
+            batch, samples = self.rollout(self.prompts_for(self.state.update), timer)
+            self.advantages(batch)
+            train_stats = self.update(batch, timer)
+            metrics = self.metrics(batch, samples, train_stats, timer)
+            self.kl_controller.update(metrics["kl"], len(samples) * self.world)
+            self.state.update += 1
+            update = self.state.update
+            self.state.history.append({"update": update, **metrics})
+            self.run.log_metrics({f"ppo/{k}": v for k, v in metrics.items()}, update)
+            if update % self.cfg.logging_steps == 0 or update in (1, self.total_updates):
+                log.info(
+                    "ppo update %d/%d: score %.3f, KL %.3f, entropy %.3f, clipfrac %.3f, approx KL %.4f, "
+                    "value loss %.4f, expl. var %.2f, length %.1f, no EOS %.2f, %.0f+%.0f tok/s",
+                    update, self.total_updates, metrics["score_raw_mean"], metrics["kl"],
+                    metrics["entropy"], metrics["clipfrac"], metrics["approx_kl"], metrics["value_loss"],
+                    metrics["explained_variance"], metrics["response_tokens"], metrics["no_eos_share"],
+                    metrics["rollout_tokens_per_s"], metrics["train_tokens_per_s"],
+                )  # fmt: skip
+            if update % self.cfg.save_steps == 0 and update < self.total_updates:
+                self.save_checkpoint()
+        policy = self.accelerator.unwrap_model(self.model).policy
+        return PPOOutcome(policy, self.state.history, self.state.update, resumed_from)
+
+    # ----------------------------------------------------------------------------------------------
+    # Rollout
 
     def prompts_for(self, update: int) -> list[Messages]:
         """This process's prompts of an update: a fixed function of the seed and the update number, so a
         resumed run draws exactly what the uninterrupted one did. Each pass over the prompts is reshuffled."""
         n, per_update = len(self.run.prompts), self.spec.prompts_per_update
         start = (update * self.world + self.accelerator.process_index) * per_update
+        # each pass's shuffled order, from its own generator (the global RNG is the sampler's)
+        orders: dict[int, list[int]] = {}
         chosen = []
         for position in range(start, start + per_update):
             epoch, index = divmod(position, n)
-            order = self._order(epoch)
-            chosen.append(self.run.prompts[order[index]])
+            if epoch not in orders:
+                generator = torch.Generator().manual_seed(self.run.seed * 100_003 + epoch)
+                orders[epoch] = torch.randperm(n, generator=generator).tolist()
+            chosen.append(self.run.prompts[orders[epoch][index]])
         return chosen
-
-    def _order(self, epoch: int) -> list[int]:
-        """The shuffled prompt order of one pass, from its own generator (the global RNG is the sampler's)."""
-        if self._pass_order[0] != epoch:
-            generator = torch.Generator().manual_seed(self.run.seed * 100_003 + epoch)
-            self._pass_order = (epoch, torch.randperm(len(self.run.prompts), generator=generator).tolist())
-        return self._pass_order[1]
-
-    # ----------------------------------------------------------------------------------------------
-    # Rollout
 
     @torch.no_grad()
     def rollout(self, prompts: list[Messages], timer: Timer) -> tuple[Rollout, list[Sample]]:
         """Sample responses, score them, and compute the old log-probs, reference log-probs and values."""
         models, spec, device = self.models, self.spec, self.accelerator.device
+        temperature, chunk = spec.rollout.temperature, spec.rollout.batch_size
         with timer.phase("generation"), generation_ready(self.accelerator, self.model) as unwrapped:
             samples = generate(unwrapped.policy, models.tokenizer, prompts, spec.rollout, seed=None)
         with timer.phase("scoring"):
             raw = reward_scores(models, samples).to(device)
-            if not torch.isfinite(raw).all():
-                raise StageError(
-                    f"the reward model returned {int((~torch.isfinite(raw)).sum())} non-finite scores"
-                )
+            if not_finite := int((~torch.isfinite(raw)).sum()):
+                raise StageError(f"the reward model returned {not_finite} non-finite scores")
             ids, attention, context = collate(samples, models.tokenizer.pad_token_id, device)
-            parts: dict[str, list[Tensor]] = {"logprobs": [], "values": [], "ref": []}
-            chunk = spec.rollout.batch_size
+            parts = []
             for start in range(0, len(samples), chunk):
                 rows = slice(start, start + chunk)
                 with self.accelerator.autocast():
-                    logp, _, values = response_forward(self.model, ids[rows], attention[rows], context,
-                                                       spec.rollout.temperature)  # fmt: skip
+                    logp, _, value = response_forward(self.model, ids[rows], attention[rows], context,
+                                                      temperature)  # fmt: skip
                     ref = reference_logprobs(models, unwrapped.policy, ids[rows], attention[rows], context,
-                                             spec.rollout.temperature)  # fmt: skip
-                parts["logprobs"].append(logp)
-                parts["values"].append(values)
-                parts["ref"].append(ref)
+                                             temperature)  # fmt: skip
+                parts.append((logp, ref, value))
         mask = attention[:, context:].float()
+        # [9] nothing counted past EOS
+        logprobs, ref_logprobs, values = (torch.cat(column) * mask for column in zip(*parts, strict=True))
         ended = torch.tensor([s.ended_with_eos for s in samples], device=device)
         if self.spec.normalize_rewards and self.state.reward_stats is None:
             self.state.reward_stats = self._first_rollout_stats(raw)
@@ -606,9 +618,9 @@ class PPOTrainer:
             attention=attention,
             context=context,
             mask=mask,
-            logprobs=torch.cat(parts["logprobs"]) * mask,  # [9] nothing counted past EOS
-            ref_logprobs=torch.cat(parts["ref"]) * mask,
-            values=torch.cat(parts["values"]) * mask,
+            logprobs=logprobs,
+            ref_logprobs=ref_logprobs,
+            values=values,
             raw_scores=raw,
             scores=shape_scores(raw, ended, spec, self.state.reward_stats),
             ended=ended,
@@ -617,20 +629,21 @@ class PPOTrainer:
 
     def _first_rollout_stats(self, raw: Tensor) -> tuple[float, float]:
         """[6] Without stored statistics, normalize by the scores of the first rollout (the SFT policy's
-        own outputs), over every process, and keep them for the rest of the run (checkpointed)."""
+        own outputs), over every process, and keep them for the rest of the run (checkpointed). raw: [B]."""
         everything = self.accelerator.gather(raw)
         stats = (float(everything.mean()), float(everything.std()))
-        log.info(
-            "ppo: the reward model stores no statistics; normalizing with the SFT policy's: %.3f +- %.3f",
-            *stats,
-        )
+        log.info("ppo: the reward model stores no statistics; normalizing with the SFT policy's: "
+                 "%.3f +- %.3f", *stats)  # fmt: skip
         return stats
+
+    # ----------------------------------------------------------------------------------------------
+    # Rewards and advantages
 
     def advantages(self, batch: Rollout) -> None:
         """Rewards with the KL penalty, then GAE and whitening, in place on the rollout."""
         spec = self.spec
         batch.kl = kl_estimate(batch.logprobs, batch.ref_logprobs, spec.kl_estimator) * batch.mask
-        batch.rewards = per_token_rewards(batch.kl, batch.scores, batch.mask, self.kl_ctl.value)
+        batch.rewards = per_token_rewards(batch.kl, batch.scores, batch.mask, self.kl_controller.kl_coef)
         if spec.whiten_rewards:
             batch.rewards = masked_whiten(batch.rewards, batch.mask, shift_mean=False)
         batch.advantages, batch.returns = gae(batch.rewards, batch.values, batch.mask, spec.gamma, spec.lam)
@@ -643,22 +656,19 @@ class PPOTrainer:
     def update(self, batch: Rollout, timer: Timer) -> dict[str, float]:
         """[12] ppo_epochs passes over the rollout, reshuffled each time, in minibatches (one optimizer step
         each) of micro-batches (gradients accumulated). Returns the mean of each training statistic."""
-        spec, accelerator = self.spec, self.accelerator
+        accelerator, model, micro = self.accelerator, self.model, self.batches.micro
         stats: dict[str, list[float]] = {}
-        self.model.train()
+        model.train()
         with timer.phase("training"):
-            for epoch in range(spec.ppo_epochs):
+            for epoch in range(self.spec.ppo_epochs):
                 order = torch.randperm(len(batch.ids), device=batch.ids.device)
-                for first in range(0, len(order), self.micro_batch_size):
-                    rows = order[first : first + self.micro_batch_size]
-                    with accelerator.accumulate(self.model):
-                        loss, micro_stats = self._micro_batch_loss(batch, rows)
+                for first in range(0, len(order), micro):
+                    with accelerator.accumulate(model):
+                        loss, micro_stats = self._micro_batch_loss(batch, order[first : first + micro])
                         self._stop_if_not_finite(loss, epoch)
                         accelerator.backward(loss)
                         if accelerator.sync_gradients:
-                            norm = accelerator.clip_grad_norm_(
-                                self.model.parameters(), self.cfg.max_grad_norm
-                            )
+                            norm = accelerator.clip_grad_norm_(model.parameters(), self.cfg.max_grad_norm)
                             micro_stats["grad_norm"] = float(norm) if norm is not None else float("nan")
                         self.optimizer.step()
                         if accelerator.sync_gradients:
@@ -669,7 +679,8 @@ class PPOTrainer:
         return {key: fmean(values) for key, values in stats.items()}
 
     def _micro_batch_loss(self, batch: Rollout, rows: Tensor) -> tuple[Tensor, dict[str, float]]:
-        """[11] Clipped policy loss + vf_coef * clipped value loss - entropy_coef * entropy, one micro-batch."""
+        """[11] Clipped policy loss + vf_coef * clipped value loss - entropy_coef * entropy, one micro-batch.
+        rows: [B] the micro-batch's indices into the rollout -> (loss: [], its statistics)."""
         spec = self.spec
         mask = batch.mask[rows]
         with self.accelerator.autocast():
@@ -678,9 +689,8 @@ class PPOTrainer:
                                                      entropy_grad=spec.entropy_coef > 0)  # fmt: skip
         pg_loss, clipfrac, approx_kl = policy_loss(logp, batch.logprobs[rows], batch.advantages[rows], mask,
                                                    spec.cliprange)  # fmt: skip
-        vf_loss, vf_clipfrac = value_loss(
-            values, batch.values[rows], batch.returns[rows], mask, spec.cliprange_value
-        )
+        vf_loss, vf_clipfrac = value_loss(values, batch.values[rows], batch.returns[rows], mask,
+                                          spec.cliprange_value)  # fmt: skip
         mean_entropy = masked_mean(entropy, mask)
         loss = pg_loss + spec.vf_coef * vf_loss - spec.entropy_coef * mean_entropy
         stats = {"policy_loss": pg_loss.item(), "value_loss": vf_loss.item(), "clipfrac": clipfrac.item(),
@@ -689,13 +699,11 @@ class PPOTrainer:
         return loss, stats
 
     def _stop_if_not_finite(self, loss: Tensor, epoch: int) -> None:
-        """A NaN or inf loss on any process stops every process with one clear error, before the step that
-        would spread it into the weights; the last checkpoint on disk is the last good state."""
-        bad = self.accelerator.gather(
-            torch.tensor([0.0 if torch.isfinite(loss) else 1.0], device=loss.device)
-        )
+        """A NaN or inf loss (loss: []) on any process stops every process with one clear error, before the
+        step that would spread it into the weights; the last checkpoint on disk is the last good state."""
+        bad = self.accelerator.gather(torch.tensor([float(not torch.isfinite(loss))], device=loss.device))
         if bad.sum() > 0:
-            last = latest_checkpoint(self.run.checkpoint_dir)
+            last = last_complete_checkpoint(self.run.checkpoint_dir)
             kept = f"last good checkpoint kept: {last}" if last else "no checkpoint was saved yet"
             raise StageError(
                 f"PPO loss became {loss.item()} in update {self.state.update + 1} (PPO epoch {epoch + 1}); {kept} "
@@ -710,13 +718,12 @@ class PPOTrainer:
     ) -> dict[str, float]:
         """[14] What shows early whether PPO is healthy, averaged over processes."""
         mask = batch.mask
-        sequence_kl = (batch.kl * mask).sum(-1)
         local = {
             "score_raw_mean": batch.raw_scores.mean(),
             "score_raw_std": batch.raw_scores.std() if len(batch.raw_scores) > 1 else torch.tensor(0.0),
             "score_mean": batch.scores.mean(),
             "reward_total_mean": (batch.rewards * mask).sum(-1).mean(),
-            "kl": sequence_kl.mean(),
+            "kl": (batch.kl * mask).sum(-1).mean(),
             "no_eos_share": (~batch.ended).float().mean(),
             "response_tokens": torch.tensor(fmean(s.num_tokens for s in samples)),
             "explained_variance": torch.tensor(explained_variance(batch.values, batch.returns, mask)),
@@ -731,17 +738,16 @@ class PPOTrainer:
         tokens = float(self.accelerator.reduce(mask.sum().to(device), reduction="sum"))
         sequence_tokens = float(self.accelerator.reduce(batch.attention.sum().float(), reduction="sum"))
         seconds = timer.seconds
+        generation_s, training_s = seconds.get("generation", 0.0), seconds.get("training", 0.0)
         return {
             **averaged,
-            "kl_coef": self.kl_ctl.value,
+            "kl_coef": self.kl_controller.kl_coef,
             "learning_rate": self.scheduler.get_last_lr()[0],
-            "generation_s": seconds.get("generation", 0.0),
+            "generation_s": generation_s,
             "scoring_s": seconds.get("scoring", 0.0),
-            "training_s": seconds.get("training", 0.0),
-            "rollout_tokens_per_s": tokens / max(seconds.get("generation", 0.0), 1e-9),
-            "train_tokens_per_s": self.spec.ppo_epochs
-            * sequence_tokens
-            / max(seconds.get("training", 0.0), 1e-9),
+            "training_s": training_s,
+            "rollout_tokens_per_s": tokens / max(generation_s, 1e-9),
+            "train_tokens_per_s": self.spec.ppo_epochs * sequence_tokens / max(training_s, 1e-9),
         }
 
     # ----------------------------------------------------------------------------------------------
@@ -750,31 +756,17 @@ class PPOTrainer:
     def save_checkpoint(self) -> Path:
         """Weights, optimizer, scheduler, KL controller, progress and every RNG state, written aside and
         renamed into place, so a kill mid-save leaves the previous checkpoint as the latest."""
+        accelerator = self.accelerator
         final = self.run.checkpoint_dir / f"{CHECKPOINT_PREFIX}{self.state.update}"
-        staging = final.with_name(final.name + ".partial")
-        if self.accelerator.is_main_process and staging.exists():
-            shutil.rmtree(staging)
-        self.accelerator.wait_for_everyone()
-        self.accelerator.save_state(str(staging))
-        self.accelerator.wait_for_everyone()
-        if self.accelerator.is_main_process:
-            if final.exists():
-                shutil.rmtree(final)
-            staging.rename(final)
-            self._prune_checkpoints()
-        self.accelerator.wait_for_everyone()
+        write_aside_then_rename(final, lambda staging: accelerator.save_state(str(staging)), accelerator)
+        if accelerator.is_main_process:
+            prune_checkpoints(self.run.checkpoint_dir, self.cfg.save_total_limit)
+        accelerator.wait_for_everyone()  # no process lists the checkpoints while they are pruned
         return final
-
-    def _prune_checkpoints(self) -> None:
-        limit = self.cfg.save_total_limit
-        if limit is None:
-            return
-        for old in checkpoints(self.run.checkpoint_dir)[:-limit]:
-            shutil.rmtree(old)
 
     def resume(self) -> int:
         """Continue from the newest complete checkpoint, if a previous try left one; the update it was at."""
-        last = latest_checkpoint(self.run.checkpoint_dir)
+        last = last_complete_checkpoint(self.run.checkpoint_dir)
         if last is None:
             return 0
         log.info("ppo: resuming from %s", last)
@@ -785,63 +777,7 @@ class PPOTrainer:
         """The trained policy alone (its adapter, with LoRA) as a model directory. Every process calls this:
         under ZeRO-3 the full weights are gathered from all of them; the main process writes."""
         state = self.accelerator.get_state_dict(self.model)  # a collective: every process takes part
-        if not self.accelerator.is_main_process:
-            return
-        policy_state = {k.removeprefix("policy."): v for k, v in state.items() if k.startswith("policy.")}
-        self.accelerator.unwrap_model(self.model).policy.save_pretrained(
-            str(directory), state_dict=policy_state
-        )
-
-    # ----------------------------------------------------------------------------------------------
-
-    def train(self) -> PPOOutcome:
-        """The loop: for each update, rollout -> advantages -> PPO epochs -> metrics -> (checkpoint)."""
-        self.run.checkpoint_dir.mkdir(parents=True, exist_ok=True)
-        resumed_from = self.resume()
-        if not resumed_from:
-            torch.manual_seed(
-                self.run.seed + self.accelerator.process_index
-            )  # [13] each process its own seed
-        log.info("ppo: %d updates of %d responses per process (%d processes), %d PPO epochs x %d minibatches",
-                 self.total_updates, self.rollout_size, self.world, self.spec.ppo_epochs,
-                 self.spec.num_mini_batches)  # fmt: skip
-        while self.state.update < self.total_updates:
-            timer = Timer()
-            batch, samples = self.rollout(self.prompts_for(self.state.update), timer)
-            self.advantages(batch)
-            train_stats = self.update(batch, timer)
-            metrics = self.metrics(batch, samples, train_stats, timer)
-            self.kl_ctl.update(metrics["kl"], len(samples) * self.world)
-            self.state.update += 1
-            self.state.history.append({"update": self.state.update, **metrics})
-            self.run.log_metrics({f"ppo/{k}": v for k, v in metrics.items()}, self.state.update)
-            if self.state.update % self.cfg.logging_steps == 0 or self.state.update in (
-                1,
-                self.total_updates,
-            ):
-                log.info(
-                    "ppo update %d/%d: score %.3f, KL %.3f, entropy %.3f, clipfrac %.3f, approx KL %.4f, "
-                    "value loss %.4f, expl. var %.2f, length %.1f, no EOS %.2f, %.0f+%.0f tok/s",
-                    self.state.update, self.total_updates, metrics["score_raw_mean"], metrics["kl"],
-                    metrics["entropy"], metrics["clipfrac"], metrics["approx_kl"], metrics["value_loss"],
-                    metrics["explained_variance"], metrics["response_tokens"], metrics["no_eos_share"],
-                    metrics["rollout_tokens_per_s"], metrics["train_tokens_per_s"],
-                )  # fmt: skip
-            if self.state.update % self.cfg.save_steps == 0 and self.state.update < self.total_updates:
-                self.save_checkpoint()
-        policy = self.accelerator.unwrap_model(self.model).policy
-        return PPOOutcome(policy, self.state.history, self.state.update, resumed_from)
-
-
-def checkpoints(directory: Path) -> list[Path]:
-    """Complete checkpoints, oldest first (a `.partial` one is an interrupted save: not a checkpoint)."""
-    if not directory.is_dir():
-        return []
-    found = [p for p in directory.iterdir() if p.is_dir() and p.name.startswith(CHECKPOINT_PREFIX)]
-    complete = [p for p in found if p.name.removeprefix(CHECKPOINT_PREFIX).isdigit()]
-    return sorted(complete, key=lambda p: int(p.name.removeprefix(CHECKPOINT_PREFIX)))
-
-
-def latest_checkpoint(directory: Path) -> Path | None:
-    found = checkpoints(directory)
-    return found[-1] if found else None
+        if self.accelerator.is_main_process:
+            policy_state = {k.removeprefix("policy."): v for k, v in state.items() if k.startswith("policy.")}
+            policy = self.accelerator.unwrap_model(self.model).policy
+            policy.save_pretrained(str(directory), state_dict=policy_state)

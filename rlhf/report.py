@@ -10,7 +10,6 @@ from rich.table import Table
 from rlhf.eval import PolicyEvaluation
 from rlhf.pipeline import PipelineRun
 from rlhf.runs import RunRecord
-from rlhf.stage import describe_result
 
 # Metrics worth a column, in display order, with their headings.
 HEADLINE = {
@@ -49,7 +48,7 @@ def print_pipeline_summary(run: PipelineRun, console: Console | None = None) -> 
             f"{stage} vs SFT: " + ", ".join(f"{k} {v:.3f}" for k, v in shown.items()), soft_wrap=True
         )
     for result in run.results:
-        console.print(f"{result.stage}: {describe_result(result)}", soft_wrap=True)
+        console.print(f"{result.stage}: {result.describe()}", soft_wrap=True)
     console.print(f"run directory (config, record, logs, wandb): {run.run_dir}", soft_wrap=True)
     if run.report:
         console.print(f"report: {run.report}", soft_wrap=True)

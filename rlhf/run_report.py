@@ -18,8 +18,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rlhf import atomic
-from rlhf.config import TrackingConfig, stage_program
+from rlhf.config import TrackingConfig
 from rlhf.stage import HISTORY_FILE, RESULT_FILE
+from rlhf.stage_table import REWARD_MODEL, STAGES, stage_position, stage_spec
 from rlhf.tracking import Tracker
 
 if TYPE_CHECKING:
@@ -31,7 +32,6 @@ log = logging.getLogger(__name__)
 SUMMARY_FILE = "summary.json"
 REPORT_FILE = "report.md"
 FIGURES_DIR = "report"
-STAGE_ORDER = {"sft": 0, "reward": 1, "policy": 2}  # stage programs, in the order a pipeline runs them
 
 # A stage's metric -> its label in the stages table; a metric recorded as `<key>_first` / `<key>_last`
 # shows as "first → last".
@@ -154,8 +154,14 @@ def _stage_folders(run_dir: Path, file: str) -> list[str]:
     return sorted(
         path.parent.name
         for path in run_dir.glob(f"*/{file}")
-        if not path.parent.name.startswith(".") and stage_program(path.parent.name) in STAGE_ORDER
+        if not path.parent.name.startswith(".") and stage_position(path.parent.name) is not None
     )
+
+
+def _order(stage: str) -> int:
+    """A stage's place in a report: the table's order, a name no stage has last."""
+    position = stage_position(stage)
+    return len(STAGES) if position is None else position
 
 
 def load_run(run_dir: Path) -> RunOutcome:
@@ -172,7 +178,7 @@ def load_run(run_dir: Path) -> RunOutcome:
         run_dir=run_dir,
         base_model=summary.get("base_model"),
         base_metrics=summary.get("base_metrics") or {},
-        stages=sorted(stages, key=lambda stage: STAGE_ORDER.get(stage_program(stage.name), len(STAGE_ORDER))),
+        stages=sorted(stages, key=lambda stage: _order(stage.name)),
         evaluations=summary.get("evaluations") or {},
         complete=complete,
     )
@@ -232,8 +238,12 @@ def training_curves(stage: StageOutcome) -> Figure | None:
 
 def reward_accuracy(stages: list[StageOutcome]) -> Figure | None:
     """The reward model's pair accuracy against the annotators' majority (train, held out) and the gold reward."""
-    reward = next((s for s in stages if stage_program(s.name) == "reward"), StageOutcome("reward"))
-    bars = {label: reward.metrics[key] for key, label in ACCURACY.items() if key in reward.metrics}
+    reward = next((s for s in stages if stage_spec(s.name).provides == REWARD_MODEL), None)
+    bars = (
+        {label: reward.metrics[key] for key, label in ACCURACY.items() if key in reward.metrics}
+        if reward
+        else {}
+    )
     if not bars:
         return None
     figure, (ax,) = _figure(1, f"{reward.name}: pair accuracy")

@@ -1,6 +1,7 @@
-"""What every TRL-based stage shares: trainer arguments from our config, precision, the loss watch,
-resume from the last checkpoint, the training history for the run report, and the atomic hand-over of the
-final model.
+"""What every TRL-based stage shares: trainer arguments from our config, precision, and how a stage ends
+(`train_and_save`: the loss watch, resume from the last complete checkpoint, the training history for the run
+report, the atomic hand-over of the final model, the outcome metrics); the held-out sampling every stage
+reports.
 
 One helper for all stages, so SFT, reward and DPO cannot drift apart in how they checkpoint or log.
 """
@@ -10,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import shutil
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from transformers import TrainerCallback
 
 from rlhf import atomic
-from rlhf.config import GenerationSpec, TrainStageConfig
+from rlhf.checkpoints import last_complete_checkpoint, step_of, write_aside_then_rename
 from rlhf.distributed import (
     deepspeed_config,
     has_gpu,
@@ -28,6 +28,7 @@ from rlhf.distributed import (
 )
 from rlhf.errors import StageError
 from rlhf.eval import generate, load_prompts, summarize
+from rlhf.settings import GenerationSpec, TrainStageConfig
 from rlhf.stage import HISTORY_FILE, StageContext
 
 if TYPE_CHECKING:
@@ -44,6 +45,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 TRACKED = {"loss": "train_loss"}  # trainer log key -> our metric name (first and last values reported)
+TRAINER_WRITES_LAST = "trainer_state.json"  # of a checkpoint: one without it was cut short
 
 
 def precision_flags(precision: str) -> dict[str, bool]:
@@ -52,12 +54,9 @@ def precision_flags(precision: str) -> dict[str, bool]:
     return {"bf16": precision == "bf16", "fp16": precision == "fp16"}
 
 
-def trainer_arguments(cfg: TrainStageConfig, ctx: StageContext) -> dict[str, Any]:
-    """Keyword arguments shared by every TRL config class (SFTConfig, RewardConfig, DPOConfig)."""
-    import torch
-
-    if cfg.num_threads:
-        torch.set_num_threads(cfg.num_threads)
+def trainer_arguments(cfg: TrainStageConfig, ctx: StageContext, evaluates: bool) -> dict[str, Any]:
+    """Keyword arguments shared by every TRL config class (SFTConfig, RewardConfig, DPOConfig); `evaluates`:
+    the stage has held-out data for the trainer's own evaluation."""
     args = dict(
         output_dir=str(ctx.checkpoint_dir),
         run_name=f"{ctx.run_dir.name}-{ctx.stage}",
@@ -74,7 +73,7 @@ def trainer_arguments(cfg: TrainStageConfig, ctx: StageContext) -> dict[str, Any
         max_grad_norm=cfg.max_grad_norm,
         logging_steps=cfg.logging_steps,
         logging_first_step=True,
-        eval_strategy="steps" if cfg.eval_steps else "epoch",
+        eval_strategy=("steps" if cfg.eval_steps else "epoch") if evaluates else "no",
         eval_steps=cfg.eval_steps,
         save_strategy="steps",
         save_steps=cfg.save_steps,
@@ -195,22 +194,31 @@ def _is_number(value: object) -> bool:
 
 def train_with_resume(trainer: Trainer) -> int:
     """Train, continuing from the newest checkpoint a previous try left; returns the step resumed from (0: fresh)."""
-    checkpoint = last_complete_checkpoint(Path(trainer.args.output_dir))
+    checkpoint = last_complete_checkpoint(Path(trainer.args.output_dir), written_last=TRAINER_WRITES_LAST)
     if checkpoint:
         log.info("resuming from %s", checkpoint)
     trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-    return int(checkpoint.name.rsplit("-", 1)[1]) if checkpoint else 0
+    return step_of(checkpoint) if checkpoint else 0
 
 
-def last_complete_checkpoint(folder: Path) -> Path | None:
-    """The newest checkpoint the trainer finished writing. It writes trainer_state.json last, so one without
-    it was cut short (a kill -9 mid-save) and is passed over for the one before."""
-    numbered = [p for p in folder.glob("checkpoint-*") if p.name.rsplit("-", 1)[1].isdigit()]
-    for checkpoint in sorted(numbered, key=lambda p: int(p.name.rsplit("-", 1)[1]), reverse=True):
-        if (checkpoint / "trainer_state.json").is_file():
-            return checkpoint
-        log.warning("passing over %s: not completely written", checkpoint)
-    return None
+def train_and_save(
+    trainer: Trainer,
+    ctx: StageContext,
+    tracked: Mapping[str, str] = TRACKED,
+    before_save: Callable[[PreTrainedModel], None] | None = None,
+) -> tuple[Path, dict[str, float]]:
+    """How every TRL stage ends: train under a loss watch (resuming from the last complete checkpoint), keep
+    the logged history for the run report, save the model to the stage's output directory (`before_save`
+    first, e.g. to leave a reference adapter out), and report steps, resume and the tracked metrics' first
+    and last values. Returns (output directory, metrics)."""
+    watch = LossWatch()
+    trainer.add_callback(watch)
+    resumed_from = train_with_resume(trainer)
+    save_history(ctx, trainer.state.log_history)
+    if before_save is not None:
+        before_save(trainer.model)
+    output = save_final(trainer, ctx)
+    return output, outcome_metrics(trainer, watch, resumed_from, tracked)
 
 
 def save_final(trainer: Trainer, ctx: StageContext) -> Path:
@@ -226,20 +234,8 @@ def save_output(
     tokenizer: PreTrainedTokenizerBase,
 ) -> Path:
     """The stage's final model (`save` writes it into a folder) and tokenizer, moved into the stage's output
-    directory in one rename, so a crash never leaves half a model there.
-
-    Every rank calls this (ZeRO-3 gathers shards for the save); rank 0 alone renames the result into place.
-    """
-    staging = ctx.work_dir / ".output.partial"
-    if ctx.rank.is_main and staging.exists():
-        shutil.rmtree(staging)
-    accelerator.wait_for_everyone()
-    save(staging)
-    accelerator.wait_for_everyone()
-    if ctx.rank.is_main:
-        tokenizer.save_pretrained(str(staging))
-        if ctx.output_dir.exists():
-            shutil.rmtree(ctx.output_dir)
-        staging.rename(ctx.output_dir)
-    accelerator.wait_for_everyone()
-    return ctx.output_dir
+    directory in one rename, so a crash never leaves half a model there. Every rank calls this (ZeRO-3
+    gathers shards for the save)."""
+    return write_aside_then_rename(
+        ctx.output_dir, save, accelerator, finish_on_main=tokenizer.save_pretrained
+    )

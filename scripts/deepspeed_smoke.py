@@ -23,11 +23,11 @@ def main() -> None:
     import torch
     from trl import SFTConfig, SFTTrainer
 
-    from rlhf.config import GenerationSpec
     from rlhf.data.files import SFT_FORMS, load_rows
     from rlhf.data.synthetic import SynthConfig, write_synthetic_task
     from rlhf.eval import generate, load_prompts, summarize
     from rlhf.models import build_builtin_model
+    from rlhf.settings import GenerationSpec
 
     results = {}
     with tempfile.TemporaryDirectory() as tmp:

@@ -25,34 +25,17 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import torch
-
-from rlhf.config import ModelSpec, PolicyStageConfig
 from rlhf.data.preferences import load_preferences
 from rlhf.distributed import deepspeed_plugin, mixed_precision
 from rlhf.errors import DataError
 from rlhf.eval import load_prompts
-from rlhf.models import is_adapter, load_causal_lm, lora_config
-from rlhf.stage import (
-    DEFAULT_REWARD_MODEL,
-    PUBLISHED_AS,
-    ResolvedModel,
-    StageContext,
-    StageResult,
-    rank_folder,
-    resolve_model,
-    stage_main,
-)
-from rlhf.training import (
-    LossWatch,
-    held_out_samples,
-    outcome_metrics,
-    save_final,
-    save_history,
-    save_output,
-    train_with_resume,
-    trainer_arguments,
-)
+from rlhf.launch import stage_main
+from rlhf.models import is_adapter, load_causal_lm, policy_training
+from rlhf.settings import ModelSpec, PolicyStageConfig
+from rlhf.stage import ResolvedModel, StageContext, StageResult
+from rlhf.stage_table import REWARD_MODEL, latest_version_of, stage_key
+from rlhf.training import held_out_samples, save_history, save_output, train_and_save, trainer_arguments
+from rlhf.workspace import rank_folder, resolve_model
 
 if TYPE_CHECKING:
     from datasets import Dataset, DatasetDict
@@ -60,7 +43,7 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
     from trl import DPOTrainer
 
-log = logging.getLogger("stages.policy")
+log = logging.getLogger(__spec__.name)  # not __name__: that is "__main__" under `python -m`
 
 Messages = list[dict[str, str]]
 PAIR_COLUMNS = ["prompt", "chosen", "rejected"]  # TRL's conversational preference form
@@ -159,46 +142,37 @@ def truncated(dataset: Dataset, max_length: int) -> int:
 
 
 def load_start(cfg: PolicyStageConfig, ctx: StageContext) -> Start:
-    """The SFT policy, and its reference made explicit rather than left to TRL's defaults.
-
-    TRL's own fallback rebuilds the reference from `config._name_or_path`; we choose instead:
-    - `lora:` -> a fresh adapter on the SFT weights; the reference is the same model, adapters disabled.
-    - the start is itself a LoRA adapter (SFT trained one) -> DPO goes on training it; TRL keeps a frozen
-      copy of that adapter ("ref") inside the same model, so the reference is still the SFT policy.
-    - full fine-tuning with precomputed reference log-probs -> computed from the policy before step 1.
-    - full fine-tuning otherwise -> a second, frozen copy loaded from the same SFT directory.
-    """
+    """The SFT policy, and its reference made explicit rather than left to TRL's defaults (TRL's own fallback
+    rebuilds the reference from `config._name_or_path`). Beyond the shared choice (`policy_training`): a
+    retrained SFT adapter's frozen copy is kept by TRL inside the same model (adapter "ref"), and with
+    precomputed reference log-probs no reference model is held at all."""
+    training = policy_training(ctx.model, cfg.lora, ctx.stage)
     model, tokenizer = load_causal_lm(ctx.model)
+    if training.reference_is_the_policy:
+        return Start(model, tokenizer, None, training.new_adapter, "SFT weights, adapters disabled")
     if is_adapter(ctx.model.name):
-        if cfg.lora:
-            log.info(
-                "policy: the start is a LoRA adapter; training it further (its r/alpha, not stages.policy.lora)"
-            )
         return Start(model, tokenizer, None, None, "frozen copy of the SFT adapter")
-    if cfg.lora:
-        return Start(model, tokenizer, None, lora_config(cfg.lora), "SFT weights, adapters disabled")
     if cfg.precompute_ref_log_probs:
         return Start(model, tokenizer, None, None, "precomputed from the SFT weights")
     ref_model, _ = load_causal_lm(ctx.model)
     return Start(model, tokenizer, ref_model, None, "frozen copy of the SFT weights")
 
 
-def build_dpo_trainer(
-    cfg: PolicyStageConfig, ctx: StageContext, watch: LossWatch, pairs: DatasetDict
-) -> DPOTrainer:
+def build_dpo_trainer(cfg: PolicyStageConfig, ctx: StageContext, pairs: DatasetDict) -> DPOTrainer:
     """The configured DPOTrainer: SFT policy, its reference, the pairs, and our shared trainer arguments."""
     from trl import DPOConfig, DPOTrainer
 
-    args = trainer_arguments(cfg, ctx)  # first: it sets the thread count the loads below use
     has_eval = len(pairs["test"]) > 0
-    args.update(eval_strategy=args["eval_strategy"] if has_eval else "no", eval_on_start=has_eval)
     start = load_start(cfg, ctx)
-    log.info("policy: DPO (%s, beta=%g), reference: %s", "+".join(cfg.loss_type), cfg.beta, start.reference)
+    log.info(
+        "%s: DPO (%s, beta=%g), reference: %s", ctx.stage, "+".join(cfg.loss_type), cfg.beta, start.reference
+    )
     return DPOTrainer(
         model=start.model,
         ref_model=start.ref_model,
         args=DPOConfig(
-            **args,
+            **trainer_arguments(cfg, ctx, evaluates=has_eval),
+            eval_on_start=has_eval,
             beta=cfg.beta,
             loss_type=list(cfg.loss_type),
             precompute_ref_log_probs=cfg.precompute_ref_log_probs,
@@ -208,22 +182,16 @@ def build_dpo_trainer(
         eval_dataset=pairs["test"] if has_eval else None,
         processing_class=start.tokenizer,
         peft_config=start.peft_config,
-        callbacks=[watch],
     )
 
 
 def run_dpo(cfg: PolicyStageConfig, ctx: StageContext) -> Trained:
     pairs, counts = preference_pairs(cfg, ctx)
-    watch = LossWatch()
-    trainer = build_dpo_trainer(cfg, ctx, watch, pairs)
+    trainer = build_dpo_trainer(cfg, ctx, pairs)
     given = {"train": counts["pairs_train"], "eval": counts["pairs_eval"]}
     counts.update(length_counts(trainer, given, cfg.max_length))
-    resumed_from = train_with_resume(trainer)
-    save_history(ctx, trainer.state.log_history)
-    drop_reference_adapter(trainer.model)
-    output = save_final(trainer, ctx)
-    metrics = {**counts, **outcome_metrics(trainer, watch, resumed_from, TRAINER_METRICS)}
-    return Trained(trainer.model, trainer.processing_class, output, metrics)
+    output, metrics = train_and_save(trainer, ctx, TRAINER_METRICS, before_save=drop_reference_adapter)
+    return Trained(trainer.model, trainer.processing_class, output, counts | metrics)
 
 
 def drop_reference_adapter(model: PreTrainedModel) -> None:
@@ -241,7 +209,7 @@ def reward_model_for(
 ) -> tuple[ResolvedModel, tuple[float, float] | None]:
     """The reward model PPO optimizes against (the stage's own, else the pipeline's, else the registry's
     latest) and the score statistics stored with it, when it has them."""
-    default = ctx.inputs.get("reward_model", DEFAULT_REWARD_MODEL)
+    default = ctx.inputs.get(REWARD_MODEL, latest_version_of(REWARD_MODEL))
     spec = cfg.ppo.reward_model or ModelSpec(name=default)
     reward = resolve_model(spec, rank_folder(ctx.run_dir), ctx.seed, ctx.registry)
     stats = None
@@ -269,14 +237,14 @@ def training_prompts(cfg: PolicyStageConfig, ctx: StageContext) -> list[Messages
 def run_ppo(cfg: PolicyStageConfig, ctx: StageContext) -> Trained:
     from rlhf.ppo import PPORun, PPOTrainer, build_models, generation_ready
 
-    if cfg.num_threads:
-        torch.set_num_threads(cfg.num_threads)
     reward, stats = reward_model_for(cfg, ctx)
     prompts = training_prompts(cfg, ctx)
-    models = build_models(ctx.model, reward.spec, cfg.lora, cfg.ppo.value_model)
-    log.info("policy: PPO against %s (%s), %d training prompts, reference: %s", reward.ref or reward.spec.name,
+    training = policy_training(ctx.model, cfg.lora, ctx.stage)
+    models = build_models(ctx.model, reward.spec, training, cfg.ppo.value_model)
+    log.info("%s: PPO against %s (%s), %d training prompts, reference: the SFT model, %s", ctx.stage,
+             reward.ref or reward.spec.name,
              f"scores normalized by {stats[0]:.3f} +- {stats[1]:.3f}" if stats else "no stored statistics",
-             len(prompts), "SFT weights, adapters disabled" if models.reference is None else "frozen copy of the SFT model")  # fmt: skip
+             len(prompts), training.reference)  # fmt: skip
     trainer = PPOTrainer(
         PPORun(
             cfg=cfg,
@@ -285,6 +253,7 @@ def run_ppo(cfg: PolicyStageConfig, ctx: StageContext) -> Trained:
             checkpoint_dir=ctx.checkpoint_dir,
             seed=ctx.seed,
             reward_stats=stats,
+            config_key=stage_key(ctx.stage),
             log_metrics=ctx.tracker.log if ctx.tracker else lambda metrics, step: None,
             deepspeed_plugin=deepspeed_plugin(ctx.distributed),
             mixed_precision=mixed_precision(cfg.precision),
@@ -312,15 +281,19 @@ ALGORITHMS: dict[str, Callable[[PolicyStageConfig, StageContext], Trained]] = {"
 
 
 def run(cfg: PolicyStageConfig, ctx: StageContext) -> StageResult:
+    # 1. Train the policy with the configured algorithm, and save it
     trained = ALGORITHMS[cfg.algorithm](cfg, ctx)
+
+    # 2. What the policy does: sampled on held-out prompts and scored (every rank: ZeRO-3 gathers shards)
     with trained.sampling_ready():
         metrics = trained.metrics | held_out_samples(trained.model, trained.tokenizer, cfg.evaluation, ctx)
-    return StageResult(stage=ctx.stage, output_dir=trained.output_dir, metrics=metrics, publish_as=PUBLISHED_AS["policy"],
-                       parents=trained.parents)  # fmt: skip
+    return StageResult(
+        stage=ctx.stage, output_dir=trained.output_dir, metrics=metrics, parents=trained.parents
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
-    return stage_main("policy", run, argv)
+    return stage_main(run, argv)
 
 
 if __name__ == "__main__":

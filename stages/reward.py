@@ -25,28 +25,22 @@ from statistics import fmean
 from typing import TYPE_CHECKING, Any
 
 from rlhf import atomic
-from rlhf.config import RewardStageConfig
 from rlhf.data.preferences import load_preferences
 from rlhf.errors import DataError, StageError
 from rlhf.eval import GOLD_REWARDS, last_user_text
+from rlhf.launch import stage_main
 from rlhf.models import load_reward_model, lora_config
 from rlhf.rewards import Framing, fit_length, framing, reward_stats, score_ids
-from rlhf.stage import PUBLISHED_AS, StageContext, StageResult, stage_main
-from rlhf.training import (
-    LossWatch,
-    outcome_metrics,
-    save_final,
-    save_history,
-    train_with_resume,
-    trainer_arguments,
-)
+from rlhf.settings import RewardStageConfig
+from rlhf.stage import StageContext, StageResult
+from rlhf.training import train_and_save, trainer_arguments
 
 if TYPE_CHECKING:
     from datasets import Dataset
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
     from trl import RewardTrainer
 
-log = logging.getLogger("stages.reward")
+log = logging.getLogger(__spec__.name)  # not __name__: that is "__main__" under `python -m`
 
 QUARANTINE = "quarantine.jsonl"
 
@@ -142,24 +136,19 @@ def fit_preferences(
     return splits
 
 
-def build_trainer(
-    cfg: RewardStageConfig, ctx: StageContext, watch: LossWatch
-) -> tuple[RewardTrainer, dict[str, FittedSplit]]:
+def build_trainer(cfg: RewardStageConfig, ctx: StageContext) -> tuple[RewardTrainer, dict[str, FittedSplit]]:
     """The configured RewardTrainer on pairs fitted here, and the fitted splits (for counts and evaluation)."""
     from transformers import set_seed
     from trl import RewardConfig, RewardTrainer
 
-    args = trainer_arguments(cfg, ctx)  # first: it sets the thread count the loads below use
     set_seed(ctx.seed)  # the fresh score head of a causal LM is drawn at load time
     model, tokenizer = load_reward_model(ctx.model)
     splits = fit_preferences(cfg, ctx, tokenizer)
     evaluation = splits["test"].dataset(cfg.use_margin) if splits["test"].chosen_ids else None
-    if evaluation is None:
-        args["eval_strategy"] = "no"
     trainer = RewardTrainer(
         model=model,
         args=RewardConfig(
-            **args,
+            **trainer_arguments(cfg, ctx, evaluates=evaluation is not None),
             max_length=cfg.max_length,
             center_rewards_coefficient=cfg.center_rewards_coefficient,
             disable_dropout=True,
@@ -168,7 +157,6 @@ def build_trainer(
         eval_dataset=evaluation,
         processing_class=tokenizer,
         peft_config=lora_config(cfg.lora, task_type="SEQ_CLS"),
-        callbacks=[watch],
     )
     for name, prepared in (("train", trainer.train_dataset), ("test", trainer.eval_dataset)):
         if prepared is not None and len(prepared) != len(splits[name].chosen_ids):
@@ -223,20 +211,21 @@ def evaluate(
 
 
 def run(cfg: RewardStageConfig, ctx: StageContext) -> StageResult:
-    watch = LossWatch()
-    trainer, splits = build_trainer(cfg, ctx, watch)
-    resumed_from = train_with_resume(trainer)
-    save_history(ctx, trainer.state.log_history)
-    output = save_final(trainer, ctx)
+    # 1. The model with a fresh score head, and the preference pairs fitted to its length
+    trainer, splits = build_trainer(cfg, ctx)
 
-    metrics = {**outcome_metrics(trainer, watch, resumed_from), **pair_counts(splits)}
-    # on every rank: under ZeRO-3 each forward gathers the shards from all of them (rank 0 reports)
-    metrics.update(evaluate(trainer, splits, ctx.task, cfg.per_device_eval_batch_size))
-    return StageResult(stage=ctx.stage, output_dir=output, metrics=metrics, publish_as=PUBLISHED_AS["reward"])
+    # 2. Train (resuming where a previous try stopped) and save the reward model
+    output, metrics = train_and_save(trainer, ctx)
+    metrics |= pair_counts(splits)
+
+    # 3. Held-out accuracy and the reward's statistics, on every rank: under ZeRO-3 each forward gathers the
+    #    shards from all of them (rank 0 reports)
+    metrics |= evaluate(trainer, splits, ctx.task, cfg.per_device_eval_batch_size)
+    return StageResult(stage=ctx.stage, output_dir=output, metrics=metrics)
 
 
 def main(argv: list[str] | None = None) -> int:
-    return stage_main("reward", run, argv)
+    return stage_main(run, argv)
 
 
 if __name__ == "__main__":

@@ -34,8 +34,8 @@ def small_task(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 @pytest.fixture(scope="session")
 def tiny_llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """tiny-llama materialized once as an ordinary HF directory."""
-    from rlhf.config import ModelSpec
     from rlhf.models import materialize
+    from rlhf.settings import ModelSpec
 
     return materialize(ModelSpec(name="tiny-llama"), tmp_path_factory.mktemp("models") / "tiny-llama", seed=0)
 

@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from rlhf.config import DistributedConfig, ModelSpec
 from rlhf.distributed import ZERO_OPTIMIZATION, deepspeed_config
 from rlhf.errors import ConfigError
 from rlhf.models import load_causal_lm
 from rlhf.registry import Registry
+from rlhf.settings import DistributedConfig, ModelSpec
 from tests.conftest import REPO, launch_stage, pipeline_config, run_cli
 
 CONFIG = """

@@ -11,13 +11,14 @@ from typing import TYPE_CHECKING
 import pytest
 import torch
 
-from rlhf.config import ModelSpec, load_config
+from rlhf.config import load_config
 from rlhf.data.files import fingerprint
 from rlhf.errors import DataError
+from rlhf.launch import run_standalone
 from rlhf.models import load_causal_lm, registry_model
 from rlhf.registry import Registry
-from rlhf.stage import run_standalone, standalone_context
-from rlhf.training import LossWatch
+from rlhf.settings import ModelSpec
+from rlhf.workspace import standalone_context
 from stages import policy, sft
 from tests.conftest import pipeline_config
 
@@ -80,7 +81,7 @@ def _registry(config_file: Path) -> Registry:
 def _trainer(config_file: Path, run_dir: Path, overrides: list[str]) -> tuple[DPOTrainer, dict[str, float]]:
     stage_cfg, ctx = standalone_context(load_config(config_file, overrides), "policy", run_dir)
     pairs, counts = policy.preference_pairs(stage_cfg, ctx)
-    return policy.build_dpo_trainer(stage_cfg, ctx, LossWatch(), pairs), counts
+    return policy.build_dpo_trainer(stage_cfg, ctx, pairs), counts
 
 
 @pytest.mark.slow

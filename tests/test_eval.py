@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from rlhf.config import GenerationSpec, ModelSpec, TrackingConfig
+from rlhf.config import TrackingConfig
 from rlhf.eval import (
     evaluate_and_record,
     evaluate_policy,
@@ -18,6 +18,7 @@ from rlhf.eval import (
 )
 from rlhf.models import load_causal_lm
 from rlhf.registry import Registry
+from rlhf.settings import GenerationSpec, ModelSpec
 from rlhf.tracking import read_offline_run
 from tests.conftest import pipeline_config
 
@@ -60,7 +61,7 @@ def test_a_model_against_itself_has_zero_kl_and_even_odds(
 def test_evaluation_is_recorded_in_the_registry_and_wandb(
     tiny_llama_dir: Path, small_task: dict[str, Path], tmp_path: Path
 ) -> None:
-    from rlhf.stage import run_standalone
+    from rlhf.launch import run_standalone
     from stages import sft
 
     config = pipeline_config(

@@ -17,20 +17,20 @@ from typing import Any
 import pytest
 from huggingface_hub.utils import validate_repo_id
 
-from rlhf.config import PipelineConfig, load_config, stage_key, stage_program, validate_config
+from rlhf.config import PipelineConfig, load_config, validate_config
 from rlhf.data.importers import FORMATS
 from rlhf.distributed import check_deepspeed_batches, deepspeed_config
 from rlhf.errors import ConfigError
+from rlhf.launch import run_standalone
 from rlhf.models import is_builtin_spec
-from rlhf.pipeline import STARTS_FROM, run_pipeline
+from rlhf.pipeline import run_pipeline
 from rlhf.registry import Reference, is_reference
-from rlhf.stage import run_standalone
+from rlhf.stage_table import REWARD_MODEL, latest_version_of, stage_key, stage_spec
 from stages import policy
 from tests.conftest import REPO
 
 EXAMPLES = sorted((REPO / "configs" / "examples").glob("*.yaml"))
 BATCH_KEYS = ("train_micro_batch_size_per_gpu", "gradient_accumulation_steps", "train_batch_size")
-DEFAULT_REWARD_MODEL = "registry:reward-model:latest"  # stages/policy.py's default for PPO
 
 
 @pytest.fixture(autouse=True)
@@ -54,11 +54,11 @@ def check_resolvable(name: str, where: str) -> None:
 
 def start_of(cfg: PipelineConfig, stage: str) -> str | None:
     """The model a stage starts from, as `run_pipeline` picks it: the stage's own `model`, else the output of
-    the stage it follows (`STARTS_FROM`) when that runs too (None: nothing to resolve now), else `model`."""
+    the stage it follows (its table entry's `starts_from`) when that runs too (None: nothing to resolve now), else `model`."""
     plan = cfg.stages.plan()
     if plan[stage].model is not None:
         return plan[stage].model.name
-    return None if STARTS_FROM[stage_program(stage)] in plan else cfg.model.name
+    return None if stage_spec(stage).starts_from in plan else cfg.model.name
 
 
 def header(path: Path) -> str:
@@ -79,8 +79,8 @@ def test_every_stage_of_an_example_can_start(path: Path) -> None:
     check_resolvable(cfg.model.name, "model")  # the pipeline resolves it first, whichever stage uses it
     plan = cfg.stages.plan()
     for name, stage in plan.items():
-        program = stage_program(name)
-        assert callable(importlib.import_module(f"stages.{program}").run)
+        program = stage_spec(name).name
+        assert callable(importlib.import_module(stage_spec(name).program).run)
         if (start := start_of(cfg, name)) is not None:
             check_resolvable(start, f"{stage_key(name)}.model")
         if program == "policy":
@@ -88,7 +88,8 @@ def test_every_stage_of_an_example_can_start(path: Path) -> None:
             reward = stage.ppo.reward_model
             if stage.algorithm == "ppo" and (reward is not None or "reward" not in plan):
                 check_resolvable(
-                    reward.name if reward else DEFAULT_REWARD_MODEL, f"{stage_key(name)}.ppo.reward_model"
+                    reward.name if reward else latest_version_of(REWARD_MODEL),
+                    f"{stage_key(name)}.ppo.reward_model",
                 )
 
 
@@ -99,7 +100,7 @@ def test_example_files_are_named_from_the_repo_root(path: Path) -> None:
     files = [data.sft_train, data.sft_eval, data.eval_prompts, *data.preferences.files]
     for name, stage in cfg.stages.plan().items():
         files += [cfg.distributed_for(name).deepspeed_config, getattr(stage, "dataset", None)]
-        files += [stage.ppo.prompts] if stage_program(name) == "policy" else []
+        files += [stage.ppo.prompts] if stage_spec(name).name == "policy" else []
     for file in filter(None, files):
         assert not Path(file).is_absolute() and ".." not in Path(file).parts, file
     assert data.preferences.format is None or data.preferences.format in FORMATS

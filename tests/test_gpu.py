@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 
 from rlhf.config import load_config
-from rlhf.stage import run_standalone, standalone_context
-from rlhf.training import LossWatch, precision_flags
+from rlhf.launch import run_standalone
+from rlhf.training import precision_flags
+from rlhf.workspace import standalone_context
 from stages import sft
 from tests.conftest import pipeline_config
 from tests.test_sft import CONFIG
@@ -25,7 +26,7 @@ def test_auto_precision_is_bf16_on_a_gpu_that_has_it() -> None:
 def test_sft_trains_on_the_gpu_in_bf16(tmp_path: Path) -> None:
     config = pipeline_config(tmp_path, CONFIG)
     stage_cfg, ctx = standalone_context(load_config(config), "sft", tmp_path / "probe")
-    trainer = sft.build_trainer(stage_cfg, ctx, LossWatch())
+    trainer = sft.build_trainer(stage_cfg, ctx)
     assert trainer.args.bf16 and next(trainer.model.parameters()).device.type == "cuda"
 
     result = run_standalone("sft", sft.run, str(config), [], str(tmp_path / "run"))

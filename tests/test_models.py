@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from rlhf.config import LoraSpec, ModelSpec
 from rlhf.errors import ModelError
 from rlhf.models import (
     EOS,
@@ -18,6 +17,7 @@ from rlhf.models import (
     lora_config,
     materialize,
 )
+from rlhf.settings import LoraSpec, ModelSpec
 
 
 @pytest.mark.parametrize("name", ["tiny-gpt2", "tiny-llama", "tiny-qwen2"])

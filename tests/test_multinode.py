@@ -11,11 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from rlhf.config import DistributedConfig, validate_config
+from rlhf.config import validate_config
 from rlhf.distributed import free_port, launch_command
 from rlhf.errors import ConfigError
 from rlhf.registry import Registry
-from rlhf.stage import run_dir_for
+from rlhf.settings import DistributedConfig
+from rlhf.workspace import run_dir_for
 from tests.conftest import REPO, pipeline_config
 
 CONFIG = """

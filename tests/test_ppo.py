@@ -17,12 +17,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from rlhf.config import LoraSpec, ModelSpec
+from rlhf.checkpoints import numbered_checkpoints
 from rlhf.errors import ConfigError, StageError
-from rlhf.models import load_causal_lm
-from rlhf.ppo import PolicyAndValue, ValueModel, build_models, checkpoints
+from rlhf.launch import run_standalone
+from rlhf.models import load_causal_lm, policy_training
+from rlhf.ppo import PolicyAndValue, ValueModel, build_models
 from rlhf.registry import Registry
-from rlhf.stage import run_standalone
+from rlhf.settings import LoraSpec, ModelSpec
 from rlhf.tracking import read_offline_run
 from stages import policy, reward, sft
 from tests.conftest import REPO, launch_stage, pipeline_config
@@ -144,12 +145,12 @@ def test_a_run_killed_and_resumed_equals_an_uninterrupted_run(
     process = _stage_process(config_file, run_dir, overrides)
     saved = run_dir / "policy" / "checkpoints"
     deadline = time.monotonic() + 300
-    while not checkpoints(saved) and process.poll() is None and time.monotonic() < deadline:
+    while not numbered_checkpoints(saved) and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert process.returncode == -signal.SIGKILL, "the stage finished before it could be killed"
-    interrupted_at = int(checkpoints(saved)[-1].name.rsplit("-", 1)[1])
+    interrupted_at = int(numbered_checkpoints(saved)[-1].name.rsplit("-", 1)[1])
     assert 2 <= interrupted_at < 12
 
     resumed = _stage_process(config_file, run_dir, overrides)
@@ -179,7 +180,7 @@ def test_a_nan_loss_stops_the_stage_and_keeps_the_last_good_checkpoint(
     first = [*SHORT, "stages.policy.max_steps=2", "stages.policy.save_steps=1"]
     run_standalone("policy", policy.run, str(config_file), first, str(run_dir))
     published = _policy_versions(registry)
-    assert [p.name for p in checkpoints(run_dir / "policy" / "checkpoints")] == ["checkpoint-1"]
+    assert [p.name for p in numbered_checkpoints(run_dir / "policy" / "checkpoints")] == ["checkpoint-1"]
 
     # the same run directory, a longer run: it resumes at update 1, and update 2's scores are infinite
     poisoned = [
@@ -193,7 +194,7 @@ def test_a_nan_loss_stops_the_stage_and_keeps_the_last_good_checkpoint(
     message = str(err.value)
     assert "PPO loss became" in message and "in update 2" in message
     assert f"last good checkpoint kept: {run_dir / 'policy' / 'checkpoints' / 'checkpoint-1'}" in message
-    assert [p.name for p in checkpoints(run_dir / "policy" / "checkpoints")] == ["checkpoint-1"]
+    assert [p.name for p in numbered_checkpoints(run_dir / "policy" / "checkpoints")] == ["checkpoint-1"]
     assert _policy_versions(registry) == published  # nothing published from the failed try
 
 
@@ -208,7 +209,7 @@ def test_lora_policy_with_a_value_head(config_file: Path, trained: dict[str, flo
     )
     assert result.metrics["ppo_kl_first"] == pytest.approx(0.0, abs=1e-6)  # adapters start as a no-op
     assert result.metrics["ppo_kl_last"] > 0.0  # and then move the policy away from its reference
-    # the adaptive controller moves beta after every update (by at most 0.2 * 16 / 100 of itself)
+    # the adaptive controller moves kl_coef after every update (by at most 0.2 * 16 / 100 of itself)
     assert result.metrics["ppo_kl_coef_first"] == pytest.approx(0.1)
     assert result.metrics["ppo_kl_coef_last"] != pytest.approx(0.1, abs=1e-9)
     assert (result.output_dir / "adapter_config.json").is_file()
@@ -220,9 +221,9 @@ def test_lora_policy_with_a_value_head(config_file: Path, trained: dict[str, flo
 def test_models_for_lora_and_a_value_head(config_file: Path, trained: dict[str, float]) -> None:
     registry = Registry(config_file.parent / "registry")
     sft_dir, rm_dir = registry.resolve("sft-policy:v1"), registry.resolve("reward-model:v1")
-    models = build_models(
-        ModelSpec(name=str(sft_dir)), ModelSpec(name=str(rm_dir)), LoraSpec(r=4), "policy_head"
-    )
+    policy_spec = ModelSpec(name=str(sft_dir))
+    training = policy_training(policy_spec, LoraSpec(r=4), "policy")
+    models = build_models(policy_spec, ModelSpec(name=str(rm_dir)), training, "policy_head")
     assert models.reference is None and models.value is None and models.shared_tokenizer
     combined = PolicyAndValue(models.policy, models.value)
     trainable = {name for name, p in combined.named_parameters() if p.requires_grad}
@@ -237,8 +238,9 @@ def test_a_reward_model_with_its_own_tokenizer(config_file: Path, trained: dict[
                           ["stages.reward.model=tiny-bert", "stages.reward.max_steps=30", "stages.reward.num_threads=1"],
                           str(config_file.parent / "bert-rm"))  # fmt: skip
     registry = Registry(config_file.parent / "registry")
-    models = build_models(ModelSpec(name=str(registry.resolve("sft-policy:v1"))),
-                          ModelSpec(name=str(bert.output_dir)), None, "reward")  # fmt: skip
+    policy_spec = ModelSpec(name=str(registry.resolve("sft-policy:v1")))
+    models = build_models(policy_spec, ModelSpec(name=str(bert.output_dir)),
+                          policy_training(policy_spec, None, "policy"), "reward")  # fmt: skip
     assert not models.shared_tokenizer
     assert isinstance(models.value, ValueModel)
     assert models.value.backbone.config.model_type == "llama"  # the policy's architecture, not bert

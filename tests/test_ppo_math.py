@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from rlhf.config import GenerationSpec, ModelSpec, PPOSpec
 from rlhf.eval import generate, response_logprobs
 from rlhf.models import load_causal_lm
 from rlhf.ppo import (
@@ -27,6 +26,7 @@ from rlhf.ppo import (
     token_logprobs,
     value_loss,
 )
+from rlhf.settings import GenerationSpec, ModelSpec, PPOSpec
 
 
 def t(*rows: list[float]) -> torch.Tensor:
@@ -134,15 +134,15 @@ def test_scores_normalized_scaled_clipped_and_penalized_without_eos() -> None:
 def test_kl_controller_fixed_and_adaptive() -> None:
     fixed = KLController(0.1)
     fixed.update(kl=5.0, responses=1000)
-    assert fixed.value == 0.1
+    assert fixed.kl_coef == 0.1
     adaptive = KLController(0.1, target=1.0, horizon=100)
     adaptive.update(kl=2.0, responses=10)  # error clipped to +0.2: 0.1 * (1 + 0.2 * 10 / 100)
-    assert adaptive.value == pytest.approx(0.102)
+    assert adaptive.kl_coef == pytest.approx(0.102)
     adaptive.update(kl=0.5, responses=10)  # error -0.5 clipped to -0.2
-    assert adaptive.value == pytest.approx(0.102 * 0.98)
+    assert adaptive.kl_coef == pytest.approx(0.102 * 0.98)
     restored = KLController(0.1, target=1.0, horizon=100)
     restored.load_state_dict(adaptive.state_dict())
-    assert restored.value == adaptive.value
+    assert restored.kl_coef == adaptive.kl_coef
 
 
 def test_explained_variance() -> None:

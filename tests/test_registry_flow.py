@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from rlhf.config import ModelSpec
+from rlhf.launch import run_standalone
 from rlhf.models import load_causal_lm
 from rlhf.registry import Registry
-from rlhf.stage import run_standalone
+from rlhf.settings import ModelSpec
 from rlhf.tracking import read_offline_run
 from stages import sft
 from tests.conftest import pipeline_config

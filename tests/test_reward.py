@@ -10,10 +10,11 @@ from typing import Any
 
 import pytest
 
-from rlhf.config import ModelSpec, load_config
+from rlhf.config import load_config
 from rlhf.data.preferences import load_preferences
 from rlhf.data.synthetic import task_corpus
 from rlhf.errors import StageError
+from rlhf.launch import run_standalone
 from rlhf.models import (
     EOS,
     build_tokenizer,
@@ -33,8 +34,9 @@ from rlhf.rewards import (
     reward_stats,
     score,
 )
-from rlhf.stage import StageResult, run_standalone, standalone_context
-from rlhf.training import LossWatch
+from rlhf.settings import ModelSpec
+from rlhf.stage import StageResult
+from rlhf.workspace import standalone_context
 from stages import reward
 from tests.conftest import pipeline_config
 
@@ -152,7 +154,7 @@ def test_the_trainer_gets_every_fitted_pair_and_a_silent_drop_is_caught(
 ) -> None:
     cfg = load_config(config_file, ["stages.reward.max_length=8"])
     stage_cfg, ctx = standalone_context(cfg, "reward", tmp_path / "run")
-    trainer, splits = reward.build_trainer(stage_cfg, ctx, LossWatch())
+    trainer, splits = reward.build_trainer(stage_cfg, ctx)
     assert len(trainer.train_dataset) == len(splits["train"].chosen_ids) > 0
     assert max(map(len, trainer.train_dataset["rejected_ids"])) <= 8 and splits["train"].truncated > 0
 
@@ -162,7 +164,7 @@ def test_the_trainer_gets_every_fitted_pair_and_a_silent_drop_is_caught(
 
     monkeypatch.setattr(reward, "fit_length", unfitted)
     with pytest.raises(StageError, match=r"the trainer kept \d+ of \d+ train pairs"):
-        reward.build_trainer(stage_cfg, ctx, LossWatch())
+        reward.build_trainer(stage_cfg, ctx)
 
 
 def test_fit_length_cuts_the_prompt_from_the_left_and_keeps_responses_whole(tiny_llama_dir: Path) -> None:
@@ -217,8 +219,8 @@ def test_a_lora_policy_is_merged_before_it_becomes_a_reward_model(
 ) -> None:
     from peft import get_peft_model
 
-    from rlhf.config import LoraSpec
     from rlhf.models import lora_config
+    from rlhf.settings import LoraSpec
 
     policy, tokenizer = load_causal_lm(ModelSpec(name=str(tiny_llama_dir)))
     adapter = get_peft_model(policy, lora_config(LoraSpec(r=4)))

@@ -13,11 +13,12 @@ from pathlib import Path
 
 import pytest
 
+from rlhf.checkpoints import last_complete_checkpoint
 from rlhf.config import validate_config
 from rlhf.errors import ConfigError
 from rlhf.registry import Registry
 from rlhf.runs import RunRecord, list_runs
-from rlhf.training import last_complete_checkpoint
+from rlhf.training import TRAINER_WRITES_LAST
 from tests.conftest import REPO, pipeline_config
 from tests.conftest import run_cli as rlhf
 
@@ -181,8 +182,8 @@ def test_resume_passes_over_a_checkpoint_cut_short(tmp_path: Path) -> None:
         if complete:
             (folder / "trainer_state.json").write_text("{}", encoding="utf-8")
     (tmp_path / "checkpoint-final").mkdir()  # not a step: ignored
-    assert last_complete_checkpoint(tmp_path) == tmp_path / "checkpoint-10"
-    assert last_complete_checkpoint(tmp_path / "none-yet") is None
+    assert last_complete_checkpoint(tmp_path, TRAINER_WRITES_LAST) == tmp_path / "checkpoint-10"
+    assert last_complete_checkpoint(tmp_path / "none-yet", TRAINER_WRITES_LAST) is None
 
 
 def test_a_stage_given_as_anything_but_a_registry_version_is_a_one_line_error() -> None:

@@ -10,12 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from rlhf.config import ModelSpec, load_config
+from rlhf.config import load_config
 from rlhf.errors import StageError
 from rlhf.eval import evaluate_model
+from rlhf.launch import run_standalone
 from rlhf.models import load_causal_lm
-from rlhf.stage import run_standalone, standalone_context
+from rlhf.settings import ModelSpec
 from rlhf.training import LossWatch
+from rlhf.workspace import standalone_context
 from stages import sft
 from tests.conftest import REPO, pipeline_config
 
@@ -84,7 +86,7 @@ def _context(config_file: Path, run_dir: Path, overrides: list[str]):
 
 def test_loss_is_on_the_completion_only(config_file: Path, tmp_path: Path) -> None:
     stage_cfg, ctx = _context(config_file, tmp_path / "run", [])
-    trainer = sft.build_trainer(stage_cfg, ctx, LossWatch())
+    trainer = sft.build_trainer(stage_cfg, ctx)
     batch = trainer.data_collator([trainer.train_dataset[0]])
     tokenizer = trainer.processing_class
     ids, labels = batch["input_ids"][0].tolist(), batch["labels"][0].tolist()
@@ -104,7 +106,7 @@ def test_messages_data_with_packing_trains_assistant_turns(config_file: Path, tm
     overrides = [f"stages.sft.dataset={data}", "stages.sft.packing=true", "stages.sft.max_steps=6",
                  "stages.sft.evaluation=null", "stages.sft.logging_steps=1"]  # fmt: skip
     stage_cfg, ctx = _context(config_file, tmp_path / "run", overrides)
-    trainer = sft.build_trainer(stage_cfg, ctx, LossWatch())
+    trainer = sft.build_trainer(stage_cfg, ctx)
     batch = trainer.data_collator([trainer.train_dataset[i] for i in range(2)])
     assert batch["input_ids"].shape[0] == 1  # packed: several conversations in one row
     ids, labels = batch["input_ids"][0].tolist(), batch["labels"][0].tolist()
