@@ -25,7 +25,7 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from rlhf.data.preferences import load_preferences
+from rlhf.data.preference_dataset import load_preferences
 from rlhf.distributed import deepspeed_plugin, mixed_precision
 from rlhf.errors import DataError
 from rlhf.eval import load_prompts

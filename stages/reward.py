@@ -25,7 +25,7 @@ from statistics import fmean
 from typing import TYPE_CHECKING, Any
 
 from rlhf import atomic
-from rlhf.data.preferences import load_preferences
+from rlhf.data.preference_dataset import load_preferences
 from rlhf.errors import DataError, StageError
 from rlhf.eval import GOLD_REWARDS, last_user_text
 from rlhf.launch import stage_main

@@ -6,7 +6,7 @@ import csv
 import json
 from pathlib import Path
 
-from rlhf.data.preferences import load_preferences
+from rlhf.data.preference_dataset import load_preferences
 from rlhf.registry import Registry
 from tests.conftest import run_cli
 

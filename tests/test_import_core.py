@@ -20,10 +20,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from rlhf.data import importers, preferences, quality, readers
+from rlhf.data import importers, preference_dataset, quality, readers
 from rlhf.data.aggregate import AgreementTracker, aggregate, majority
 from rlhf.data.importers import BadRow, ImportOptions
-from rlhf.data.preferences import ImportSettings, import_preferences, load_preferences
+from rlhf.data.preference_dataset import load_preferences
+from rlhf.data.preferences import ImportSettings, import_preferences
 from rlhf.data.records import Comparison, Quarantined, Source, Vote, user
 from rlhf.errors import ConfigError, DataError
 
@@ -538,25 +539,25 @@ def test_a_crash_mid_write_leaves_no_dataset_and_keeps_the_previous_one(
     tmp_path: Path, fake_format: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     source = write_jsonl(tmp_path / "rows.jsonl", [row(f"p{i}") for i in range(100)])
-    monkeypatch.setattr(preferences, "BATCH_ROWS", 10)
-    real_flush = preferences._SplitWriter.flush
+    monkeypatch.setattr(preference_dataset, "BATCH_ROWS", 10)
+    real_flush = preference_dataset.SplitWriter.flush
     calls = []
 
-    def crashing_flush(self: preferences._SplitWriter) -> None:
+    def crashing_flush(self: preference_dataset.SplitWriter) -> None:
         calls.append(1)
         if len(calls) == 3:
             raise OSError("disk full (injected)")
         real_flush(self)
 
-    monkeypatch.setattr(preferences._SplitWriter, "flush", crashing_flush)
+    monkeypatch.setattr(preference_dataset.SplitWriter, "flush", crashing_flush)
     with pytest.raises(OSError, match="injected"):
         import_preferences([source], tmp_path / "out", ImportSettings())
     assert sorted(p.name for p in tmp_path.iterdir()) == ["rows.jsonl"]  # no dataset, no leftovers
 
-    monkeypatch.setattr(preferences._SplitWriter, "flush", real_flush)
+    monkeypatch.setattr(preference_dataset.SplitWriter, "flush", real_flush)
     first = import_preferences([source], tmp_path / "out", ImportSettings())
     calls.clear()
-    monkeypatch.setattr(preferences._SplitWriter, "flush", crashing_flush)
+    monkeypatch.setattr(preference_dataset.SplitWriter, "flush", crashing_flush)
     with pytest.raises(OSError, match="injected"):
         import_preferences([source], tmp_path / "out", ImportSettings(split_seed=1))
     assert json.loads(first.manifest_path.read_text())["fingerprint"] == first.fingerprint

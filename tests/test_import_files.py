@@ -11,7 +11,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from rlhf.data.preferences import ImportSettings, import_preferences, load_preferences
+from rlhf.data.preference_dataset import load_preferences
+from rlhf.data.preferences import ImportSettings, import_preferences
 from tests.test_import_annotation_tools import flat_row
 from tests.test_import_public_formats import HH_ROW, NECTAR_ROW, UF_ROW, battle, openai_row
 

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from rlhf.config import load_config
-from rlhf.data.preferences import load_preferences
+from rlhf.data.preference_dataset import load_preferences
 from rlhf.data.synthetic import task_corpus
 from rlhf.errors import StageError
 from rlhf.launch import run_standalone

@@ -11,72 +11,43 @@ Every unit read (each comparison an importer yields, and each record that yields
 place: the dataset (kept), `quarantine.jsonl` (with its reason and location) or `duplicates.jsonl` (with the
 location of the row it repeats), so that rows read = kept + quarantined + duplicates.
 
-Output, written beside `out_dir` and renamed into place (a crash leaves no half dataset):
-
-    train/data.parquet  test/data.parquet   PreferenceRecord rows; `datasets.load_dataset(out_dir)` reads them
-    quarantine.jsonl  duplicates.jsonl      what was left out, and why
-    manifest.json                           fingerprint, counts, sources, settings, annotators, agreement
-    report.md                               the same for a person
+Output, written beside `out_dir` and renamed into place (a crash leaves no half dataset), is laid out as
+`rlhf.data.preference_dataset` says.
 """
 
 from __future__ import annotations
 
-import bisect
-import contextlib
-import hashlib
 import json
 import logging
-import operator
-import os
-import shutil
-import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
-
-import pyarrow as pa
-import pyarrow.parquet as pq
+from typing import IO, Any
 
 from rlhf.data import quality, readers
 from rlhf.data.aggregate import Agreement, AgreementTracker, Ties, aggregate, counted_votes
 from rlhf.data.importers import BadRow, Importer, ImportOptions, detect, get_importer
-from rlhf.data.records import Comparison, PreferenceRecord, Quarantined, excerpt
+from rlhf.data.preference_dataset import (
+    DATASET_FORMAT,
+    DATASET_VERSION,
+    DUPLICATES,
+    MANIFEST,
+    QUARANTINE,
+    REPORT,
+    SPLITS,
+    SplitWriter,
+    fingerprint,
+    sources_of_rows,
+    split_of,
+    staged_dataset_dir,
+)
+from rlhf.data.records import Comparison, Quarantined, excerpt
 from rlhf.errors import ConfigError, DataError, RlhfError
-
-if TYPE_CHECKING:
-    from datasets import DatasetDict
 
 log = logging.getLogger(__name__)
 
-SPLITS = ("train", "test")
-MANIFEST, REPORT, QUARANTINE, DUPLICATES = (
-    "manifest.json",
-    "report.md",
-    "quarantine.jsonl",
-    "duplicates.jsonl",
-)
-DATASET_FORMAT, DATASET_VERSION = "rlhf-preferences", 1
-BATCH_ROWS = 4096
 PROGRESS_EVERY = 100_000
-
-_MESSAGES = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
-SCHEMA = pa.schema(
-    [
-        ("prompt", _MESSAGES),
-        ("chosen", _MESSAGES),
-        ("rejected", _MESSAGES),
-        ("margin", pa.float64()),
-        ("tie", pa.bool_()),
-        ("annotators", pa.list_(pa.string())),
-        ("votes", pa.list_(pa.string())),
-        ("source_file", pa.string()),
-        ("source_row", pa.string()),
-    ]
-)
-
-_FIELDS = operator.attrgetter(*SCHEMA.names)  # a PreferenceRecord as a row in schema order
 
 
 @dataclass(frozen=True)
@@ -179,7 +150,7 @@ def import_preferences(
                 tracker.add(item.votes)
         first_pass = tracker.result()
     excluded = first_pass.below(settings.min_annotator_agreement) if first_pass else frozenset()
-    with _staging(Path(out_dir)) as build:
+    with staged_dataset_dir(Path(out_dir)) as build:
         run = _Run(build, settings, count_tokens, excluded)
         try:
             sources_json = []
@@ -202,46 +173,6 @@ def import_preferences(
         by_reason=counts["by_reason"],
         excluded_annotators=tuple(sorted(excluded)),
     )
-
-
-def load_preferences(out_dir: Path) -> DatasetDict:
-    """The train and test splits of an imported dataset, checked against the manifest's fingerprint."""
-    from datasets import Dataset, DatasetDict
-
-    out_dir = Path(out_dir)
-    try:
-        manifest = json.loads((out_dir / MANIFEST).read_text(encoding="utf-8"))
-        files = {split: [out_dir / name for name in manifest["files"][split]] for split in SPLITS}
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise DataError(f"{out_dir}: not an imported preference dataset ({exc})") from None
-    if fingerprint(out_dir, manifest["files"]) != manifest["fingerprint"]:
-        raise DataError(f"{out_dir}: data files do not match the manifest's fingerprint; re-run the import")
-    splits = {}
-    for split, paths in files.items():
-        if manifest["counts"][split]:
-            splits[split] = Dataset.from_parquet([str(path) for path in paths], split=split)
-        else:  # `datasets` refuses a parquet file without rows
-            splits[split] = Dataset(pq.read_table(paths[0]))
-    return DatasetDict(splits)
-
-
-def split_of(normalized_prompt: str, seed: int, test_fraction: float) -> str:
-    """The split ("train" or "test") a hash of the seed and the normalized prompt draws: one prompt, one side."""
-    text = f"{seed}\x00{normalized_prompt}".encode("utf-8", "surrogatepass")
-    draw = int.from_bytes(hashlib.sha256(text).digest()[:8]) / 2**64
-    return "test" if draw < test_fraction else "train"
-
-
-def fingerprint(out_dir: Path, files: dict[str, list[str]]) -> str:
-    """sha256 over the data files' names and bytes, in split order."""
-    digest = hashlib.sha256()
-    for split in SPLITS:
-        for name in files[split]:
-            digest.update(name.encode() + b"\x00")
-            with (out_dir / name).open("rb") as handle:
-                while chunk := handle.read(2**20):
-                    digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _stream(
@@ -317,7 +248,7 @@ class _Run:
         self.settings = settings
         self.count_tokens = count_tokens
         self.excluded = excluded
-        self.writers = {split: _SplitWriter(directory / split) for split in SPLITS}
+        self.writers = {split: SplitWriter(directory / split) for split in SPLITS}
         self.quarantine = _jsonl(directory / QUARANTINE)
         self.spool = _jsonl(directory / (DUPLICATES + ".partial"))
         self.index = quality.DuplicateIndex()
@@ -382,7 +313,7 @@ class _Run:
             raise RuntimeError(
                 f"import accounting broken: {self.read} != {kept} + {quarantined} + {duplicates}"
             )
-        files = {split: [f"{split}/{_SplitWriter.NAME}"] for split in SPLITS}
+        files = {split: [f"{split}/{SplitWriter.NAME}"] for split in SPLITS}
         for entry in sources_json:
             entry["sha256"] = readers.sha256_of(Path(entry["file"]))
         final = self.agreement.result()
@@ -425,7 +356,7 @@ class _Run:
     def _write_duplicates(self) -> None:
         """duplicates.jsonl: each duplicate with the dataset row it repeats and that row's source."""
         origins = {
-            split: _origins(self.directory / split / _SplitWriter.NAME, wanted)
+            split: sources_of_rows(self.directory / split / SplitWriter.NAME, wanted)
             for split, wanted in self.originals.items()
         }
         spool = self.directory / (DUPLICATES + ".partial")
@@ -437,80 +368,6 @@ class _Run:
                 of = {"split": split, "row": row, "source_file": source_file, "source_row": source_row}
                 out.write(_dumps({**entry, "duplicate_of": of}))
         spool.unlink()
-
-
-class _SplitWriter:
-    """One split's parquet file, written a batch of rows at a time."""
-
-    NAME = "data.parquet"
-
-    def __init__(self, directory: Path) -> None:
-        directory.mkdir()
-        self._writer = pq.ParquetWriter(directory / self.NAME, SCHEMA)
-        self._pending: list[PreferenceRecord] = []
-        self.rows = 0
-
-    def add(self, record: PreferenceRecord) -> None:
-        self._pending.append(record)
-        self.rows += 1
-        if len(self._pending) >= BATCH_ROWS:
-            self.flush()
-
-    def flush(self) -> None:
-        if self._pending:
-            columns = zip(*map(_FIELDS, self._pending), strict=True)
-            columns = [pa.array(values, type=f.type) for values, f in zip(columns, SCHEMA, strict=True)]
-            self._writer.write_batch(pa.record_batch(columns, schema=SCHEMA))
-            self._pending = []
-
-    def close(self) -> None:
-        try:
-            self.flush()
-        finally:
-            self._writer.close()
-
-
-def _origins(path: Path, wanted: set[int]) -> dict[int, tuple[str, str]]:
-    """Source file and row of the wanted rows of a written split, read a batch at a time."""
-    rows, found, offset = sorted(wanted), {}, 0
-    for batch in pq.ParquetFile(path).iter_batches(batch_size=65536, columns=["source_file", "source_row"]):
-        lo, hi = bisect.bisect_left(rows, offset), bisect.bisect_left(rows, offset + batch.num_rows)
-        if lo < hi:
-            picked = batch.take(pa.array([row - offset for row in rows[lo:hi]])).to_pylist()
-            found.update(
-                (row, (hit["source_file"], hit["source_row"]))
-                for row, hit in zip(rows[lo:hi], picked, strict=True)
-            )
-        offset += batch.num_rows
-    return found
-
-
-@contextlib.contextmanager
-def _staging(out_dir: Path) -> Iterator[Path]:
-    """A fresh directory beside `out_dir`, renamed to it on success and removed on failure.
-
-    A previous import at `out_dir` is replaced; any other non-empty directory is refused, so that an import
-    never deletes what it did not write.
-    """
-    if out_dir.exists() and not (
-        out_dir.is_dir() and (not any(out_dir.iterdir()) or (out_dir / MANIFEST).is_file())
-    ):
-        raise DataError(f"{out_dir}: exists and is not an imported preference dataset; choose another output")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    build = out_dir.parent / f".{out_dir.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.partial"
-    build.mkdir()
-    try:
-        yield build
-    except BaseException:
-        shutil.rmtree(build, ignore_errors=True)
-        raise
-    if out_dir.exists():
-        old = build.with_suffix(".old")
-        out_dir.rename(old)
-        build.rename(out_dir)
-        shutil.rmtree(old)
-    else:
-        build.rename(out_dir)
 
 
 def render_report(manifest: dict[str, Any]) -> str:
