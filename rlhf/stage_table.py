@@ -21,9 +21,8 @@ from rlhf.errors import ConfigError
 from rlhf.registry import LATEST, REF_PREFIX
 from rlhf.settings import PolicyStageConfig, RewardStageConfig, Schema, SFTStageConfig, TrainStageConfig
 
-REWARD_MODEL = (
-    "reward_model"  # the input a reward model fills: PPO scores with it, the evaluation judges by it
-)
+# The input a reward model fills: PPO scores with it, the evaluation judges by it
+REWARD_MODEL = "reward_model"
 
 
 @dataclass(frozen=True)
