@@ -38,9 +38,9 @@ def worker(model_name: str, variant: str, steps: int, warmup: int, threads: int)
     from transformers import TrainerCallback
     from trl import SFTConfig, SFTTrainer
 
+    from rlhf.builtin_models import build_builtin_model
     from rlhf.data.files import SFT_FORMS, load_rows
     from rlhf.data.synthetic import SynthConfig, write_synthetic_task
-    from rlhf.models import build_builtin_model
 
     torch.set_num_threads(threads)
     cuda = torch.cuda.is_available()

@@ -1,10 +1,7 @@
-"""Models and tokenizers: from a Hugging Face id, a local directory, or a built-in tiny spec; LoRA.
+"""Models and tokenizers: from a Hugging Face id or a local directory, in the stage's precision; LoRA.
 
-Built-in specs (`tiny-llama`, `tiny-qwen2`, `tiny-gpt2`; `small-llama` for benchmarks) are small random-init
-causal LMs of real transformers architectures with a word-level tokenizer trained on the spot, so that the whole pipeline runs
-on a CPU with no download; `tiny-bert` is an encoder reward model (a one-output classification head) built the
-same way. A tiny spec is *materialized* once into a directory (weights + tokenizer), and every stage after that
-loads from disk like any other model: one loading path, reproducible bases.
+Built-in specs (`rlhf.builtin_models`) are materialized into a directory first, so every stage loads from
+disk like any other model: one loading path, reproducible bases.
 
 Safety defaults: safetensors only, `trust_remote_code` off unless the config asks, and `local_files_only`
 whenever the Hugging Face hub is offline.
@@ -16,13 +13,13 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from rlhf.data.synthetic import task_corpus
+from rlhf.architectures import is_builtin_spec
 from rlhf.errors import ModelError
 from rlhf.registry import Manifest, Registry, is_reference
 from rlhf.settings import LoraSpec, ModelSpec
@@ -33,154 +30,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# Role markers and the end-of-turn token are special tokens, so they never merge with text and the
-# policy can learn to stop. PAD is distinct from EOS: the reward head reads the last non-pad token.
-PAD, UNK, BOS, EOS = "<pad>", "<unk>", "<s>", "<|end|>"
-ROLE_TOKENS = ("<|system|>", "<|user|>", "<|assistant|>")
-
-# Each message is `<|role|> content <|end|>`; assistant content is wrapped in generation markers so TRL's
-# assistant-only loss can find it in multi-turn data.
-CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{{ '<|' + message['role'] + '|> ' }}"
-    "{% if message['role'] == 'assistant' %}{% generation %}{{ message['content'] + ' <|end|>' }}{% endgeneration %}"
-    "{% else %}{{ message['content'] + ' <|end|>' }}{% endif %}"
-    "{{ ' ' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|assistant|> ' }}{% endif %}"
+PAD = (
+    "<pad>"  # added to a tokenizer that has no pad distinct from EOS: the reward head reads the last non-pad
 )
-
-# Encoders have no chat template: a conversation is plain text, one `role: content` turn per paragraph
-# (`rlhf.rewards.pair_text`). Their tokenizer wraps each text RoBERTa-style, `<s> text <|end|>`: BOS serves as
-# [CLS] (BERT's pooler reads position 0) and EOS as [SEP].
-PLAIN_TURN, PLAIN_TURN_SEPARATOR = "{role}: {content}", "\n\n"
-PLAIN_ROLES = ("system", "user", "assistant")
-ENCODER_MODEL_TYPES = frozenset({"bert"})
-
-# Small enough to train in seconds on 2 cores, big enough to learn the built-in task. Two wide-ish layers
-# learned it faster than four narrow ones (field notes).
-BUILTIN_ARCHITECTURES: dict[str, dict[str, object]] = {
-    "tiny-llama": dict(
-        model_type="llama", hidden_size=128, intermediate_size=256, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=256, tie_word_embeddings=True,
-    ),
-    "tiny-qwen2": dict(
-        model_type="qwen2", hidden_size=128, intermediate_size=256, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=True,
-    ),
-    "tiny-gpt2": dict(model_type="gpt2", n_embd=128, n_layer=2, n_head=4, n_positions=256),
-    # ~40M parameters: for benchmarks and GPU checks, where the tiny ones are all overhead.
-    "small-llama": dict(
-        model_type="llama", hidden_size=512, intermediate_size=1408, num_hidden_layers=12,
-        num_attention_heads=8, num_key_value_heads=8, max_position_embeddings=1024, tie_word_embeddings=True,
-    ),
-    # ~100M parameters: for the ZeRO memory benchmark, where model states must outweigh the libraries.
-    "medium-llama": dict(
-        model_type="llama", hidden_size=768, intermediate_size=2048, num_hidden_layers=14,
-        num_attention_heads=12, num_key_value_heads=12, max_position_embeddings=1024, tie_word_embeddings=True,
-    ),
-    # An encoder reward model with its own tokenizer (no chat template), for the encoder path on a CPU.
-    "tiny-bert": dict(
-        model_type="bert", hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
-        max_position_embeddings=256, num_labels=1,
-    ),
-}  # fmt: skip
-
-
-def is_builtin_spec(name: str) -> bool:
-    return name in BUILTIN_ARCHITECTURES
-
-
-# --------------------------------------------------------------------------------------------------
-# Built-in tiny models
-
-
-def build_tokenizer(corpus: Iterable[str], encoder: bool = False) -> PreTrainedTokenizerBase:
-    """A word-level tokenizer trained on `corpus`, with special tokens and our chat template.
-
-    Word-level rather than BPE: on templated task text it gives ~3x shorter sequences (field notes), so a
-    tiny model sees whole words and learns the task in seconds. An `encoder` tokenizer has no chat template;
-    it knows the plain-text role words instead and wraps every text in `<s> ... <|end|>`.
-    """
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    specials = [PAD, UNK, BOS, EOS, *ROLE_TOKENS]
-    tokenizer = Tokenizer(models.WordLevel(unk_token=UNK))
-    tokenizer.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
-    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
-    tokenizer.decoder = decoders.WordPiece(prefix="##")  # joins words with single spaces
-    if encoder:
-        corpus = [*corpus, *(PLAIN_TURN.format(role=role, content="") for role in PLAIN_ROLES)]
-    tokenizer.train_from_iterator(corpus, trainers.WordLevelTrainer(special_tokens=specials))
-    if encoder:
-        ids = [(token, tokenizer.token_to_id(token)) for token in (BOS, EOS)]
-        tokenizer.post_processor = processors.TemplateProcessing(
-            single=f"{BOS} $A {EOS}", pair=f"{BOS} $A {EOS} $B:1 {EOS}:1", special_tokens=ids
-        )
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer, pad_token=PAD, unk_token=UNK, bos_token=BOS, eos_token=EOS,
-        additional_special_tokens=list(ROLE_TOKENS), padding_side="right", model_max_length=256,
-        **(dict(cls_token=BOS, sep_token=EOS) if encoder else {}),
-    )  # fmt: skip
-    if not encoder:
-        fast.chat_template = CHAT_TEMPLATE
-    return fast
-
-
-def build_builtin_model(name: str, seed: int = 0) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """A random-init model of a real architecture, sized for CPU runs, deterministic for a seed: a causal LM,
-    or for an encoder spec a sequence classifier with one output (a reward model)."""
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
-
-    if not is_builtin_spec(name):
-        raise ModelError(
-            f"model '{name}': not a built-in tiny spec (known: {', '.join(BUILTIN_ARCHITECTURES)})"
-        )
-    arch = dict(BUILTIN_ARCHITECTURES[name])
-    model_type = str(arch.pop("model_type"))
-    encoder = model_type in ENCODER_MODEL_TYPES
-    tokenizer = build_tokenizer(task_corpus(), encoder=encoder)
-    config = AutoConfig.for_model(
-        model_type,
-        vocab_size=len(tokenizer),
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        **arch,
-    )
-    torch.manual_seed(seed)
-    if encoder:
-        return AutoModelForSequenceClassification.from_config(config), tokenizer
-    model = AutoModelForCausalLM.from_config(config)
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    return model, tokenizer
-
-
-def materialize(spec: ModelSpec, out_dir: Path, seed: int = 0) -> Path:
-    """Write a tiny spec to `out_dir` as a standalone HF directory (reused if already there)."""
-    if (out_dir / "config.json").is_file():
-        return out_dir
-    model, tokenizer = build_builtin_model(spec.name, seed)
-    save_pretrained_atomic(model, tokenizer, out_dir)
-    return out_dir
-
-
-def save_pretrained_atomic(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out_dir: Path) -> None:
-    """Save model + tokenizer beside `out_dir`, then rename into place: readers never see half a model."""
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
-        model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        tmp.rename(out_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
 
 # --------------------------------------------------------------------------------------------------
 # Loading
@@ -334,6 +186,20 @@ def is_reward_model(path: str | Path) -> bool:
         )
     config = json.loads((path / "config.json").read_text(encoding="utf-8"))
     return any(arch.endswith("ForSequenceClassification") for arch in config.get("architectures") or ())
+
+
+def save_pretrained_atomic(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out_dir: Path) -> None:
+    """Save model + tokenizer beside `out_dir`, then rename into place: readers never see half a model."""
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        tmp.rename(out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def export_model(spec: ModelSpec, out_dir: Path, merge_lora: bool = False) -> Path:

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from statistics import fmean, pstdev
 from typing import TYPE_CHECKING, Literal
 
-from rlhf.models import PLAIN_TURN, PLAIN_TURN_SEPARATOR, inference, right_padded
+from rlhf.builtin_models import PLAIN_TURN, PLAIN_TURN_SEPARATOR
+from rlhf.models import inference, right_padded
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase

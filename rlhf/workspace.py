@@ -15,13 +15,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rlhf.architectures import is_builtin_spec
+from rlhf.builtin_models import materialize
 from rlhf.config import PipelineConfig, PreferencesConfig
 from rlhf.data.importers import ImportOptions
 from rlhf.data.preferences import ImportSettings, import_preferences
 from rlhf.data.synthetic import write_synthetic_task
 from rlhf.distributed import is_first_node, node_rank, rank_info
 from rlhf.errors import ConfigError
-from rlhf.models import is_builtin_spec, materialize, registry_model
+from rlhf.models import registry_model
 from rlhf.registry import Registry, default_registry_path, is_reference
 from rlhf.settings import ModelSpec
 from rlhf.stage import ResolvedModel, StageContext

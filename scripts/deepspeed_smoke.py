@@ -23,10 +23,10 @@ def main() -> None:
     import torch
     from trl import SFTConfig, SFTTrainer
 
+    from rlhf.builtin_models import build_builtin_model
     from rlhf.data.files import SFT_FORMS, load_rows
     from rlhf.data.synthetic import SynthConfig, write_synthetic_task
     from rlhf.eval import generate, load_prompts, summarize
-    from rlhf.models import build_builtin_model
     from rlhf.settings import GenerationSpec
 
     results = {}

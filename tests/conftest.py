@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -34,7 +35,7 @@ def small_task(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 @pytest.fixture(scope="session")
 def tiny_llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """tiny-llama materialized once as an ordinary HF directory."""
-    from rlhf.models import materialize
+    from rlhf.builtin_models import materialize
     from rlhf.settings import ModelSpec
 
     return materialize(ModelSpec(name="tiny-llama"), tmp_path_factory.mktemp("models") / "tiny-llama", seed=0)
@@ -68,6 +69,16 @@ def launch_stage(
                "--run-dir", str(run_dir), *overrides]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(REPO), "DS_ACCELERATOR": "cpu"}
     return subprocess.run(command, cwd=REPO, capture_output=True, text=True, env=env, timeout=600)
+
+
+def held_shares(log: str) -> dict[str, dict[str, float]]:
+    """Per rank, the share of each model it holds (1.0: a whole copy), from the stages' `this rank holds
+    trained model 50.0%, reference 50.0%` log lines (`rlhf.sharding.log_held_shares`)."""
+    shares: dict[str, dict[str, float]] = {}
+    for match in re.finditer(r"\[rank (\d+)\] rlhf\.sharding: [^:]+: this rank holds (.+)", log):
+        models = (part.rsplit(" ", 1) for part in match.group(2).split(", "))
+        shares[match.group(1)] = {name: float(share.rstrip("%")) / 100 for name, share in models}
+    return shares
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

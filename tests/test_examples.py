@@ -17,12 +17,12 @@ from typing import Any
 import pytest
 from huggingface_hub.utils import validate_repo_id
 
+from rlhf.architectures import is_builtin_spec
 from rlhf.config import PipelineConfig, load_config, validate_config
 from rlhf.data.importers import FORMATS
 from rlhf.distributed import check_deepspeed_batches, deepspeed_config
 from rlhf.errors import ConfigError
 from rlhf.launch import run_standalone
-from rlhf.models import is_builtin_spec
 from rlhf.pipeline import run_pipeline
 from rlhf.registry import Reference, is_reference
 from rlhf.stage_table import REWARD_MODEL, latest_version_of, stage_key, stage_spec

@@ -8,15 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from rlhf.builtin_models import EOS, build_builtin_model, materialize
 from rlhf.errors import ModelError
-from rlhf.models import (
-    EOS,
-    PAD,
-    build_builtin_model,
-    load_causal_lm,
-    lora_config,
-    materialize,
-)
+from rlhf.models import PAD, load_causal_lm, lora_config
 from rlhf.settings import LoraSpec, ModelSpec
 
 
@@ -109,3 +103,41 @@ def test_lora_block_trains_only_adapters(tiny_llama_dir: Path) -> None:
     names = [n for n, p in peft_model.named_parameters() if p.requires_grad]
     assert names and all("lora_" in n and ("q_proj" in n or "v_proj" in n) for n in names)
     assert lora_config(None) is None
+
+
+# The published parameter counts of the checkpoints the shapes stand for, and their chat formats.
+SHAPES = {
+    "qwen2.5-0.5b-shape": (494_032_768, "<|im_end|>",
+                           "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant."
+                           "<|im_end|>\n<|im_start|>user\nname two animals<|im_end|>\n<|im_start|>assistant\n"),
+    "llama-3.2-1b-shape": (1_235_814_400, "<|eot_id|>",
+                           "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nname two animals<|eot_id|>"
+                           "<|start_header_id|>assistant<|end_header_id|>\n\n"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", SHAPES)
+def test_a_real_shape_has_the_published_size_tokenizer_and_chat_template(name: str) -> None:
+    """Sized on the meta device (no memory): the dimensions give the published parameter count; the byte-level
+    tokenizer encodes any text losslessly, ends a turn with the real EOS, and marks the assistant's turn for
+    TRL's assistant-only loss."""
+    from transformers import AutoModelForCausalLM
+
+    from rlhf.architectures import ARCHITECTURES
+    from rlhf.builtin_models import builtin_config, tokenizer_for
+
+    parameters, eos, prompt = SHAPES[name]
+    tokenizer = tokenizer_for(ARCHITECTURES[name])
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(builtin_config(name, tokenizer))
+    assert sum(p.numel() for p in model.parameters()) == parameters
+    assert model.config.vocab_size == ARCHITECTURES[name].vocab_size >= len(tokenizer)
+    assert tokenizer.eos_token == eos and tokenizer.pad_token_id not in (None, tokenizer.eos_token_id)
+    turn = [{"role": "user", "content": "name two animals"}]
+    assert tokenizer.apply_chat_template(turn, tokenize=False, add_generation_prompt=True) == prompt
+    text = "Ünïcode, emoji 🙂 and words the task never used"
+    assert tokenizer.decode(tokenizer(text, add_special_tokens=False)["input_ids"]) == text
+    answered = tokenizer.apply_chat_template([*turn, {"role": "assistant", "content": "cat dog"}], return_dict=True,
+                                             return_assistant_tokens_mask=True)  # fmt: skip
+    marked = [i for i, m in zip(answered["input_ids"], answered["assistant_masks"], strict=True) if m]
+    assert tokenizer.decode(marked) == f"cat dog{eos}"

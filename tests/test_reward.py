@@ -10,14 +10,13 @@ from typing import Any
 
 import pytest
 
+from rlhf.builtin_models import EOS, build_tokenizer
 from rlhf.config import load_config
 from rlhf.data.preference_dataset import load_preferences
 from rlhf.data.synthetic import task_corpus
 from rlhf.errors import StageError
 from rlhf.launch import run_standalone
 from rlhf.models import (
-    EOS,
-    build_tokenizer,
     export_model,
     load_causal_lm,
     load_reward_model,
