@@ -160,8 +160,9 @@ def setup_tiny(work: Path, threads: int, overrides: list[str]) -> Models:
 
 def setup_small(work: Path) -> Models:
     """`small-llama` random-init as the policy, a random-init one-output head on it as the reward model."""
+    from rlhf.builtin_models import materialize
     from rlhf.data.synthetic import SynthConfig, write_synthetic_task
-    from rlhf.models import load_reward_model, materialize, save_pretrained_atomic
+    from rlhf.models import load_reward_model, save_pretrained_atomic
     from rlhf.settings import ModelSpec
 
     started = time.perf_counter()
@@ -225,7 +226,9 @@ def ours_worker(models: Models, settings: Settings) -> dict[str, Any]:
     torch.set_num_threads(settings.threads)
     from rlhf.eval import generate, load_prompts, summarize
     from rlhf.models import policy_training
-    from rlhf.ppo import PPORun, PPOTrainer, build_models
+    from rlhf.ppo import PPORun, PPOTrainer, ppo_accelerator
+    from rlhf.ppo_models import build_models
+    from rlhf.precision import LoadDtypes
     from rlhf.settings import GenerationSpec, ModelSpec, PolicyStageConfig, PPOSpec
 
     recipe = RECIPES[settings.recipe]
@@ -261,9 +264,9 @@ def ours_worker(models: Models, settings: Settings) -> dict[str, Any]:
         ),
     )
     policy_spec = ModelSpec(name=models.policy)
-    built = build_models(
-        policy_spec, ModelSpec(name=models.reward), policy_training(policy_spec, None, "policy"), "reward"
-    )
+    accelerator = ppo_accelerator(cfg, "stages.policy")
+    built = build_models(policy_spec, ModelSpec(name=models.reward), policy_training(policy_spec, None, "policy"),
+                         "reward", LoadDtypes("float32", "float32"))  # fmt: skip
     ends: list[float] = []  # when each update's metrics were logged: the end of the update
     with tempfile.TemporaryDirectory(prefix="ppo-update-") as tmp:
         trainer = PPOTrainer(
@@ -275,6 +278,7 @@ def ours_worker(models: Models, settings: Settings) -> dict[str, Any]:
                 seed=settings.seed,
                 reward_stats=models.reward_stats,
                 config_key="stages.policy",
+                accelerator=accelerator,
                 log_metrics=lambda metrics, step: ends.append(time.perf_counter()),
             )
         )

@@ -12,6 +12,12 @@ the table gives each rank's median over repeats, and the larger rank's ratio to 
 same run.
 
     python bench/zero_memory.py --repeats 3          # medium-llama: 99.2M parameters
+
+`--load` measures what loading costs instead, at a real shape: each rank's peak before training (loading the
+model, DeepSpeed's set-up) and in the first step, at ZeRO-0 and ZeRO-3, in fp32 and in bf16 (under DeepSpeed
+the trained model then loads in bf16; ZeRO-3 loads it partitioned, `deepspeed.zero.Init`):
+
+    python bench/zero_memory.py --load --model qwen2.5-0.5b-shape --steps 1 --repeats 1
 """
 
 from __future__ import annotations
@@ -38,6 +44,13 @@ VARIANTS: dict[str, dict[str, object]] = {
     "ZeRO-3, live/reuse 1e7": {"stage": 3, **RELEASING},
 }
 BASELINE = "ZeRO-0"
+# --load: (zero_optimization, precision)
+LOAD_VARIANTS: dict[str, tuple[dict[str, object], str]] = {
+    "ZeRO-0, fp32": ({"stage": 0}, "fp32"),
+    "ZeRO-3, fp32": ({"stage": 3, **RELEASING}, "fp32"),
+    "ZeRO-0, bf16": ({"stage": 0}, "bf16"),
+    "ZeRO-3, bf16": ({"stage": 3, **RELEASING}, "bf16"),
+}
 
 CONFIG = """
 name: zero-memory
@@ -47,7 +60,7 @@ data:
   synthetic: {{num_sft_train: 400, num_sft_eval: 8, num_preference_tasks: 10}}
 stages:
   sft: {{learning_rate: 1.0e-4, max_steps: {steps}, per_device_train_batch_size: 4, max_length: 128,
-        logging_steps: 1, save_steps: 100000, num_threads: 1, evaluation: null}}
+        logging_steps: 1, save_steps: 100000, num_threads: 1, evaluation: null, precision: {precision}}}
 evaluation: null
 tracking: none
 registry: {folder}/registry
@@ -98,14 +111,18 @@ def worker(out_dir: Path, argv: list[str]) -> int:
     return main(argv)
 
 
-def measure(zero: dict[str, object], model: str, steps: int, folder: Path) -> list[dict[str, float]]:
+def measure(
+    zero: dict[str, object], model: str, steps: int, folder: Path, precision: str = "fp32"
+) -> list[dict[str, float]]:
     """Run the stage on 2 processes with this `zero_optimization` (over what `zero_stage` sets); every rank's
     peak memory."""
     from rlhf.distributed import deepspeed_config, free_port, has_gpu
     from rlhf.settings import DistributedConfig
 
     config = folder / "pipeline.yaml"
-    config.write_text(CONFIG.format(model=model, steps=steps, folder=folder), encoding="utf-8")
+    config.write_text(
+        CONFIG.format(model=model, steps=steps, folder=folder, precision=precision), encoding="utf-8"
+    )
     out_dir = Path(tempfile.mkdtemp(dir=folder))
     deepspeed = deepspeed_config(DistributedConfig(zero_stage=zero["stage"]))
     deepspeed["zero_optimization"] |= zero
@@ -129,15 +146,20 @@ def main() -> None:
     parser.add_argument("--model", default="medium-llama")
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--load", action="store_true", help="loading and the first step, ZeRO-0/3 x fp32/bf16"
+    )
     parser.add_argument("--worker", type=Path, help=argparse.SUPPRESS)
     args, rest = parser.parse_known_args()
     if args.worker:
         sys.exit(worker(args.worker, [a for a in rest if a != "--"]))
 
+    from rlhf.builtin_models import build_builtin_model
     from rlhf.distributed import has_gpu
-    from rlhf.models import build_builtin_model
 
     params = sum(p.numel() for p in build_builtin_model(args.model, seed=0)[0].parameters())
+    if args.load:
+        sys.exit(load_table(args.model, params, args.steps, args.repeats))
     # variant -> (rank, "stage" | "training") -> one peak per repeat
     memory: dict[str, dict[tuple[int, str], list[float]]] = {name: {} for name in VARIANTS}
     with tempfile.TemporaryDirectory() as tmp:
@@ -167,6 +189,36 @@ def main() -> None:
         stage = max(peaks[rank, "stage"] for rank in (0, 1))
         print(f"| {name} | {peaks[0, 'training']:,.0f} | {peaks[1, 'training']:,.0f} | {stage:,.0f} "
               f"| {stage / base:.2f}x |")  # fmt: skip
+
+
+def load_table(model: str, params: int, steps: int, repeats: int) -> None:
+    """Peak memory before training (loading) and in training, per variant of LOAD_VARIANTS: the larger rank's
+    median, and its ratio to ZeRO-0 at the same precision and to fp32 at the same ZeRO stage."""
+    from rlhf.builtin_models import materialize
+    from rlhf.settings import ModelSpec
+
+    memory: dict[str, dict[str, list[float]]] = {name: {} for name in LOAD_VARIANTS}
+    with tempfile.TemporaryDirectory() as tmp:
+        # materialized once here, so that no rank's peak includes building the random-init model
+        directory = materialize(ModelSpec(name=model), Path(tmp) / "model")
+        for repeat in range(repeats):
+            for name, (zero, precision) in LOAD_VARIANTS.items():
+                ranks = measure(zero, str(directory), steps, Path(tmp), precision)
+                for kind in ("before_training", "training"):
+                    memory[name].setdefault(kind, []).append(max(rank[kind] for rank in ranks))
+                print(f"repeat {repeat}, {name}: larger rank: loading {memory[name]['before_training'][-1]:,.0f}, "
+                      f"training {memory[name]['training'][-1]:,.0f} MiB", flush=True)  # fmt: skip
+    median = {name: {k: statistics.median(v) for k, v in peaks.items()} for name, peaks in memory.items()}
+    print(f"\n{model}: {params / 1e6:.1f}M parameters, 2 processes, peak resident memory of the larger rank "
+          f"(MiB), medians of {repeats}")  # fmt: skip
+    print("| variant | loading | first step | loading vs ZeRO-0 | loading vs fp32 |")
+    print("|---|---:|---:|---:|---:|")
+    for name, peaks in median.items():
+        zero, precision = name.split(", ")
+        load = peaks["before_training"]
+        vs_zero0 = load / median[f"ZeRO-0, {precision}"]["before_training"]
+        vs_fp32 = load / median[f"{zero}, fp32"]["before_training"]
+        print(f"| {name} | {load:,.0f} | {peaks['training']:,.0f} | {vs_zero0:.2f}x | {vs_fp32:.2f}x |")
 
 
 if __name__ == "__main__":

@@ -64,21 +64,6 @@ def configure_logging(info: RankInfo, debug: bool = False) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def resolve_precision(precision: str) -> str:
-    """ "auto" is bf16 on a GPU that supports it and fp32 elsewhere; anything else is taken as asked."""
-    import torch
-
-    if precision != "auto":
-        return precision
-    return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
-
-
-def mixed_precision(precision: str) -> str:
-    """Our precision setting as accelerate's `mixed_precision` ("no", "bf16", "fp16")."""
-    resolved = resolve_precision(precision)
-    return "no" if resolved == "fp32" else resolved
-
-
 def deepspeed_config(dist: DistributedConfig) -> dict[str, Any] | None:
     """The DeepSpeed config a stage runs with: the configured JSON file, or one for `zero_stage` whose batch
     sizes, accumulation, clipping and precision are "auto" (the trainer fills them in); None without either."""
@@ -132,6 +117,12 @@ def has_gpu() -> bool:
     import torch
 
     return torch.cuda.is_available()
+
+
+def uses_deepspeed(dist: DistributedConfig) -> bool:
+    """DeepSpeed runs the stage: a ZeRO stage or config is set, and there is a GPU or several CPU processes
+    (a single CPU process has nothing to shard and trains without it)."""
+    return deepspeed_config(dist) is not None and (has_gpu() or on_cpu_under_launcher())
 
 
 def on_cpu_under_launcher() -> bool:

@@ -7,7 +7,8 @@ demonstrations can look better than the policy really is.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from statistics import fmean
@@ -18,6 +19,7 @@ from rlhf.data import synthetic
 from rlhf.data.files import fingerprint, iter_jsonl
 from rlhf.errors import DataError
 from rlhf.models import inference, load_causal_lm, load_reward_model, registry_model, right_padded
+from rlhf.precision import evaluation_dtype
 from rlhf.registry import Registry, is_reference
 from rlhf.rewards import score
 from rlhf.settings import GenerationSpec, ModelSpec
@@ -181,9 +183,29 @@ def evaluate_model(
     spec: ModelSpec, prompts_path: str, gen: GenerationSpec, task: str | None, seed: int
 ) -> dict[str, float]:
     """Load a model, sample it on the prompts file, and summarize (e.g. the untrained base, as a baseline)."""
-    model, tokenizer = load_causal_lm(spec)
-    model = on_evaluation_device(model)
-    return summarize(generate(model, tokenizer, load_prompts(prompts_path), gen, seed), task)
+    with evaluation_model(spec) as (model, tokenizer):
+        return summarize(generate(model, tokenizer, load_prompts(prompts_path), gen, seed), task)
+
+
+@contextmanager
+def evaluation_model(
+    spec: ModelSpec, reward_model: bool = False
+) -> Iterator[tuple[PreTrainedModel, PreTrainedTokenizerBase]]:
+    """One model of the closing evaluation, in the evaluation's precision on its device, for the block; freed
+    after it. The evaluation holds one model at a time, so any model a stage can train can be evaluated
+    (three 8B models at once would not fit one 80 GB GPU; one in bf16 takes 16 GB)."""
+    import gc
+
+    import torch
+
+    model, tokenizer = (load_reward_model if reward_model else load_causal_lm)(spec, evaluation_dtype())
+    try:
+        yield on_evaluation_device(model), tokenizer
+    finally:
+        del model
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
 
 @dataclass
@@ -209,18 +231,18 @@ def evaluate_policy(
 
     Metrics: gold reward and win rate where the task has one; reward-model score and win rate with a judge;
     KL(policy || reference) estimated on the policy's own samples as the mean of log p - log p_ref (k1,
-    unbiased); EOS share and response length of each.
+    unbiased); EOS share and response length of each. One model is loaded at a time (`evaluation_model`).
     """
-    policy_model, tokenizer = load_causal_lm(policy)
-    reference_model, reference_tokenizer = load_causal_lm(reference)
-    policy_model, reference_model = on_evaluation_device(policy_model), on_evaluation_device(reference_model)
-    ours = generate(policy_model, tokenizer, prompts, gen, seed)
-    theirs = generate(reference_model, reference_tokenizer, prompts, gen, seed)
+    with evaluation_model(policy) as (model, tokenizer):
+        ours = generate(model, tokenizer, prompts, gen, seed)
+        mine = response_logprobs(model, ours, gen.temperature)
+    with evaluation_model(reference) as (model, reference_tokenizer):
+        theirs = generate(model, reference_tokenizer, prompts, gen, seed)
+        one_token_space = tokenizer.get_vocab() == reference_tokenizer.get_vocab()  # KL needs one
+        base = response_logprobs(model, ours, gen.temperature) if one_token_space else None
     metrics = {f"policy_{k}": v for k, v in summarize(ours, task).items()}
     metrics |= {f"reference_{k}": v for k, v in summarize(theirs, task).items()}
-    if tokenizer.get_vocab() == reference_tokenizer.get_vocab():  # KL needs one token space
-        mine = response_logprobs(policy_model, ours, gen.temperature)
-        base = response_logprobs(reference_model, ours, gen.temperature)
+    if base is not None:
         metrics["kl"] = fmean(a - b for a, b in zip(mine, base, strict=True))
     columns = ["prompt", "policy", "reference"]
     scores: list[tuple[list[float], list[float]]] = []
@@ -229,10 +251,9 @@ def evaluate_policy(
         metrics["gold_win_rate"] = win_rate(*scores[-1])
         columns += ["policy_gold", "reference_gold"]
     if judge is not None:
-        model, judge_tokenizer = load_reward_model(judge)
-        model = on_evaluation_device(model)
-        scores.append(tuple(score(model, judge_tokenizer, [s.prompt for s in side], [s.response for s in side])
-                            for side in (ours, theirs)))  # type: ignore[arg-type]  # fmt: skip
+        with evaluation_model(judge, reward_model=True) as (model, judge_tokenizer):
+            scores.append(tuple(score(model, judge_tokenizer, [s.prompt for s in side],
+                                      [s.response for s in side]) for side in (ours, theirs)))  # type: ignore[arg-type]  # fmt: skip
         metrics |= {"policy_rm_score": fmean(scores[-1][0]), "reference_rm_score": fmean(scores[-1][1]),
                     "rm_win_rate": win_rate(*scores[-1])}  # fmt: skip
         columns += ["policy_rm", "reference_rm"]

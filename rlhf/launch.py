@@ -33,8 +33,10 @@ from rlhf.distributed import (
 )
 from rlhf.errors import RlhfError, StageError
 from rlhf.models import is_adapter
+from rlhf.precision import check_precision
 from rlhf.registry import REF_PREFIX, Manifest
 from rlhf.settings import TrainStageConfig
+from rlhf.sharding import peak_memory_gib
 from rlhf.stage import RESULT_FILE, StageContext, StageResult, StageRun
 from rlhf.stage_logs import logged_to, run_logged
 from rlhf.stage_table import REWARD_MODEL, program_spec, stage_key, stage_spec
@@ -68,6 +70,7 @@ def start_stage(
     alone = prepared is None  # else a pipeline checked every stage's batches and recorded the config
     if alone:
         check_deepspeed_batches(cfg, [stage])
+        check_precision(cfg, [stage])
     run_path = run_dir_for(cfg, run_dir)
     if alone and rank_info().is_main and LAUNCHED_BY_RLHF not in os.environ:  # else the launcher's parent did
         dump_config(cfg, node_folder(run_path) / CONFIG_FILE)
@@ -124,6 +127,7 @@ def run_stage(run: StageRun, stage_cfg: TrainStageConfig, ctx: StageContext) -> 
         ctx.tracker = tracker
         tracker.use_models([ctx.start.ref] if ctx.start.ref else [])
         result = run(stage_cfg, ctx)
+        result.metrics["peak_memory_gib"] = peak_memory_gib()  # rank 0's, against `rlhf plan`
         tracker.use_models(result.parents)
         tracker.log({f"final/{k}": v for k, v in result.metrics.items()})
         if ctx.rank.is_main:

@@ -30,6 +30,7 @@ from rlhf.errors import ConfigError, RlhfError, StageError
 from rlhf.eval import GOLD_REWARDS, PolicyEvaluation, evaluate_and_record, evaluate_model
 from rlhf.fingerprints import content_fingerprint, digest, stage_fingerprint
 from rlhf.launch import CONFIG_FILE, start_stage
+from rlhf.precision import check_precision
 from rlhf.registry import REF_PREFIX, Registry
 from rlhf.run_report import log_report, write_report
 from rlhf.runs import RunRecord
@@ -110,6 +111,7 @@ def run_pipeline(
     graph = stage_graph(cfg)
     _check_options(options, graph)
     check_deepspeed_batches(cfg)
+    check_precision(cfg)
     started = time.perf_counter()
     run_dir = run_dir_for(cfg, run_dir)
     local = node_folder(run_dir)  # the first node's is the run directory; the others keep theirs apart

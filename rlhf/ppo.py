@@ -31,7 +31,7 @@ response.
 
 from __future__ import annotations
 
-import copy
+import dataclasses
 import logging
 import math
 import time
@@ -54,121 +54,16 @@ from rlhf.checkpoints import (
 from rlhf.distributed import make_accelerator
 from rlhf.errors import ConfigError, StageError
 from rlhf.eval import Messages, Sample, generate
-from rlhf.models import PolicyTraining, load_causal_lm, load_reward_model
+from rlhf.ppo_models import PolicyAndValue, PPOModels
 from rlhf.rewards import score, score_ids
-from rlhf.settings import ModelSpec, PolicyStageConfig, PPOSpec, ppo_batches
+from rlhf.settings import PolicyStageConfig, PPOSpec, ppo_batches
+from rlhf.sharding import frozen_engine, log_held_shares
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
-    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+    from transformers import PreTrainedModel
 
 log = logging.getLogger(__name__)
-
-
-# ==================================================================================================
-# Models: policy, frozen reference, frozen reward model, trainable value model
-
-
-@dataclass
-class PPOModels:
-    """Everything PPO runs. `reference` None: the policy with its LoRA adapters disabled (no second copy)."""
-
-    policy: PreTrainedModel
-    tokenizer: PreTrainedTokenizerBase
-    reference: PreTrainedModel | None
-    reward: PreTrainedModel
-    reward_tokenizer: PreTrainedTokenizerBase
-    value: nn.Module | None  # None: a value head on the policy
-    shared_tokenizer: bool  # the reward model reads the policy's token ids as they are
-
-
-def disable_dropout(model: nn.Module) -> None:
-    """[4] Dropout off everywhere, also while training: PPO's ratio compares two forward passes, which
-    dropout would make differ by noise alone. (Train mode stays on for gradient checkpointing.)"""
-    for module in model.modules():
-        if isinstance(module, nn.Dropout):
-            module.p = 0.0
-
-
-class ValueModel(nn.Module):
-    """A per-token value from a sequence classifier: its backbone's hidden state at every position, through
-    its one-output head. Built from the reward model, it starts out knowing what the reward favours [5]."""
-
-    def __init__(self, classifier: PreTrainedModel) -> None:
-        super().__init__()
-        self.backbone = getattr(classifier, classifier.base_model_prefix)
-        self.head = classifier.score
-
-    def forward(self, ids: Tensor, attention: Tensor, positions: Tensor) -> Tensor:
-        """ids, attention, positions: [B, L] -> values: [B, L]."""
-        hidden = self.backbone(input_ids=ids, attention_mask=attention, position_ids=positions)
-        return self.head(hidden.last_hidden_state).squeeze(-1)
-
-
-class PolicyAndValue(nn.Module):
-    """The trainable part as one module, so one optimizer (and one DeepSpeed engine) holds both.
-
-    With `value` None the value is a linear head on the policy's last hidden state, initialized to 0 [5]."""
-
-    def __init__(self, policy: PreTrainedModel, value: nn.Module | None) -> None:
-        super().__init__()
-        self.policy = policy
-        self.value = value
-        self.config = policy.config  # accelerate sizes DeepSpeed's "auto" buckets from its hidden_size
-        self.value_head = None
-        if value is None:
-            self.value_head = nn.Linear(policy.config.hidden_size, 1)
-            nn.init.zeros_(self.value_head.weight)
-            nn.init.zeros_(self.value_head.bias)
-
-    def forward(self, ids: Tensor, attention: Tensor, positions: Tensor) -> tuple[Tensor, Tensor]:
-        """ids, attention, positions: [B, L] -> (logits: [B, L, V], values: [B, L])."""
-        out = self.policy(input_ids=ids, attention_mask=attention, position_ids=positions,
-                          output_hidden_states=self.value_head is not None)  # fmt: skip
-        if self.value_head is not None:
-            values = self.value_head(out.hidden_states[-1]).squeeze(-1)
-        else:
-            values = self.value(ids, attention, positions)
-        return out.logits, values
-
-
-def build_models(
-    policy: ModelSpec, reward: ModelSpec, training: PolicyTraining, value_model: str
-) -> PPOModels:
-    """Load the start policy, its reference, the reward model and the value model, as the stage chose:
-
-    - policy and reference (`training`, from `rlhf.models.policy_training`): with a fresh LoRA adapter on the
-      start, the reference is its base with the adapters disabled; otherwise a frozen copy of the start.
-    - value (`reward`): a trainable copy of the reward model when it reads the policy's tokens; when the
-      tokenizers differ, a copy of the policy's backbone with a fresh head (values must be per policy token).
-    - value (`policy_head`): a zero-initialized head on the policy.
-    """
-    model, tokenizer = load_causal_lm(policy)
-    reference = None
-    if training.new_adapter is not None:
-        from peft import get_peft_model
-
-        model = get_peft_model(model, training.new_adapter)
-    else:
-        reference, _ = load_causal_lm(policy)
-    reward_model, reward_tokenizer = load_reward_model(reward)
-    shared = tokenizer.get_vocab() == reward_tokenizer.get_vocab()
-    value = None
-    if value_model == "reward" and shared:
-        value = ValueModel(copy.deepcopy(reward_model))
-    elif value_model == "reward":
-        log.info("ppo: the reward model has its own tokenizer: value model = a copy of the policy's backbone")
-        classifier, _ = load_reward_model(policy)
-        nn.init.zeros_(classifier.score.weight)
-        value = ValueModel(classifier)
-    for frozen in (reference, reward_model):
-        if frozen is not None:
-            frozen.requires_grad_(False)
-            frozen.eval()
-    for module in (model, reference, reward_model, value):
-        if module is not None:
-            disable_dropout(module)
-    return PPOModels(model, tokenizer, reference, reward_model, reward_tokenizer, value, shared)
 
 
 # ==================================================================================================
@@ -221,6 +116,16 @@ def collate(samples: Sequence[Sample], pad_id: int, device: torch.device) -> tup
         rows.append([pad_id] * left + [*s.prompt_ids, *s.response_ids] + [pad_id] * right)
         masks.append([0] * left + [1] * (len(s.prompt_ids) + len(s.response_ids)) + [0] * right)
     return torch.tensor(rows, device=device), torch.tensor(masks, device=device), width
+
+
+def ppo_accelerator(
+    cfg: PolicyStageConfig, config_key: str, deepspeed_plugin: Any = None, mixed_precision: str = "no"
+) -> Accelerator:
+    """The accelerator one PPO training runs on (DeepSpeed underneath with a plugin). Made before any model
+    loads: at ZeRO-3 it is what makes transformers load each model partitioned."""
+    accumulation = ppo_batches(cfg, config_key).accumulation
+    return make_accelerator(deepspeed_plugin, mixed_precision=mixed_precision,
+                            gradient_accumulation_steps=accumulation)  # fmt: skip
 
 
 def reward_scores(models: PPOModels, samples: Sequence[Sample]) -> Tensor:
@@ -471,9 +376,9 @@ class PPORun:
     seed: int
     reward_stats: tuple[float, float] | None  # the reward model's stored mean/std; None: from the 1st rollout
     config_key: str  # the stage's section, e.g. `stages.policy.ppo`, for errors in its settings
+    accelerator: Accelerator  # from `ppo_accelerator`, made before the models load (ZeRO-3 loads partitioned)
     log_metrics: Callable[[dict[str, float], int], None] = lambda metrics, step: None
-    deepspeed_plugin: Any = None
-    mixed_precision: str = "no"
+    offload_frozen_models: bool = False  # ZeRO-3: the reference's and reward model's shards in CPU memory
 
 
 @dataclass
@@ -491,8 +396,7 @@ class PPOTrainer:
     def __init__(self, run: PPORun) -> None:
         self.run, self.cfg, self.spec, self.models = run, run.cfg, run.cfg.ppo, run.models
         self.batches = batches = ppo_batches(self.cfg, self.run.config_key)
-        self.accelerator = make_accelerator(run.deepspeed_plugin, mixed_precision=run.mixed_precision,
-                                            gradient_accumulation_steps=batches.accumulation)  # fmt: skip
+        self.accelerator = run.accelerator
         self.world = self.accelerator.num_processes
         per_update = self.spec.prompts_per_update * self.world
         for_the_epochs = max(1, math.ceil(self.cfg.num_train_epochs * len(run.prompts) / per_update))
@@ -503,7 +407,7 @@ class PPOTrainer:
         # DeepSpeed brings its own optimizer handling, so there the plain one.
         optimizer = torch.optim.AdamW(trainable, lr=self.cfg.learning_rate, eps=1e-5,
                                       weight_decay=self.cfg.weight_decay,
-                                      fused=run.deepspeed_plugin is None)  # fmt: skip
+                                      fused=self.accelerator.state.deepspeed_plugin is None)  # fmt: skip
         self.scheduler = self._schedule(optimizer)
         if plugin := self.accelerator.state.deepspeed_plugin:  # what a Trainer would fill in for "auto"
             plugin.deepspeed_config.update(train_micro_batch_size_per_gpu=batches.micro,
@@ -513,9 +417,12 @@ class PPOTrainer:
             # ZeRO-3: gather the full weights when the policy is saved (`save_policy`)
             plugin.deepspeed_config["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] = True
         self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
-        for frozen in (self.models.reference, self.models.reward):
-            if frozen is not None:
-                frozen.to(self.accelerator.device)
+        log_held_shares("ppo", {"trained policy": model.policy, "value": model.value, "reference": self.models.reference,
+                                "reward model": self.models.reward})  # fmt: skip
+        # the frozen models as the rollout calls them: on the device, or ZeRO-3 engines of their own
+        reference, reward = (frozen and frozen_engine(frozen, self.accelerator, run.offload_frozen_models)
+                             for frozen in (self.models.reference, self.models.reward))  # fmt: skip
+        self.models = dataclasses.replace(self.models, reference=reference, reward=reward)
         self.kl_controller = KLController(self.spec.kl_coef, self.spec.target_kl, self.spec.kl_horizon)
         self.state = PPOState(reward_stats=run.reward_stats if self.spec.normalize_rewards else None)
         self.accelerator.register_for_checkpointing(self.scheduler, self.kl_controller, self.state)

@@ -69,6 +69,9 @@ class DistributedConfig(Schema):
     zero_stage: Literal[0, 1, 2, 3] | None = None
     deepspeed_config: str | None = None
     launcher: Literal["deepspeed", "torchrun"] = "deepspeed"
+    offload_frozen_models: bool = Field(
+        False, description="At ZeRO-3: keep the frozen models' (reference, reward) shards in CPU memory."
+    )
 
 
 class StageDistributed(Schema):
@@ -81,6 +84,7 @@ class StageDistributed(Schema):
     zero_stage: Literal[0, 1, 2, 3] | None = None
     deepspeed_config: str | None = None
     launcher: Literal["deepspeed", "torchrun"] | None = None
+    offload_frozen_models: bool | None = None
 
     def over(self, pipeline: DistributedConfig) -> DistributedConfig:
         update = self.model_dump(exclude_none=True)

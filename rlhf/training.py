@@ -23,12 +23,14 @@ from rlhf.distributed import (
     deepspeed_config,
     has_gpu,
     on_cpu_under_launcher,
-    resolve_precision,
     start_cpu_deepspeed,
+    uses_deepspeed,
 )
 from rlhf.errors import StageError
 from rlhf.eval import generate, load_prompts, summarize
+from rlhf.precision import LoadDtypes, load_dtypes, precision_flags
 from rlhf.settings import GenerationSpec, TrainStageConfig
+from rlhf.sharding import log_held_shares
 from rlhf.stage import HISTORY_FILE, StageContext
 
 if TYPE_CHECKING:
@@ -48,10 +50,11 @@ TRACKED = {"loss": "train_loss"}  # trainer log key -> our metric name (first an
 TRAINER_WRITES_LAST = "trainer_state.json"  # of a checkpoint: one without it was cut short
 
 
-def precision_flags(precision: str) -> dict[str, bool]:
-    """TRL's precision flags: bf16 where the device has it ("auto"), or exactly what the config asks."""
-    precision = resolve_precision(precision)
-    return {"bf16": precision == "bf16", "fp16": precision == "fp16"}
+def stage_dtypes(cfg: TrainStageConfig, ctx: StageContext) -> LoadDtypes:
+    """What this stage's models load in: its precision, and whether DeepSpeed holds the fp32 master weights."""
+    dtypes = load_dtypes(cfg.precision, uses_deepspeed(ctx.distributed))
+    log.info("%s: models load in %s (trained) / %s (frozen)", ctx.stage, dtypes.trained, dtypes.frozen)
+    return dtypes
 
 
 def trainer_arguments(cfg: TrainStageConfig, ctx: StageContext, evaluates: bool) -> dict[str, Any]:
@@ -211,6 +214,9 @@ def train_and_save(
     the logged history for the run report, save the model to the stage's output directory (`before_save`
     first, e.g. to leave a reference adapter out), and report steps, resume and the tracked metrics' first
     and last values. Returns (output directory, metrics)."""
+    log_held_shares(
+        ctx.stage, {"trained model": trainer.model, "reference": getattr(trainer, "ref_model", None)}
+    )
     watch = LossWatch()
     trainer.add_callback(watch)
     resumed_from = train_with_resume(trainer)

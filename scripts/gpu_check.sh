@@ -17,3 +17,9 @@ echo "== gpu tests"; timeout 240 python3 -m pytest -q -p no:cacheprovider -m gpu
 echo "== quickstart on the gpu"; timeout 240 python3 -m rlhf.cli run configs/quickstart.yaml tracking=none runs_dir=/tmp/runs 2>&1 | tail -12 | tee "$out/quickstart.txt"
 echo "== deepspeed"; timeout 300 python3 scripts/deepspeed_smoke.py 2>&1 | grep -E '^\{|smoke|Error|error' | tail -8 | tee "$out/deepspeed.txt"
 echo "== sft throughput"; timeout 300 python3 bench/sft_throughput.py --model small-llama --repeats 3 --steps 60 --warmup 10 --threads 4 --json "$out/sft_gpu.json" 2>&1 | tail -9 | tee "$out/sft_gpu.txt"
+# The real-size path: the Qwen2.5-0.5B shape through SFT -> reward model -> DPO -> PPO in bf16 at ZeRO-3 on
+# this GPU, a few steps each; seconds and peak GPU memory per stage against `rlhf plan`'s prediction.
+echo "== 0.5B shape, bf16, ZeRO-3"; timeout 420 python3 bench/shape_stages.py distributed.zero_stage=3 \
+  stages.sft.precision=bf16 stages.reward.precision=bf16 stages.policy.dpo.precision=bf16 \
+  stages.policy.ppo.precision=bf16 2>&1 | tail -9 | tee "$out/shape_stages.txt"
+echo "== plan"; timeout 60 python3 -m rlhf.cli plan configs/shapes/qwen2.5-0.5b-cpu.yaml --gpus-per-node 1 2>&1 | tail -20 | tee "$out/plan.txt"

@@ -26,15 +26,23 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rlhf.data.preference_dataset import load_preferences
-from rlhf.distributed import deepspeed_plugin, mixed_precision
+from rlhf.distributed import deepspeed_plugin
 from rlhf.errors import DataError
 from rlhf.eval import load_prompts
 from rlhf.launch import stage_main
 from rlhf.models import is_adapter, load_causal_lm, policy_training
+from rlhf.precision import mixed_precision
 from rlhf.settings import ModelSpec, PolicyStageConfig
 from rlhf.stage import ResolvedModel, StageContext, StageResult
 from rlhf.stage_table import REWARD_MODEL, latest_version_of, stage_key
-from rlhf.training import held_out_samples, save_history, save_output, train_and_save, trainer_arguments
+from rlhf.training import (
+    held_out_samples,
+    save_history,
+    save_output,
+    stage_dtypes,
+    train_and_save,
+    trainer_arguments,
+)
 from rlhf.workspace import rank_folder, resolve_model
 
 if TYPE_CHECKING:
@@ -145,24 +153,37 @@ def load_start(cfg: PolicyStageConfig, ctx: StageContext) -> Start:
     """The SFT policy, and its reference made explicit rather than left to TRL's defaults (TRL's own fallback
     rebuilds the reference from `config._name_or_path`). Beyond the shared choice (`policy_training`): a
     retrained SFT adapter's frozen copy is kept by TRL inside the same model (adapter "ref"), and with
-    precomputed reference log-probs no reference model is held at all."""
+    precomputed reference log-probs no reference model is held at all. The policy loads in the stage's
+    trained precision, a reference in its frozen one (`stage_dtypes`)."""
     training = policy_training(ctx.model, cfg.lora, ctx.stage)
-    model, tokenizer = load_causal_lm(ctx.model)
+    dtypes = stage_dtypes(cfg, ctx)
+    adapter = training.reference_is_the_policy or is_adapter(ctx.model.name)
+    model, tokenizer = load_causal_lm(ctx.model, dtypes.of_trained(adapter))
     if training.reference_is_the_policy:
         return Start(model, tokenizer, None, training.new_adapter, "SFT weights, adapters disabled")
     if is_adapter(ctx.model.name):
         return Start(model, tokenizer, None, None, "frozen copy of the SFT adapter")
     if cfg.precompute_ref_log_probs:
         return Start(model, tokenizer, None, None, "precomputed from the SFT weights")
-    ref_model, _ = load_causal_lm(ctx.model)
+    ref_model, _ = load_causal_lm(ctx.model, dtypes.frozen)
     return Start(model, tokenizer, ref_model, None, "frozen copy of the SFT weights")
 
 
 def build_dpo_trainer(cfg: PolicyStageConfig, ctx: StageContext, pairs: DatasetDict) -> DPOTrainer:
-    """The configured DPOTrainer: SFT policy, its reference, the pairs, and our shared trainer arguments."""
+    """The configured DPOTrainer: our shared trainer arguments first (under ZeRO-3 their DeepSpeed config
+    makes every model load partitioned), then the SFT policy, its reference and the pairs. TRL runs the
+    reference as a DeepSpeed engine of its own, sharded at ZeRO-3 (`trl.models.prepare_deepspeed`)."""
     from trl import DPOConfig, DPOTrainer
 
     has_eval = len(pairs["test"]) > 0
+    args = DPOConfig(
+        **trainer_arguments(cfg, ctx, evaluates=has_eval),
+        eval_on_start=has_eval,
+        beta=cfg.beta,
+        loss_type=list(cfg.loss_type),
+        precompute_ref_log_probs=cfg.precompute_ref_log_probs,
+        max_length=cfg.max_length,
+    )
     start = load_start(cfg, ctx)
     log.info(
         "%s: DPO (%s, beta=%g), reference: %s", ctx.stage, "+".join(cfg.loss_type), cfg.beta, start.reference
@@ -170,14 +191,7 @@ def build_dpo_trainer(cfg: PolicyStageConfig, ctx: StageContext, pairs: DatasetD
     return DPOTrainer(
         model=start.model,
         ref_model=start.ref_model,
-        args=DPOConfig(
-            **trainer_arguments(cfg, ctx, evaluates=has_eval),
-            eval_on_start=has_eval,
-            beta=cfg.beta,
-            loss_type=list(cfg.loss_type),
-            precompute_ref_log_probs=cfg.precompute_ref_log_probs,
-            max_length=cfg.max_length,
-        ),
+        args=args,
         train_dataset=pairs["train"],
         eval_dataset=pairs["test"] if has_eval else None,
         processing_class=start.tokenizer,
@@ -235,12 +249,15 @@ def training_prompts(cfg: PolicyStageConfig, ctx: StageContext) -> list[Messages
 
 
 def run_ppo(cfg: PolicyStageConfig, ctx: StageContext) -> Trained:
-    from rlhf.ppo import PPORun, PPOTrainer, build_models, generation_ready
+    from rlhf.ppo import PPORun, PPOTrainer, generation_ready, ppo_accelerator
+    from rlhf.ppo_models import build_models
 
     reward, stats = reward_model_for(cfg, ctx)
     prompts = training_prompts(cfg, ctx)
     training = policy_training(ctx.model, cfg.lora, ctx.stage)
-    models = build_models(ctx.model, reward.spec, training, cfg.ppo.value_model)
+    plugin = deepspeed_plugin(ctx.distributed)
+    accelerator = ppo_accelerator(cfg, stage_key(ctx.stage), plugin, mixed_precision(cfg.precision))
+    models = build_models(ctx.model, reward.spec, training, cfg.ppo.value_model, stage_dtypes(cfg, ctx))
     log.info("%s: PPO against %s (%s), %d training prompts, reference: the SFT model, %s", ctx.stage,
              reward.ref or reward.spec.name,
              f"scores normalized by {stats[0]:.3f} +- {stats[1]:.3f}" if stats else "no stored statistics",
@@ -254,9 +271,9 @@ def run_ppo(cfg: PolicyStageConfig, ctx: StageContext) -> Trained:
             seed=ctx.seed,
             reward_stats=stats,
             config_key=stage_key(ctx.stage),
+            accelerator=accelerator,
             log_metrics=ctx.tracker.log if ctx.tracker else lambda metrics, step: None,
-            deepspeed_plugin=deepspeed_plugin(ctx.distributed),
-            mixed_precision=mixed_precision(cfg.precision),
+            offload_frozen_models=ctx.distributed.offload_frozen_models,
         )
     )
     outcome = trainer.train()

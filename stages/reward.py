@@ -29,11 +29,11 @@ from rlhf.data.preference_dataset import load_preferences
 from rlhf.errors import DataError, StageError
 from rlhf.eval import GOLD_REWARDS, last_user_text
 from rlhf.launch import stage_main
-from rlhf.models import load_reward_model, lora_config
+from rlhf.models import is_adapter, load_reward_model, load_tokenizer, lora_config
 from rlhf.rewards import Framing, fit_length, framing, reward_stats, score_ids
 from rlhf.settings import RewardStageConfig
 from rlhf.stage import StageContext, StageResult
-from rlhf.training import train_and_save, trainer_arguments
+from rlhf.training import stage_dtypes, train_and_save, trainer_arguments
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -141,18 +141,22 @@ def build_trainer(cfg: RewardStageConfig, ctx: StageContext) -> tuple[RewardTrai
     from transformers import set_seed
     from trl import RewardConfig, RewardTrainer
 
-    set_seed(ctx.seed)  # the fresh score head of a causal LM is drawn at load time
-    model, tokenizer = load_reward_model(ctx.model)
-    splits = fit_preferences(cfg, ctx, tokenizer)
+    splits = fit_preferences(cfg, ctx, load_tokenizer(ctx.model))
     evaluation = splits["test"].dataset(cfg.use_margin) if splits["test"].chosen_ids else None
-    trainer = RewardTrainer(
-        model=model,
-        args=RewardConfig(
+    args = (
+        RewardConfig(  # before the model: under ZeRO-3 its DeepSpeed config makes the model load partitioned
             **trainer_arguments(cfg, ctx, evaluates=evaluation is not None),
             max_length=cfg.max_length,
             center_rewards_coefficient=cfg.center_rewards_coefficient,
             disable_dropout=True,
-        ),
+        )
+    )
+    set_seed(ctx.seed)  # the fresh score head of a causal LM is drawn at load time
+    adapter = cfg.lora is not None or is_adapter(ctx.model.name)
+    model, tokenizer = load_reward_model(ctx.model, stage_dtypes(cfg, ctx).of_trained(adapter))
+    trainer = RewardTrainer(
+        model=model,
+        args=args,
         train_dataset=splits["train"].dataset(cfg.use_margin),
         eval_dataset=evaluation,
         processing_class=tokenizer,

@@ -16,10 +16,10 @@ from typing import TYPE_CHECKING
 
 from rlhf.data.files import SFT_FORMS, load_rows
 from rlhf.launch import stage_main
-from rlhf.models import load_causal_lm, lora_config
+from rlhf.models import is_adapter, load_causal_lm, lora_config
 from rlhf.settings import SFTStageConfig
 from rlhf.stage import StageContext, StageResult
-from rlhf.training import held_out_samples, train_and_save, trainer_arguments
+from rlhf.training import held_out_samples, stage_dtypes, train_and_save, trainer_arguments
 
 if TYPE_CHECKING:
     from trl import SFTTrainer
@@ -28,23 +28,26 @@ log = logging.getLogger(__spec__.name)  # not __name__: that is "__main__" under
 
 
 def build_trainer(cfg: SFTStageConfig, ctx: StageContext) -> SFTTrainer:
-    """The configured SFTTrainer: model, data in its detected form, and our shared trainer arguments."""
+    """The configured SFTTrainer: data in its detected form, our shared trainer arguments, then the model
+    (after the arguments: under ZeRO-3 their DeepSpeed config makes it load partitioned)."""
     from trl import SFTConfig, SFTTrainer
 
-    model, tokenizer = load_causal_lm(ctx.model)
     train, form = load_rows(ctx.data("sft_train", cfg.dataset), SFT_FORMS)
     has_eval = cfg.eval_dataset or "sft_eval" in ctx.inputs
     evaluation = load_rows(ctx.data("sft_eval", cfg.eval_dataset), SFT_FORMS)[0] if has_eval else None
     log.info("sft: %d training rows (%s form), %s eval rows", len(train), form, len(evaluation or []))
+    args = SFTConfig(
+        **trainer_arguments(cfg, ctx, evaluates=evaluation is not None),
+        max_length=cfg.max_length,
+        packing=cfg.packing,
+        completion_only_loss=cfg.completion_only_loss if form == "prompt-completion" else None,
+        assistant_only_loss=cfg.completion_only_loss and form == "messages",
+    )
+    adapter = cfg.lora is not None or is_adapter(ctx.model.name)
+    model, tokenizer = load_causal_lm(ctx.model, stage_dtypes(cfg, ctx).of_trained(adapter))
     return SFTTrainer(
         model=model,
-        args=SFTConfig(
-            **trainer_arguments(cfg, ctx, evaluates=evaluation is not None),
-            max_length=cfg.max_length,
-            packing=cfg.packing,
-            completion_only_loss=cfg.completion_only_loss if form == "prompt-completion" else None,
-            assistant_only_loss=cfg.completion_only_loss and form == "messages",
-        ),
+        args=args,
         train_dataset=train,
         eval_dataset=evaluation,
         processing_class=tokenizer,

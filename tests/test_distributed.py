@@ -15,7 +15,7 @@ from rlhf.errors import ConfigError
 from rlhf.models import load_causal_lm
 from rlhf.registry import Registry
 from rlhf.settings import DistributedConfig, ModelSpec
-from tests.conftest import REPO, launch_stage, pipeline_config, run_cli
+from tests.conftest import REPO, held_shares, launch_stage, pipeline_config, run_cli
 
 CONFIG = """
 name: ds-test
@@ -66,6 +66,10 @@ def test_trl_stages_on_two_processes_at_zero_2_and_zero_3(config_file: Path, pro
         assert done.returncode == 0, done.stderr[-4000:]
         log = done.stderr + done.stdout
         assert "[rank 1]" in log and "[rank 0]" in log
+        shares = held_shares(log)  # ZeRO-3 loads the trained model (and DPO's reference) partitioned
+        assert set(shares) == {"0", "1"}
+        for rank in shares.values():
+            assert all(share < 0.6 for share in rank.values()) if zero == 3 else set(rank.values()) == {1.0}
         ref = _published(log)
         checkpoint = run_dir / program / "checkpoints" / "checkpoint-4"
         assert (checkpoint / "global_step4").is_dir()  # DeepSpeed's own checkpoint layout: it really ran

@@ -8,7 +8,7 @@ import pytest
 
 from rlhf.config import load_config
 from rlhf.launch import run_standalone
-from rlhf.training import precision_flags
+from rlhf.precision import precision_flags
 from rlhf.workspace import standalone_context
 from stages import sft
 from tests.conftest import pipeline_config

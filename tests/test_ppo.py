@@ -21,12 +21,13 @@ from rlhf.checkpoints import numbered_checkpoints
 from rlhf.errors import ConfigError, StageError
 from rlhf.launch import run_standalone
 from rlhf.models import load_causal_lm, policy_training
-from rlhf.ppo import PolicyAndValue, ValueModel, build_models
+from rlhf.ppo_models import PolicyAndValue, ValueModel, build_models
+from rlhf.precision import LoadDtypes
 from rlhf.registry import Registry
 from rlhf.settings import LoraSpec, ModelSpec
 from rlhf.tracking import read_offline_run
 from stages import policy, reward, sft
-from tests.conftest import REPO, launch_stage, pipeline_config
+from tests.conftest import REPO, held_shares, launch_stage, pipeline_config
 
 pytestmark = pytest.mark.slow  # every test here starts from an SFT policy and a reward model trained for it
 
@@ -74,6 +75,7 @@ stages:
       kl_coef: 0.1
 tracking: none
 """
+FP32 = LoadDtypes("float32", "float32")
 SHORT = ["stages.policy.max_steps=8", "stages.policy.evaluation=null", "stages.policy.num_threads=1",
          "stages.policy.ppo.prompts_per_update=16", "stages.policy.per_device_train_batch_size=8"]  # fmt: skip
 
@@ -223,7 +225,7 @@ def test_models_for_lora_and_a_value_head(config_file: Path, trained: dict[str, 
     sft_dir, rm_dir = registry.resolve("sft-policy:v1"), registry.resolve("reward-model:v1")
     policy_spec = ModelSpec(name=str(sft_dir))
     training = policy_training(policy_spec, LoraSpec(r=4), "policy")
-    models = build_models(policy_spec, ModelSpec(name=str(rm_dir)), training, "policy_head")
+    models = build_models(policy_spec, ModelSpec(name=str(rm_dir)), training, "policy_head", FP32)
     assert models.reference is None and models.value is None and models.shared_tokenizer
     combined = PolicyAndValue(models.policy, models.value)
     trainable = {name for name, p in combined.named_parameters() if p.requires_grad}
@@ -240,7 +242,7 @@ def test_a_reward_model_with_its_own_tokenizer(config_file: Path, trained: dict[
     registry = Registry(config_file.parent / "registry")
     policy_spec = ModelSpec(name=str(registry.resolve("sft-policy:v1")))
     models = build_models(policy_spec, ModelSpec(name=str(bert.output_dir)),
-                          policy_training(policy_spec, None, "policy"), "reward")  # fmt: skip
+                          policy_training(policy_spec, None, "policy"), "reward", FP32)  # fmt: skip
     assert not models.shared_tokenizer
     assert isinstance(models.value, ValueModel)
     assert models.value.backbone.config.model_type == "llama"  # the policy's architecture, not bert
@@ -287,6 +289,12 @@ def test_ppo_on_two_processes_at_zero_2_and_zero_3(config_file: Path, trained: d
         assert len(published) == 1 and "[rank 0]" in published[0]
         checkpoint = config_file.parent / f"zero{stage}" / "policy" / "checkpoints" / "checkpoint-2"
         assert {"random_states_0.pkl", "random_states_1.pkl"} <= {p.name for p in checkpoint.iterdir()}
+        # every model, frozen ones too, is partitioned at ZeRO-3 (from loading on), whole at ZeRO-2
+        shares = held_shares(log)
+        assert set(shares) == {"0", "1"}
+        for rank in shares.values():
+            assert set(rank) == {"trained policy", "value", "reference", "reward model"}
+            assert all(share < 0.6 for share in rank.values()) if stage == 3 else set(rank.values()) == {1.0}
         ref = published[0].rsplit("published ", 1)[1].strip()
         outputs[stage] = load_causal_lm(ModelSpec(name=str(registry.resolve(ref))))[0].state_dict()
     for name, tensor in outputs[2].items():

@@ -13,7 +13,6 @@ from rlhf.eval import generate, response_logprobs
 from rlhf.models import load_causal_lm
 from rlhf.ppo import (
     KLController,
-    PolicyAndValue,
     collate,
     explained_variance,
     gae,
@@ -26,6 +25,7 @@ from rlhf.ppo import (
     token_logprobs,
     value_loss,
 )
+from rlhf.ppo_models import PolicyAndValue
 from rlhf.settings import GenerationSpec, ModelSpec, PPOSpec
 
 
