@@ -14,8 +14,10 @@ same run.
     python bench/zero_memory.py --repeats 3          # medium-llama: 99.2M parameters
 
 `--load` measures what loading costs instead, at a real shape: each rank's peak before training (loading the
-model, DeepSpeed's set-up) and in the first step, at ZeRO-0 and ZeRO-3, in fp32 and in bf16 (under DeepSpeed
-the trained model then loads in bf16; ZeRO-3 loads it partitioned, `deepspeed.zero.Init`):
+model; ZeRO-3 loads it partitioned, `deepspeed.zero.Init`) and in the first step, at ZeRO-0 and ZeRO-3; and
+one process loading the model (`rlhf.models.load_causal_lm`) in fp32 and in bf16, beside one that only
+imports the libraries. (bf16 training under DeepSpeed cannot run here: transformers refuses bf16 without a
+GPU once `use_cpu` is off, which DeepSpeed's CPU accelerator needs.)
 
     python bench/zero_memory.py --load --model qwen2.5-0.5b-shape --steps 1 --repeats 1
 """
@@ -48,9 +50,18 @@ BASELINE = "ZeRO-0"
 LOAD_VARIANTS: dict[str, tuple[dict[str, object], str]] = {
     "ZeRO-0, fp32": ({"stage": 0}, "fp32"),
     "ZeRO-3, fp32": ({"stage": 3, **RELEASING}, "fp32"),
-    "ZeRO-0, bf16": ({"stage": 0}, "bf16"),
-    "ZeRO-3, bf16": ({"stage": 3, **RELEASING}, "bf16"),
 }
+LOAD_ALONE = """
+import re, sys
+from pathlib import Path
+import torch, transformers  # the libraries, loaded in every variant
+from rlhf.models import load_causal_lm
+from rlhf.settings import ModelSpec
+if sys.argv[2] != "imports only":  # every weight read once: memory-mapped pages count once touched
+    model, _ = load_causal_lm(ModelSpec(name=sys.argv[1]), sys.argv[2])
+    sum(float(p.sum()) for p in model.parameters())
+print(int(re.search(r"VmHWM:\\s+(\\d+) kB", Path("/proc/self/status").read_text()).group(1)) / 1024)
+"""
 
 CONFIG = """
 name: zero-memory
@@ -104,7 +115,7 @@ def worker(out_dir: Path, argv: list[str]) -> int:
     transformers.Trainer.train = measured_train  # measurement only: the stage's training runs unchanged
 
     def record() -> None:
-        peaks["stage"] = max(peak_mib(), *peaks.values())
+        peaks["stage"] = max([peak_mib(), *peaks.values()])
         (out_dir / f"rank{os.environ['RANK']}.json").write_text(json.dumps(peaks), encoding="utf-8")
 
     atexit.register(record)
@@ -208,17 +219,30 @@ def load_table(model: str, params: int, steps: int, repeats: int) -> None:
                     memory[name].setdefault(kind, []).append(max(rank[kind] for rank in ranks))
                 print(f"repeat {repeat}, {name}: larger rank: loading {memory[name]['before_training'][-1]:,.0f}, "
                       f"training {memory[name]['training'][-1]:,.0f} MiB", flush=True)  # fmt: skip
+        alone = {dtype: [] for dtype in ("imports only", "float32", "bfloat16")}
+        for _ in range(repeats):
+            for dtype, values in alone.items():
+                done = subprocess.run([sys.executable, "-c", LOAD_ALONE, str(directory), dtype], cwd=REPO,
+                                      capture_output=True, text=True, check=True)  # fmt: skip
+                values.append(float(done.stdout.split()[-1]))
     median = {name: {k: statistics.median(v) for k, v in peaks.items()} for name, peaks in memory.items()}
-    print(f"\n{model}: {params / 1e6:.1f}M parameters, 2 processes, peak resident memory of the larger rank "
-          f"(MiB), medians of {repeats}")  # fmt: skip
-    print("| variant | loading | first step | loading vs ZeRO-0 | loading vs fp32 |")
-    print("|---|---:|---:|---:|---:|")
+    print(f"\n{model}: {params / 1e6:.1f}M parameters, peak resident memory (MiB), medians of {repeats}")
+    print("\nThe SFT stage on 2 processes, the larger rank:\n")
+    print("| variant | loading | first step | loading vs ZeRO-0 |")
+    print("|---|---:|---:|---:|")
     for name, peaks in median.items():
-        zero, precision = name.split(", ")
         load = peaks["before_training"]
-        vs_zero0 = load / median[f"ZeRO-0, {precision}"]["before_training"]
-        vs_fp32 = load / median[f"{zero}, fp32"]["before_training"]
-        print(f"| {name} | {load:,.0f} | {peaks['training']:,.0f} | {vs_zero0:.2f}x | {vs_fp32:.2f}x |")
+        print(
+            f"| {name} | {load:,.0f} | {peaks['training']:,.0f} | {load / median['ZeRO-0, fp32']['before_training']:.2f}x |"
+        )
+    base = statistics.median(alone["imports only"])
+    print("\nOne process loading the model (`load_causal_lm`):\n")
+    print("| dtype | peak | peak less the libraries' | vs float32 |")
+    print("|---|---:|---:|---:|")
+    fp32 = statistics.median(alone["float32"]) - base
+    for dtype, values in alone.items():
+        peak = statistics.median(values)
+        print(f"| {dtype} | {peak:,.0f} | {peak - base:,.0f} | {(peak - base) / fp32:.2f}x |")
 
 
 if __name__ == "__main__":
