@@ -30,7 +30,7 @@ OTHER_MEANINGS = {
     ("rlhf/eval.py", "policy"): "the evaluated model's role beside the reference, and its samples' column",
     ("rlhf/run_report.py", "policy"): "the evaluation table's column heading",
     ("rlhf/settings.py", "reward"): "PPO's value_model option: a value model copied from the reward model",
-    ("rlhf/ppo.py", "reward"): "the same option, where PPO builds its value model",
+    ("rlhf/ppo_models.py", "reward"): "the same option, where PPO builds its value model",
 }
 
 
