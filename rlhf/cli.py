@@ -1,7 +1,8 @@
 """The `rlhf` command. Thin by design: parse arguments, call one library function, print the outcome.
 
 Errors a user can fix (RlhfError) print as one line and exit 2; anything else exits 1 with a hint to rerun
-with `--debug`, which shows the full traceback.
+with `--debug`, which shows the full traceback. A handler may return its own exit code (`rlhf plan`: 1 when
+a stage does not fit).
 """
 
 from __future__ import annotations
@@ -10,8 +11,13 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rlhf.errors import RlhfError
+
+if TYPE_CHECKING:
+    from rlhf.config import PipelineConfig
+    from rlhf.memory_plan import Device, Hardware
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show full tracebacks")
     commands = parser.add_subparsers(dest="command", required=True)
     _add_pipeline_commands(commands, common)
+    _add_plan_command(commands, common)
     _add_registry_commands(commands, common)
     _add_eval_command(commands, common)
     _add_data_commands(commands, common)
@@ -50,6 +57,9 @@ def _add_pipeline_commands(commands: argparse._SubParsersAction, common: argpars
         "--from", dest="start_from", metavar="STAGE", help="train STAGE and every stage after it"
     )
     run.add_argument("--only", metavar="STAGE", help="run STAGE alone; the stages before it must be cached")
+    run.add_argument(
+        "--force-plan", action="store_true", help="run even when `rlhf plan` says a stage does not fit"
+    )
     run.set_defaults(handler=_run)
 
     status = commands.add_parser("status", help="list pipeline runs and their stages", parents=[common])
@@ -63,6 +73,32 @@ def _add_pipeline_commands(commands: argparse._SubParsersAction, common: argpars
     stage.add_argument("overrides", nargs="*", help="dotted overrides")
     stage.add_argument("--run-dir", help="run directory (default: a new one under runs_dir)")
     stage.set_defaults(handler=_stage)
+
+
+def _add_plan_command(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    plan = commands.add_parser(
+        "plan", help="what each GPU holds in each stage, before launch; exit 1 if a stage does not fit",
+        parents=[common],
+    )  # fmt: skip
+    plan.add_argument("config", help="pipeline YAML")
+    plan.add_argument(
+        "overrides", nargs="*", help="dotted overrides, e.g. stages.sft.gradient_checkpointing=true"
+    )
+    plan.add_argument("--gpus-per-node", type=int, help="default: the config's distributed.num_processes")
+    plan.add_argument("--nodes", type=int, help="default: the config's distributed.num_nodes")
+    plan.add_argument(
+        "--gpu-memory", help="per GPU: 80GB, 141G (G = GB = 10^9 bytes), 80GiB (2^30), 24000MB; "
+        "default: this machine's GPU, else its available memory per process (planned for CPUs)",
+    )  # fmt: skip
+    plan.add_argument(
+        "--device", choices=["gpu", "cpu"], help="plan for GPUs or CPU processes (default: as found)"
+    )
+    plan.add_argument(
+        "--model-shape", action="append", default=[], metavar="REF=SPEC",
+        help="what a model the plan cannot size offline is, e.g. registry:reward-model:latest=llama-3.1-8b-shape",
+    )  # fmt: skip
+    plan.add_argument("--json", action="store_true", help="the plan as JSON (format 1)")
+    plan.set_defaults(handler=_plan)
 
 
 def _add_eval_command(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -307,16 +343,65 @@ def _eval(args: argparse.Namespace) -> None:
     print_evaluation(evaluation)
 
 
-def _run(args: argparse.Namespace) -> None:
+def _run(args: argparse.Namespace) -> int | None:
     from rlhf.config import load_config
     from rlhf.distributed import configure_logging, rank_info
+    from rlhf.memory_plan import preflight
     from rlhf.pipeline import RunOptions, run_pipeline
     from rlhf.report import print_pipeline_summary
 
     configure_logging(rank_info(), args.debug)
     cfg = load_config(args.config, args.overrides)
+    lines, fits = preflight(cfg, *_hardware(cfg))
+    print("\n".join(lines), flush=True)
+    if not fits and not args.force_plan:
+        print(f"error: {lines[0]} (rlhf run --force-plan to run anyway)", file=sys.stderr)
+        return 1
     options = RunOptions(force=frozenset(args.force), start_from=args.start_from, only=args.only)
     print_pipeline_summary(run_pipeline(cfg, Path(args.run_dir) if args.run_dir else None, options))
+
+
+def _plan(args: argparse.Namespace) -> int:
+    import json
+
+    from rlhf.config import load_config
+    from rlhf.memory_plan import format_plan, parse_shapes, parse_size, plan, plan_json
+
+    cfg = load_config(args.config, args.overrides)
+    memory = parse_size(args.gpu_memory) if args.gpu_memory else None
+    hardware, device = _hardware(cfg, args.gpus_per_node, args.nodes, memory, args.device)
+    planned = plan(cfg, hardware, parse_shapes(args.model_shape), device)
+    print(json.dumps(plan_json(planned), indent=2) if args.json else "\n".join(format_plan(planned)))
+    return 0 if planned.fits else 1
+
+
+def _hardware(
+    cfg: PipelineConfig,
+    gpus_per_node: int | None = None,
+    nodes: int | None = None,
+    memory: int | None = None,
+    device: str | None = None,
+) -> tuple[Hardware, Device]:
+    """The hardware to plan for: what was given, else the config's processes and nodes and this machine's
+    first GPU, else (no GPU) its available host memory per process, planned for CPUs."""
+    from rlhf.memory_plan import Hardware, host_hardware
+
+    gpus_per_node = gpus_per_node or cfg.distributed.num_processes
+    nodes = nodes or cfg.distributed.num_nodes
+    if memory is None and (memory := _gpu_memory()) is None:
+        return host_hardware(gpus_per_node, nodes), "cpu" if device is None else device  # type: ignore[return-value]
+    return Hardware(gpus_per_node, nodes, memory), "gpu" if device is None else device  # type: ignore[return-value]
+
+
+def _gpu_memory() -> int | None:
+    """The first GPU's memory. torch is imported only where an NVIDIA driver is, so `rlhf plan` stays light."""
+    import shutil
+
+    if not (Path("/proc/driver/nvidia").exists() or shutil.which("nvidia-smi")):
+        return None
+    import torch
+
+    return torch.cuda.get_device_properties(0).total_memory if torch.cuda.is_available() else None
 
 
 def _status(args: argparse.Namespace) -> None:
@@ -397,7 +482,7 @@ def _export_for_annotation(args: argparse.Namespace) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        args.handler(args)
+        code = args.handler(args)
     except RlhfError as exc:
         if args.debug:
             raise
@@ -411,7 +496,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)", file=sys.stderr)
         return 1
-    return 0
+    return code or 0
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import shlex
 from functools import partial
 from itertools import takewhile
 from pathlib import Path
@@ -18,6 +19,7 @@ import pytest
 from huggingface_hub.utils import validate_repo_id
 
 from rlhf.architectures import is_builtin_spec
+from rlhf.cli import main as rlhf_main
 from rlhf.config import PipelineConfig, load_config, validate_config
 from rlhf.data.importers import FORMATS
 from rlhf.distributed import check_deepspeed_batches, deepspeed_config
@@ -65,6 +67,26 @@ def header(path: Path) -> str:
     """The comment block an example starts with."""
     lines = path.read_text(encoding="utf-8").splitlines()
     return "\n".join(takewhile(lambda line: line.startswith("#"), lines))
+
+
+PLAN_TITLE = "# Memory plan per GPU"
+
+
+def plan_block(path: Path) -> tuple[list[str], list[str]]:
+    """The `rlhf plan` command an example's header names (`#   $ rlhf plan ...`, lines ending in `\\` go on)
+    and the output printed under it (each line after `#   `)."""
+    lines = header(path).splitlines()
+    first = next((i for i, line in enumerate(lines) if line.startswith(PLAN_TITLE)), None)
+    assert first is not None, f"{path.name}: its header has no '{PLAN_TITLE}' block"
+    command, at = "", first + 1
+    while True:
+        text = lines[at].removeprefix("#").strip().removeprefix("$ ")
+        at += 1
+        if not text.endswith("\\"):
+            return shlex.split(command + text), [
+                line.removeprefix("#").removeprefix("   ") for line in lines[at:]
+            ]
+        command += text[:-1] + " "
 
 
 def test_there_are_examples() -> None:
@@ -143,6 +165,25 @@ def test_example_comment_says_how_to_run_it_and_on_what(path: Path) -> None:
     gpus = max(dist.num_processes * dist.num_nodes for dist in dists)
     assert "Hardware:" in text and f"{gpus} GPUs" in text
     assert "Memory notes" in text
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
+def test_example_fits_the_hardware_its_header_names_and_carries_its_plan(
+    path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The header's `rlhf plan` command plans for the hardware the header states, every stage fits, and the
+    block under it is what the command prints now (regenerate it when the planner or the recipe changes)."""
+    command, block = plan_block(path)
+    assert command[:3] == ["rlhf", "plan", f"configs/examples/{path.name}"]
+    flags = dict(zip(command[3::2], command[4::2], strict=True))
+    gpus = int(flags["--gpus-per-node"]) * int(flags.get("--nodes", "1"))
+    memory = flags["--gpu-memory"].removesuffix("GB")
+    hardware = header(path)[header(path).index("Hardware:") :]
+    assert f"{gpus} GPUs" in hardware and f"{memory} GB" in hardware.split("\n#\n")[0]
+    assert rlhf_main(command[1:]) == 0, capsys.readouterr().out  # exit 0: every stage fits
+    printed = capsys.readouterr().out.splitlines()
+    assert block[-1] == printed[-1]  # the summary line
+    assert block == printed
 
 
 # --------------------------------------------------------------------------------------------------

@@ -1,0 +1,594 @@
+"""`rlhf plan`: what each GPU (or CPU process) holds in each stage, worked out before anything launches.
+
+Why: a stage that does not fit fails after minutes of loading, on many machines at once; the arithmetic that
+says so takes milliseconds and needs no model: sizes come from dimensions alone (`rlhf.model_sizes`), no
+torch here. A stage's peak per device is
+
+    runtime + max(training phase, generation phase)
+    training phase   = model states (weights, gradients, optimizer) + frozen models + activations + logits
+    generation phase = model states + frozen models + weights gathered at ZeRO-3 + KV cache
+
+The constants are estimates, named so that they can be calibrated against measurement (a stage's reported
+`peak_memory_gib`, bench/). Not counted: DeepSpeed's communication buckets, allocator fragmentation beyond
+the runtime constant, and the full-vocabulary logits of no-grad scoring passes (PPO's rollout log-probs,
+the evaluation's KL log-probs).
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, replace
+from functools import partial
+from pathlib import Path
+from typing import Any, Literal
+
+from rlhf.config import PipelineConfig, apply_override, validate_config
+from rlhf.distributed import check_deepspeed_batches, deepspeed_config
+from rlhf.errors import ConfigError, RlhfError
+from rlhf.model_sizes import Dims, Shape, Shapes, adapter_params, causal_params, classifier_params
+from rlhf.precision import check_offload, zero_stage_of
+from rlhf.registry import default_registry_path
+from rlhf.settings import (
+    DistributedConfig,
+    PolicyStageConfig,
+    RewardStageConfig,
+    TrainStageConfig,
+    ppo_batches,
+)
+from rlhf.stage_table import REWARD_MODEL, STAGES, latest_version_of, stage_key, stage_spec
+
+Device = Literal["gpu", "cpu"]
+GiB = 2**30
+
+# --------------------------------------------------------------------------------------------------
+# Constants (estimates; calibrate against measured peaks)
+
+# Always there before any model: the CUDA context and the caching allocator's reserve on a GPU; the
+# resident Python + torch + transformers + DeepSpeed baseline of a CPU process.
+RUNTIME_BYTES: dict[str, int] = {"gpu": int(1.0 * GiB), "cpu": int(0.8 * GiB)}
+# Activations of one transformer layer, bytes per token per unit of hidden size, 16-bit, nothing recomputed:
+# Korthikanti et al. 2022 ("Reducing Activation Recomputation in Large Transformer Models") give
+# s*b*h*(34 + 5*a*s/h); SDPA / flash attention never materializes the 5*a*s/h attention scores.
+ACTIVATION_FACTOR = 34
+# With gradient checkpointing a layer keeps only its input (one hidden state per token) until the backward
+# pass recomputes it; one layer's full activations are alive at a time on top.
+CHECKPOINTED_STATES = 1
+LOGIT_BYTES = 4  # the loss upcasts the logits to fp32
+LOGIT_COPIES = 3  # fp32 logits, their log-softmax, and its gradient, alive together
+MASTER_BYTES = 4  # DeepSpeed's fp32 master copy of 16-bit weights
+ADAM_BYTES = 8  # Adam's two fp32 moments
+# rlhf/ppo.py never turns gradient checkpointing on (only the TRL trainers do, from their arguments).
+PPO_HONOURS_CHECKPOINTING = False
+EVALUATION = "evaluate"  # the pipeline's name for its closing evaluation step (rlhf.pipeline.EVALUATE)
+
+
+@dataclass(frozen=True)
+class StageModels:
+    """The models a stage holds, sized: its start, and for PPO its reward model."""
+
+    start: Shape
+    reward: Shape | None = None
+
+
+def start_shape(cfg: PipelineConfig, stage: str, shapes: Shapes) -> Shape:
+    """A stage's start as `rlhf run` picks it: its own model, else the product of the stage it starts from
+    (run here, or taken from the registry), else the pipeline's model."""
+    stage_cfg, parent = cfg.stages.plan()[stage], stage_spec(stage).starts_from
+    if stage_cfg.model is not None:
+        return shapes.of(stage_cfg.model.name, f"{stage_key(stage)}.model", stage_cfg.model.base)
+    if parent in cfg.stages.plan():
+        return product_shape(cfg, parent, shapes)
+    if parent in cfg.stages.taken():
+        return shapes.of(cfg.stages.taken()[parent], stage_key(parent))
+    return shapes.of(cfg.model.name, "model", cfg.model.base)
+
+
+def product_shape(cfg: PipelineConfig, stage: str, shapes: Shapes) -> Shape:
+    """What a stage publishes: its start (a classifier merges an adapter start) with the adapter it trains."""
+    start, stage_cfg = start_shape(cfg, stage, shapes), cfg.stages.plan()[stage]
+    if isinstance(stage_cfg, RewardStageConfig) and start.adapter:
+        start = Shape(start.dims)
+    if start.adapter or stage_cfg.lora is None:
+        return start
+    lora = stage_cfg.lora
+    return Shape(
+        start.dims, adapter_params(start.dims, lora.r, lora.target_modules, f"{stage_key(stage)}.lora")
+    )
+
+
+def provided_reward_model(cfg: PipelineConfig, shapes: Shapes) -> Shape | None:
+    """The reward model a stage of this config provides (run here or taken); None without one."""
+    provider = next(spec.name for spec in STAGES if spec.provides == REWARD_MODEL)
+    if provider in cfg.stages.plan():
+        return product_shape(cfg, provider, shapes)
+    taken = cfg.stages.taken()
+    return shapes.of(taken[provider], stage_key(provider)) if provider in taken else None
+
+
+def stage_models(cfg: PipelineConfig, stage: str, shapes: Shapes) -> StageModels:
+    stage_cfg, reward, start = cfg.stages.plan()[stage], None, start_shape(cfg, stage, shapes)
+    if isinstance(stage_cfg, PolicyStageConfig) and stage_cfg.algorithm == "ppo":
+        key, spec = f"{stage_key(stage)}.ppo.reward_model", stage_cfg.ppo.reward_model
+        reward = shapes.of(spec.name, key, spec.base) if spec else provided_reward_model(cfg, shapes)
+        reward = reward or shapes.of(latest_version_of(REWARD_MODEL), key)
+    return StageModels(start, reward)
+
+
+# --------------------------------------------------------------------------------------------------
+# What a stage holds
+
+
+@dataclass(frozen=True)
+class Hardware:
+    """What the plan fits into: processes per node, nodes, and the memory of one device (a GPU, or a CPU
+    process's share of host memory); `source` says where the memory figure came from."""
+
+    gpus_per_node: int
+    nodes: int
+    gpu_memory_bytes: int
+    source: str = ""
+
+
+@dataclass(frozen=True)
+class Components:
+    """Bytes one device holds, by what holds them."""
+
+    weights: int = 0  # the trained model's (a LoRA base included)
+    gradients: int = 0
+    optimizer_states: int = 0  # fp32 master weights and Adam moments
+    frozen_models: int = 0  # reference, reward model
+    activations: int = 0  # one micro-batch, nothing recomputed
+    activations_with_checkpointing: int = 0
+    logits: int = 0
+    gathered_weights: int = 0  # ZeRO-3: the whole trained model gathered for generation
+    kv_cache: int = 0
+    runtime: int = 0
+
+
+@dataclass(frozen=True)
+class StagePlan:
+    """One stage's peak on one device, its parts, and (when it does not fit) the changes that would fit it."""
+
+    stage: str
+    kind: str  # causal-lm, classifier, dpo, ppo, evaluation
+    parameters: int  # of the model the stage trains (or the largest it evaluates)
+    world_size: int
+    zero_stage: int | None
+    precision: str
+    gradient_checkpointing: bool
+    components: Components
+    available: int
+    notes: tuple[str, ...] = ()
+    fixes: tuple[tuple[str, ...], ...] = ()  # each a set of overrides that together make the stage fit
+
+    @property
+    def training_phase(self) -> int:
+        c = self.components
+        activations = c.activations_with_checkpointing if self.gradient_checkpointing else c.activations
+        return self.model_states + activations + c.logits
+
+    @property
+    def generation_phase(self) -> int:
+        return self.model_states + self.components.gathered_weights + self.components.kv_cache
+
+    @property
+    def model_states(self) -> int:
+        c = self.components
+        return c.weights + c.gradients + c.optimizer_states + c.frozen_models
+
+    @property
+    def total(self) -> int:
+        return self.components.runtime + max(self.training_phase, self.generation_phase)
+
+    @property
+    def fits(self) -> bool:
+        return self.total <= self.available
+
+
+@dataclass(frozen=True)
+class Setup:
+    """How a stage runs, as far as memory goes."""
+
+    world: int
+    zero: int | None  # the ZeRO stage DeepSpeed runs (None: no DeepSpeed)
+    low: bool  # 16-bit precision (bf16 / fp16)
+    offload_optimizer: bool = False
+    offload_param: bool = False
+    offload_frozen: bool = False
+
+    def share(self, size: float, from_zero: int) -> float:
+        """`size` per device: divided over the world from ZeRO stage `from_zero` on."""
+        return size / self.world if self.zero is not None and self.zero >= from_zero else size
+
+    @property
+    def frozen_bytes(self) -> int:
+        return 2 if self.low else 4
+
+
+def resolved_precision(precision: str, device: Device) -> str:
+    """`auto` is bf16 when planning for GPUs, fp32 on CPUs (as `rlhf.precision.resolve_precision` decides)."""
+    return precision if precision != "auto" else ("bf16" if device == "gpu" else "fp32")
+
+
+def stage_distributed(cfg: PipelineConfig, stage: str, hardware: Hardware) -> DistributedConfig:
+    """The stage's distributed settings on this hardware: its own keys over the pipeline's, the hardware's
+    processes per node and nodes in place of the pipeline's."""
+    base = cfg.distributed.model_copy(
+        update={"num_processes": hardware.gpus_per_node, "num_nodes": hardware.nodes}
+    )
+    own = cfg.stages.plan()[stage].distributed
+    return own.over(base) if own is not None else base
+
+
+def stage_setup(
+    stage_cfg: TrainStageConfig, dist: DistributedConfig, device: Device
+) -> tuple[Setup, list[str]]:
+    """ZeRO stage and offloads from `zero_stage` or the DeepSpeed file; DeepSpeed runs on a GPU, or on several
+    CPU processes (one CPU process trains without it, as `rlhf.distributed.uses_deepspeed` decides)."""
+    world, zero, notes = dist.num_processes * dist.num_nodes, zero_stage_of(dist), []
+    low = resolved_precision(stage_cfg.precision, device) != "fp32"
+    if zero is not None and world == 1:
+        notes.append(f"ZeRO-{zero} on 1 process: nothing to shard"
+                     + ("" if device == "gpu" else "; one CPU process trains without DeepSpeed"))  # fmt: skip
+    if zero is None or (device == "cpu" and world == 1):
+        return Setup(world, None, low), notes
+    zero_cfg = (deepspeed_config(dist) or {})["zero_optimization"]
+
+    def offloaded(name: str) -> bool:
+        return (zero_cfg.get(name) or {}).get("device", "none") not in ("none", None)
+
+    return Setup(world, zero, low, offloaded("offload_optimizer"), offloaded("offload_param"),
+                 dist.offload_frozen_models and zero == 3), notes  # fmt: skip
+
+
+def trained_states(full: int, adapter: int, base: int, s: Setup) -> tuple[int, int, int]:
+    """(weights, gradients, optimizer states) per device of a trained model: `full` parameters trained in full
+    and `adapter` LoRA parameters (trained in fp32 as 16 bytes each either way) on a frozen `base`.
+    DeepSpeed in 16 bits: 2 + 2 + 12 (fp32 master + Adam) bytes; without it or in fp32: 4 + 4 + 8."""
+    w, g, o = (2, 2, MASTER_BYTES + ADAM_BYTES) if s.zero is not None and s.low else (4, 4, ADAM_BYTES)
+    weights = 0 if s.offload_param else s.share((full + adapter) * w + base * s.frozen_bytes, 3)
+    optimizer = 0 if s.offload_optimizer else s.share((full + adapter) * o, 1)
+    return int(weights), int(s.share((full + adapter) * g, 2)), int(optimizer)
+
+
+def activations(d: Dims, tokens: int, low: bool, logits: bool = True) -> tuple[int, int, int]:
+    """(activations, activations with gradient checkpointing, logits) of one micro-batch of `tokens`."""
+    scale = 1 if low else 2  # fp32 activations take twice the bytes
+    layer = ACTIVATION_FACTOR * d.hidden * tokens * scale
+    kept = d.layers * CHECKPOINTED_STATES * 2 * d.hidden * tokens * scale
+    return d.layers * layer, kept + layer, tokens * d.vocab * LOGIT_BYTES * LOGIT_COPIES if logits else 0
+
+
+def kv_cache(d: Dims, sequences: int, length: int, dtype_bytes: int) -> int:
+    """Keys and values of every layer for `sequences` of `length` tokens."""
+    return 2 * d.layers * d.kv_heads * d.head_dim * dtype_bytes * sequences * length
+
+
+def has_eval_prompts(cfg: PipelineConfig) -> bool:
+    return cfg.data.eval_prompts is not None or cfg.data.synthetic is not None
+
+
+def plan_stage(
+    cfg: PipelineConfig, stage: str, models: StageModels, hardware: Hardware, device: Device
+) -> StagePlan:
+    """One training stage's memory per device (see the module docstring and the constants)."""
+    stage_cfg, key, start = cfg.stages.plan()[stage], stage_key(stage), models.start
+    dist = stage_distributed(cfg, stage, hardware)
+    setup, notes = stage_setup(stage_cfg, dist, device)
+    d, lora, policy = start.dims, stage_cfg.lora, isinstance(stage_cfg, PolicyStageConfig)
+    ppo, classifier = policy and stage_cfg.algorithm == "ppo", isinstance(stage_cfg, RewardStageConfig)
+    if dist.num_processes > hardware.gpus_per_node or dist.num_nodes > hardware.nodes:
+        notes.append(f"asks for {dist.num_nodes} x {dist.num_processes} processes; the hardware has "
+                     f"{hardware.nodes} x {hardware.gpus_per_node}")  # fmt: skip
+    if dist.offload_frozen_models and policy:
+        check_offload(key, stage_cfg, dist)
+    # The trained model: a LoRA adapter on its frozen base (an adapter start trains on, except that a
+    # classifier merges it first; LoRA trains a classifier's head too), or every weight
+    own = start.adapter if not classifier else 0
+    new = 0 if own or lora is None else adapter_params(d, lora.r, lora.target_modules, f"{key}.lora")
+    body = classifier_params(d) if classifier else causal_params(d)
+    head = d.hidden + (d.kind == "encoder") if classifier and new else 0
+    full, adapter, base = (head, own + new, body) if own or new else (body, 0, 0)
+    # Sequences per micro-batch: a preference pair is two (chosen, rejected); PPO's micro-batch is its own
+    tokens = stage_cfg.per_device_train_batch_size * stage_cfg.max_length * (2 if classifier or policy else 1)
+    value = reference = frozen = 0
+    value_dims = d
+    if ppo:
+        rollout, reward = stage_cfg.ppo.rollout, models.reward or start
+        tokens = ppo_batches(stage_cfg, key).micro * (stage_cfg.max_length + rollout.max_new_tokens)
+        reference = 0 if new else body + adapter  # PPO's reference of an adapter start: a whole frozen copy
+        value_dims = reward.dims if reward.dims.vocab == d.vocab else d  # other tokenizers: the policy's
+        value = d.hidden + 1 if stage_cfg.ppo.value_model == "policy_head" else classifier_params(value_dims)
+        frozen = classifier_params(reward.dims) + reward.adapter
+        if stage_cfg.gradient_checkpointing and not PPO_HONOURS_CHECKPOINTING:
+            notes.append("gradient_checkpointing: rlhf/ppo.py does not turn it on; planned without it")
+    elif policy and not (new or stage_cfg.precompute_ref_log_probs):
+        reference = own or body  # an adapter start: TRL keeps a frozen copy of the adapter alone
+    frozen = 0 if setup.offload_frozen else int(setup.share((frozen + reference) * setup.frozen_bytes, 3))
+    weights, gradients, optimizer = trained_states(full + value, adapter, base, setup)
+    act, act_ckpt, logits = activations(d, tokens, setup.low, logits=not classifier)
+    if ppo and stage_cfg.ppo.value_model != "policy_head":  # the value model's backbone runs on the batch too
+        value_act, value_ckpt, _ = activations(value_dims, tokens, setup.low, logits=False)
+        act, act_ckpt = act + value_act, act_ckpt + value_ckpt
+    # Generation (PPO's rollouts, the stage's held-out sampling) in what the model computes in; ZeRO-3
+    # gathers the whole trained model for it
+    dtype_bytes = 2 if setup.low and (setup.zero is not None or adapter) else 4
+    lengths = [(rollout.batch_size, rollout.max_new_tokens)] if ppo else []
+    if (sampling := getattr(stage_cfg, "evaluation", None)) is not None and has_eval_prompts(cfg):
+        lengths.append((sampling.batch_size, sampling.max_new_tokens))
+    kv = max((kv_cache(d, n, stage_cfg.max_length + new_tokens, dtype_bytes) for n, new_tokens in lengths),
+             default=0)  # fmt: skip
+    gathered = (
+        (full + adapter + value) * dtype_bytes + base * setup.frozen_bytes if kv and setup.zero == 3 else 0
+    )
+    components = Components(weights, gradients, optimizer, frozen, act, act_ckpt, logits, gathered, kv,
+                            RUNTIME_BYTES[device])  # fmt: skip
+    checkpointing = stage_cfg.gradient_checkpointing and (PPO_HONOURS_CHECKPOINTING or not ppo)
+    kind = stage_cfg.algorithm if policy else "classifier" if classifier else "causal-lm"
+    return StagePlan(stage, kind, full + adapter + value, setup.world, setup.zero,
+                     resolved_precision(stage_cfg.precision, device), checkpointing, components,
+                     hardware.gpu_memory_bytes, tuple(notes))  # fmt: skip
+
+
+def plan_evaluation(
+    cfg: PipelineConfig, shapes: Shapes, hardware: Hardware, device: Device
+) -> StagePlan | None:
+    """The closing evaluation, in the launching process on one device: its models one at a time in bf16 (fp32
+    on a CPU); the policy and its reference sample with the KV cache of `evaluation.batch_size` sequences
+    (prompts assumed as long as the evaluated stage's max_length), the judge only scores."""
+    gen, plan, taken = cfg.evaluation, cfg.stages.plan(), cfg.stages.taken()
+    evaluated = [stage for stage in plan if stage_spec(stage).evaluated]
+    if gen is None or not has_eval_prompts(cfg) or not (evaluated or cfg.data.synthetic):
+        return None
+    length = max((plan[s].max_length for s in evaluated or plan), default=0) + gen.max_new_tokens
+    samplers = [product_shape(cfg, stage, shapes) for stage in evaluated]
+    parents = {stage_spec(stage).starts_from for stage in evaluated}
+    samplers += [product_shape(cfg, p, shapes) for p in parents & set(plan)]
+    samplers += [shapes.of(taken[p], stage_key(p)) for p in parents & set(taken)]
+    if cfg.data.synthetic is not None or parents - set(plan) - set(taken):  # the base: baseline, reference
+        samplers.append(shapes.of(cfg.model.name, "model", cfg.model.base))
+    judge = provided_reward_model(cfg, shapes) if evaluated else None
+    dtype_bytes = 2 if device == "gpu" else 4
+    loads = [((causal_params(s.dims) + s.adapter), kv_cache(s.dims, gen.batch_size, length, dtype_bytes))
+             for s in samplers]  # fmt: skip
+    loads += [(classifier_params(judge.dims) + judge.adapter, 0)] if judge else []
+    params, kv = max(loads, key=lambda load: load[0] * dtype_bytes + load[1])
+    components = Components(weights=params * dtype_bytes, kv_cache=kv, runtime=RUNTIME_BYTES[device])
+    return StagePlan(EVALUATION, "evaluation", params, 1, None, "bf16" if dtype_bytes == 2 else "fp32", False,
+                     components, hardware.gpu_memory_bytes)  # fmt: skip
+
+
+# --------------------------------------------------------------------------------------------------
+# The plan, and the changes that would make a stage fit
+
+
+@dataclass(frozen=True)
+class Plan:
+    device: Device
+    hardware: Hardware
+    stages: tuple[StagePlan, ...]
+
+    @property
+    def fits(self) -> bool:
+        return all(stage.fits for stage in self.stages)
+
+
+def plan(cfg: PipelineConfig, hardware: Hardware, shapes: Mapping[str, str] | None = None,
+         device: Device = "gpu") -> Plan:  # fmt: skip
+    """Every planned stage, then the closing evaluation, on `hardware`; `shapes` says what a model name the
+    plan cannot size offline is (`{ref: spec}`). A stage that does not fit carries the changes that fit it."""
+    sizes = Shapes(default_registry_path(cfg.registry), dict(shapes or {}))
+    planned: list[StagePlan] = []
+    for stage in cfg.stages.plan():
+        models = stage_models(cfg, stage, sizes)
+        replan = partial(plan_stage, models=models, hardware=hardware, device=device)
+        planned.append(with_fixes(cfg, replan(cfg, stage), replan))
+    if (evaluation := plan_evaluation(cfg, sizes, hardware, device)) is not None:
+        planned.append(with_fixes(cfg, evaluation, lambda c, _: plan_evaluation(c, sizes, hardware, device)))
+    return Plan(device, hardware, tuple(planned))
+
+
+Change = tuple[tuple[str, ...], int]  # overrides that go together, and their cost
+
+
+def candidate_changes(cfg: PipelineConfig, planned: StagePlan) -> list[list[Change]]:
+    """What may fit a stage, by dimension; a dimension's options exclude each other. Cost: how much a change
+    slows training or changes what it trains (halving the micro-batch keeps the global batch)."""
+    if planned.stage == EVALUATION:
+        batch = cfg.evaluation.batch_size if cfg.evaluation else 1
+        return [[((f"evaluation.batch_size={batch >> n}",), n) for n in range(1, batch.bit_length())]]
+    stage_cfg, key, ppo = cfg.stages.plan()[planned.stage], stage_key(planned.stage), planned.kind == "ppo"
+    changes: list[list[Change]] = []
+    if not stage_cfg.gradient_checkpointing and (PPO_HONOURS_CHECKPOINTING or not ppo):
+        changes.append([((f"{key}.gradient_checkpointing=true",), 1)])
+    if planned.world_size > 1 and planned.zero_stage != 3:
+        changes.append([((f"{key}.distributed.zero_stage=3",), 2)])
+    if ppo and not cfg.distributed_for(planned.stage).offload_frozen_models:
+        changes.append([((f"{key}.distributed.offload_frozen_models=true",), 2)])
+    if planned.kind == "dpo" and not stage_cfg.precompute_ref_log_probs:
+        changes.append([((f"{key}.precompute_ref_log_probs=true",), 1)])
+    batch, steps = stage_cfg.per_device_train_batch_size, stage_cfg.gradient_accumulation_steps
+    changes.append([((f"{key}.per_device_train_batch_size={batch >> n}",
+                      *(() if ppo else (f"{key}.gradient_accumulation_steps={steps << n}",))), n)
+                    for n in range(1, batch.bit_length())])  # fmt: skip
+    if stage_cfg.lora is None:
+        changes.append([((f"{key}.lora={{}}",), 4)])
+    return [options for options in changes if options]
+
+
+def with_fixes(
+    cfg: PipelineConfig, planned: StagePlan, replan: Callable[[PipelineConfig, str], StagePlan | None]
+) -> StagePlan:
+    """A stage that does not fit, with the single changes that each fit it (the cheapest option of each),
+    else the cheapest combination that does; each tried on the config re-validated, batch checks included."""
+    if planned.fits:
+        return planned
+    raw = cfg.model_dump(mode="json")
+
+    def fits(overrides: tuple[str, ...]) -> bool:
+        changed = copy.deepcopy(raw)
+        try:
+            for override in overrides:
+                apply_override(changed, override)
+            new = validate_config(changed)
+            check_deepspeed_batches(new, [planned.stage])
+            result = replan(new, planned.stage)
+        except RlhfError:
+            return False
+        return result is not None and result.fits
+
+    changes = candidate_changes(cfg, planned)
+    singles = [
+        next((o for o, _ in sorted(options, key=lambda c: c[1]) if fits(o)), None) for options in changes
+    ]
+    fixes = tuple(single for single in singles if single)
+    if not fixes:
+        combinations = sorted(
+            (combo for n in range(2, len(changes) + 1) for dims in itertools.combinations(changes, n)
+             for combo in itertools.product(*dims)),
+            key=lambda combo: (sum(cost for _, cost in combo), len(combo)),
+        )  # fmt: skip
+        joined = (tuple(o for overrides, _ in combo for o in overrides) for combo in combinations)
+        fixes = tuple(itertools.islice(filter(fits, joined), 1))
+    return replace(planned, fixes=fixes)
+
+
+# --------------------------------------------------------------------------------------------------
+# Output: table, reasons, summary, JSON
+
+ROWS = {"weights": "weights", "gradients": "gradients", "optimizer_states": "optimizer states",
+        "frozen_models": "frozen models", "activations": "activations",
+        "activations_with_checkpointing": "act. (checkpointing)", "logits": "logits",
+        "gathered_weights": "gathered weights", "kv_cache": "KV cache", "runtime": "runtime"}  # fmt: skip
+
+
+def size(n: float) -> str:
+    return "-" if n <= 0 else f"{n / GiB:.1f} GiB" if n >= GiB / 10 else f"{max(n / 2**20, 1):.0f} MiB"
+
+
+def hardware_text(plan: Plan) -> str:
+    hw = plan.hardware
+    where = f"{hw.nodes} nodes x " if hw.nodes > 1 else ""
+    return f"{where}{hw.gpus_per_node} x {size(hw.gpu_memory_bytes)}" + (
+        f" ({hw.source})" if hw.source else ""
+    )
+
+
+def table(plan: Plan) -> list[str]:
+    """Components as rows, stages as columns: the table `rlhf plan` prints (and the example headers carry)."""
+    cols, per = plan.stages, "GPU" if plan.device == "gpu" else "process"
+    rows = [
+        ["", *(s.stage for s in cols)],
+        ["parameters", *(f"{s.parameters / 1e9:.2f}B" if s.parameters >= 1e9 else f"{s.parameters / 1e6:.1f}M"
+                         for s in cols)],
+        ["processes / ZeRO", *(f"{s.world_size} / {'-' if s.zero_stage is None else s.zero_stage}" for s in cols)],
+        ["precision", *(s.precision + (", ckpt" if s.gradient_checkpointing else "") for s in cols)],
+        *([label, *(size(getattr(s.components, name)) for s in cols)] for name, label in ROWS.items()),
+        ["peak phase", *("training" if s.training_phase >= s.generation_phase else "generation" for s in cols)],
+        [f"peak per {per}", *(size(s.total) for s in cols)],
+        [f"of {size(plan.hardware.gpu_memory_bytes)}", *(f"{s.total / s.available:.0%}"
+                                                         + ("" if s.fits else " (no)") for s in cols)],
+    ]  # fmt: skip
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True)))
+            .rstrip() for row in rows]  # fmt: skip
+
+
+def reasons(plan: Plan) -> list[str]:
+    """One line per stage that does not fit: what it needs, what there is, the changes that would fit it
+    (alternatives joined by `or`; overrides that go together separated by spaces, as `rlhf run` takes them)."""
+    per, lines = "GPU" if plan.device == "gpu" else "process", []
+    for s in plan.stages:
+        if not s.fits:
+            fix = f"would fit with: {' or '.join(' '.join(f) for f in s.fixes)}" if s.fixes else (
+                "no change tried fits it: it needs more memory or devices")  # fmt: skip
+            lines.append(f"stage {s.stage}: needs {s.total / GiB:.1f} GiB per {per}, "
+                         f"{s.available / GiB:.1f} GiB available; {fix}")  # fmt: skip
+    return lines
+
+
+def summary(plan: Plan) -> str:
+    """The one line `rlhf plan` ends with and `rlhf run` prints before training."""
+    stages = sum(s.stage != EVALUATION for s in plan.stages)
+    what = f"{stages} stage{'s' * (stages != 1)}" + (
+        " and the closing evaluation" * (stages < len(plan.stages))
+    )
+    if not plan.fits:
+        failing = [s.stage for s in plan.stages if not s.fits]
+        verb = "does" if len(failing) == 1 else "do"
+        return f"plan: {', '.join(failing)} {verb} not fit on {hardware_text(plan)}; planned: {what}"
+    top = max(plan.stages, key=lambda s: s.total)
+    verb = "fits" if len(plan.stages) == 1 else "fit"
+    per = "GPU" if plan.device == "gpu" else "process"
+    return (f"plan: {what} {verb} on {hardware_text(plan)}; largest: {top.stage} {top.total / GiB:.1f} GiB per "
+            f"{per} ({top.total / top.available:.0%})")  # fmt: skip
+
+
+def format_plan(plan: Plan) -> list[str]:
+    notes = [f"note: {s.stage}: {note}" for s in plan.stages for note in s.notes]
+    return [*table(plan), "", *notes, *reasons(plan), summary(plan)]
+
+
+def plan_json(plan: Plan) -> dict[str, Any]:
+    """`rlhf plan --json`, format 1: {format, device, hardware, fits, summary, reasons, stages: [{stage, kind,
+    parameters, world_size, zero_stage, precision, gradient_checkpointing, bytes: {each component,
+    training_phase, generation_phase, total}, available_bytes, fits, notes, fixes}]}; sizes in bytes."""
+    stages = [{"stage": s.stage, "kind": s.kind, "parameters": s.parameters, "world_size": s.world_size,
+               "zero_stage": s.zero_stage, "precision": s.precision, "gradient_checkpointing": s.gradient_checkpointing,
+               "bytes": {**asdict(s.components), "training_phase": s.training_phase,
+                         "generation_phase": s.generation_phase, "total": s.total},
+               "available_bytes": s.available, "fits": s.fits, "notes": list(s.notes),
+               "fixes": [list(fix) for fix in s.fixes]} for s in plan.stages]  # fmt: skip
+    return {"format": 1, "device": plan.device, "hardware": asdict(plan.hardware), "fits": plan.fits,
+            "summary": summary(plan), "reasons": reasons(plan), "stages": stages}  # fmt: skip
+
+
+# --------------------------------------------------------------------------------------------------
+# Inputs: sizes, shapes, host memory; the check before `rlhf run`
+
+_SIZE = re.compile(r"(\d+(?:\.\d*)?)\s*(?:([kmgt])(i?)b?|b)", re.IGNORECASE)
+
+
+def parse_size(text: str) -> int:
+    """Bytes of `80GB` / `141G` (decimal: G = GB = 10^9), `80GiB` (binary: 2^30), `24000MB`, `512B`."""
+    match = _SIZE.fullmatch(text.strip())
+    if not match:
+        raise ConfigError(f"--gpu-memory: expected a size such as 80GB, 80GiB, 141G or 24000MB, got {text!r}")
+    number, prefix, binary = match.groups()
+    power = "kmgt".index(prefix.lower()) + 1 if prefix else 0
+    return int(float(number) * (1024 if binary else 1000) ** power)
+
+
+def parse_shapes(items: list[str]) -> dict[str, str]:
+    """`--model-shape REF=SPEC` arguments as {ref: spec}."""
+    shapes = {}
+    for item in items:
+        ref, sep, spec = item.partition("=")
+        if not (sep and ref and spec):
+            raise ConfigError(f"--model-shape {item!r}: expected REF=SPEC, e.g. "
+                              "registry:reward-model:latest=llama-3.1-8b-shape")  # fmt: skip
+        shapes[ref] = spec
+    return shapes
+
+
+def host_hardware(gpus_per_node: int, nodes: int, meminfo: Path = Path("/proc/meminfo")) -> Hardware:
+    """No GPU: each process of a node gets an equal share of the host's available memory (MemAvailable)."""
+    match = re.search(r"^MemAvailable:\s+(\d+) kB", meminfo.read_text(encoding="ascii"), re.MULTILINE)
+    if not match:
+        raise ConfigError(f"{meminfo} has no MemAvailable and there is no GPU: pass --gpu-memory")
+    processes = f"{gpus_per_node} process{'es' * (gpus_per_node != 1)}"
+    return Hardware(gpus_per_node, nodes, int(match.group(1)) * 1024 // gpus_per_node,
+                    f"no GPU: host memory available / {processes}")  # fmt: skip
+
+
+def preflight(cfg: PipelineConfig, hardware: Hardware, device: Device) -> tuple[list[str], bool]:
+    """What `rlhf run` says before training (why a stage does not fit, the summary), and whether it fits. A
+    model the plan cannot size offline stops nothing: the run resolves models itself, with its own errors."""
+    try:
+        planned = plan(cfg, hardware, device=device)
+    except RlhfError as exc:
+        return [f"plan: not checked ({exc})"], True
+    return [*reasons(planned), summary(planned)], planned.fits
