@@ -126,18 +126,26 @@ def _sample_batch(
     return samples
 
 
+# Logit values alive in one scoring pass (1 GiB in fp32, twice that with the log-softmax): 64 sequences of 300
+# tokens over Qwen's 151,936-token vocabulary would be 11.7 GB at once, so a pass scores as many rows as fit.
+LOGIT_BUDGET = 2**28
+
+
 def response_logprobs(
     model: PreTrainedModel, samples: Sequence[Sample], temperature: float = 1.0, batch_size: int = 64
 ) -> list[float]:
     """log p(response | prompt) of each sample under `model`: the sum over its response tokens, with logits
-    divided by the sampling temperature (as when sampling). Batched, right-padded, masked, no token loops."""
+    divided by the sampling temperature (as when sampling). Batched (at most `batch_size` rows, and no more
+    than LOGIT_BUDGET logits, a pass), right-padded, masked, no token loops."""
     import torch
 
     pad = model.config.pad_token_id or 0
+    longest = max((len(s.prompt_ids) + len(s.response_ids) for s in samples), default=1)
+    rows = max(1, min(batch_size, LOGIT_BUDGET // (longest * model.config.vocab_size)))
     totals: list[float] = []
     with inference(model):
-        for start in range(0, len(samples), batch_size):
-            batch = samples[start : start + batch_size]
+        for start in range(0, len(samples), rows):
+            batch = samples[start : start + rows]
             ids, mask = right_padded([s.prompt_ids + s.response_ids for s in batch], pad, model.device)
             logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float() / temperature
             logp = torch.log_softmax(logits, -1).gather(-1, ids[:, 1:, None]).squeeze(-1)
@@ -235,11 +243,11 @@ def evaluate_policy(
     """
     with evaluation_model(policy) as (model, tokenizer):
         ours = generate(model, tokenizer, prompts, gen, seed)
-        mine = response_logprobs(model, ours, gen.temperature)
+        mine = response_logprobs(model, ours, gen.temperature, gen.batch_size)
     with evaluation_model(reference) as (model, reference_tokenizer):
         theirs = generate(model, reference_tokenizer, prompts, gen, seed)
         one_token_space = tokenizer.get_vocab() == reference_tokenizer.get_vocab()  # KL needs one
-        base = response_logprobs(model, ours, gen.temperature) if one_token_space else None
+        base = response_logprobs(model, ours, gen.temperature, gen.batch_size) if one_token_space else None
     metrics = {f"policy_{k}": v for k, v in summarize(ours, task).items()}
     metrics |= {f"reference_{k}": v for k, v in summarize(theirs, task).items()}
     if base is not None:

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from rlhf import eval as eval_module
 from rlhf.config import TrackingConfig
 from rlhf.eval import (
     evaluate_and_record,
@@ -25,12 +26,17 @@ from tests.conftest import pipeline_config
 GEN = GenerationSpec(max_new_tokens=8, samples_per_prompt=2)
 
 
+@pytest.mark.parametrize("budget", [eval_module.LOGIT_BUDGET, 1])  # a budget of 1: one row a pass
 def test_response_logprobs_match_a_direct_computation(
-    tiny_llama_dir: Path, small_task: dict[str, Path]
+    tiny_llama_dir: Path, small_task: dict[str, Path], budget: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     model, tokenizer = load_causal_lm(ModelSpec(name=str(tiny_llama_dir)))
     samples = generate(model, tokenizer, load_prompts(small_task["eval_prompts"])[:3], GEN, seed=1)
+    monkeypatch.setattr(eval_module, "LOGIT_BUDGET", budget)
+    passes = []
+    model.register_forward_hook(lambda *_: passes.append(1))
     batched = response_logprobs(model, samples, temperature=0.7)
+    assert len(passes) == (len(samples) if budget == 1 else 1)
     for sample, value in zip(samples, batched, strict=True):
         ids = torch.tensor([sample.prompt_ids + sample.response_ids])
         with torch.no_grad():
