@@ -32,28 +32,30 @@ def zero3_enabled() -> bool:
 
 
 def held_share(model: nn.Module) -> tuple[int, int]:
-    """(parameters this rank holds, parameters of the whole model): under ZeRO-3 a parameter's own tensor is
-    an empty placeholder, its partition in `ds_tensor` and its full size in `ds_numel`."""
+    """(bytes of parameters this rank holds, bytes of the whole model's): under ZeRO-3 a parameter's own
+    tensor is an empty placeholder, its partition in `ds_tensor` and its full size in `ds_numel`."""
     held = full = 0
     for param in model.parameters():
+        size = param.element_size()
         if hasattr(param, "ds_tensor"):
-            held += param.ds_tensor.numel()
-            full += param.ds_numel
+            held += param.ds_tensor.numel() * size
+            full += param.ds_numel * size
         else:
-            held += param.numel()
-            full += param.numel()
+            held += param.numel() * size
+            full += param.numel() * size
     return held, full
 
 
 def log_held_shares(stage: str, models: Mapping[str, nn.Module | None]) -> dict[str, float]:
-    """One line per rank: the share of each model it holds (1.0: a whole copy). Returns {name: share}."""
-    shares = {}
+    """One line per rank: the share of each model's parameter bytes it holds (1.0: a whole copy), and the
+    bytes. Returns {name: share}."""
+    shares, parts = {}, []
     for name, model in models.items():
         if model is not None:
             held, full = held_share(model)
             shares[name] = held / max(full, 1)
-    log.info("%s: this rank holds %s", stage,
-             ", ".join(f"{name} {share:.1%}" for name, share in shares.items()))  # fmt: skip
+            parts.append(f"{name} {shares[name]:.1%} ({held / 2**20:,.1f} of {full / 2**20:,.1f} MiB)")
+    log.info("%s: this rank holds %s", stage, ", ".join(parts))
     return shares
 
 

@@ -73,11 +73,11 @@ def launch_stage(
 
 def held_shares(log: str) -> dict[str, dict[str, float]]:
     """Per rank, the share of each model it holds (1.0: a whole copy), from the stages' `this rank holds
-    trained model 50.0%, reference 50.0%` log lines (`rlhf.sharding.log_held_shares`)."""
+    trained model 50.0% (10 of 20 MiB), reference ...` log lines (`rlhf.sharding.log_held_shares`)."""
     shares: dict[str, dict[str, float]] = {}
     for match in re.finditer(r"\[rank (\d+)\] rlhf\.sharding: [^:]+: this rank holds (.+)", log):
-        models = (part.rsplit(" ", 1) for part in match.group(2).split(", "))
-        shares[match.group(1)] = {name: float(share.rstrip("%")) / 100 for name, share in models}
+        models = re.findall(r"([\w ]+?) ([\d.]+)% \([\d,.]+ of [\d,.]+ MiB\)(?:, |$)", match.group(2))
+        shares[match.group(1)] = {name: float(share) / 100 for name, share in models}
     return shares
 
 
