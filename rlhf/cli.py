@@ -346,8 +346,8 @@ def _eval(args: argparse.Namespace) -> None:
 def _run(args: argparse.Namespace) -> int | None:
     from rlhf.config import load_config
     from rlhf.distributed import configure_logging, rank_info
-    from rlhf.memory_plan import preflight
     from rlhf.pipeline import RunOptions, run_pipeline
+    from rlhf.plan_command import preflight
     from rlhf.report import print_pipeline_summary
 
     configure_logging(rank_info(), args.debug)
@@ -365,7 +365,8 @@ def _plan(args: argparse.Namespace) -> int:
     import json
 
     from rlhf.config import load_config
-    from rlhf.memory_plan import format_plan, parse_shapes, parse_size, plan, plan_json
+    from rlhf.memory_plan import plan
+    from rlhf.plan_command import format_plan, parse_shapes, parse_size, plan_json
 
     cfg = load_config(args.config, args.overrides)
     memory = parse_size(args.gpu_memory) if args.gpu_memory else None
@@ -384,7 +385,8 @@ def _hardware(
 ) -> tuple[Hardware, Device]:
     """The hardware to plan for: what was given, else the config's processes and nodes and this machine's
     first GPU, else (no GPU) its available host memory per process, planned for CPUs."""
-    from rlhf.memory_plan import Hardware, host_hardware
+    from rlhf.memory_plan import Hardware
+    from rlhf.plan_command import host_hardware
 
     gpus_per_node = gpus_per_node or cfg.distributed.num_processes
     nodes = nodes or cfg.distributed.num_nodes

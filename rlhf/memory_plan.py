@@ -5,29 +5,32 @@ says so takes milliseconds and needs no model: sizes come from dimensions alone 
 torch here. A stage's peak per device is
 
     runtime + max(training phase, generation phase)
-    training phase   = model states (weights, gradients, optimizer) + frozen models + activations + logits
+    training phase   = weights + optimizer states + frozen models + the larger of
+                       (activations + logits) and gradients; both when gradients are held (see below)
     generation phase = model states + frozen models + weights gathered at ZeRO-3 + KV cache
 
-The constants are estimates, named so that they can be calibrated against measurement (a stage's reported
-`peak_memory_gib`, bench/). Not counted: DeepSpeed's communication buckets, allocator fragmentation beyond
-the runtime constant, and the full-vocabulary logits of no-grad scoring passes (PPO's rollout log-probs,
-the evaluation's KL log-probs).
+Gradients come into being as the backward pass frees the activations (and are set to None after each
+step), so at the peak one or the other is alive, unless gradients are held through the forward pass: ZeRO-3's
+gradient partition lives in a buffer of its own, and accumulation keeps them from one micro-batch to the
+next. The constants are measured: bench/plan_accuracy.py compares the plan with the SFT stage's measured
+per-rank peak for 3 model sizes at ZeRO-0/2/3 (README). Not counted: DeepSpeed's communication buckets,
+allocator fragmentation beyond the runtime constant, the full-vocabulary logits of PPO's no-grad rollout
+log-probs (the evaluation's are bounded: `rlhf.eval.LOGIT_BUDGET`), and on a CPU a ZeRO-3 residue of about
+0.6x the fp32 weights that the accuracy table shows and nothing here explains yet.
 """
 
 from __future__ import annotations
 
 import copy
 import itertools
-import re
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from functools import partial
-from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from rlhf.config import PipelineConfig, apply_override, validate_config
 from rlhf.distributed import check_deepspeed_batches, deepspeed_config
-from rlhf.errors import ConfigError, RlhfError
+from rlhf.errors import RlhfError
 from rlhf.model_sizes import Dims, Shape, Shapes, adapter_params, causal_params, classifier_params
 from rlhf.precision import check_offload, zero_stage_of
 from rlhf.registry import default_registry_path
@@ -46,19 +49,25 @@ GiB = 2**30
 # --------------------------------------------------------------------------------------------------
 # Constants (estimates; calibrate against measured peaks)
 
-# Always there before any model: the CUDA context and the caching allocator's reserve on a GPU; the
-# resident Python + torch + transformers + DeepSpeed baseline of a CPU process.
-RUNTIME_BYTES: dict[str, int] = {"gpu": int(1.0 * GiB), "cpu": int(0.8 * GiB)}
-# Activations of one transformer layer, bytes per token per unit of hidden size, 16-bit, nothing recomputed:
-# Korthikanti et al. 2022 ("Reducing Activation Recomputation in Large Transformer Models") give
-# s*b*h*(34 + 5*a*s/h); SDPA / flash attention never materializes the 5*a*s/h attention scores.
-ACTIVATION_FACTOR = 34
+# Always there before any model: the CUDA context and the caching allocator's reserve on a GPU (an estimate,
+# not yet measured); on a CPU the resident Python + torch + transformers + TRL + DeepSpeed of a rank with its
+# data (measured: 0.47 GiB before loading, 0.53 fitted over the accuracy table).
+RUNTIME_BYTES: dict[str, int] = {"gpu": int(1.0 * GiB), "cpu": int(0.55 * GiB)}
+# Values one layer keeps per token for the backward pass, nothing recomputed, counted from autograd in
+# transformers' llama with SDPA and no dropout (and matching the measured peaks): 10 hidden-size vectors in
+# the attention block (its input and RMSNorm output, q and q rotated, k and v repeated to every head, the
+# attention output and o_proj's input, the second norm's input and output), 4 intermediate-size ones in a
+# gated MLP (gate, up, silu(gate), their product), 2 in a plain one (the up projection, its activation).
+# Korthikanti et al. 2022's 34 bytes x hidden (16-bit) assume GPT's 4h MLP and dropout masks.
+ATTENTION_VALUES = 10
+GATED_MLP_VALUES = 4
+PLAIN_MLP_VALUES = 2
 # With gradient checkpointing a layer keeps only its input (one hidden state per token) until the backward
 # pass recomputes it; one layer's full activations are alive at a time on top.
 CHECKPOINTED_STATES = 1
 LOGIT_BYTES = 4  # the loss upcasts the logits to fp32
 LOGIT_COPIES = 3  # fp32 logits, their log-softmax, and its gradient, alive together
-MASTER_BYTES = 4  # DeepSpeed's fp32 master copy of 16-bit weights
+MASTER_BYTES = 4  # DeepSpeed's fp32 master copy: of 16-bit weights, and at ZeRO-1/2 of fp32 ones too
 ADAM_BYTES = 8  # Adam's two fp32 moments
 # rlhf/ppo.py never turns gradient checkpointing on (only the TRL trainers do, from their arguments).
 PPO_HONOURS_CHECKPOINTING = False
@@ -161,6 +170,7 @@ class StagePlan:
     gradient_checkpointing: bool
     components: Components
     available: int
+    gradients_held: bool  # through the forward pass: at ZeRO-3, or accumulated over micro-batches
     notes: tuple[str, ...] = ()
     fixes: tuple[tuple[str, ...], ...] = ()  # each a set of overrides that together make the stage fit
 
@@ -168,7 +178,12 @@ class StagePlan:
     def training_phase(self) -> int:
         c = self.components
         activations = c.activations_with_checkpointing if self.gradient_checkpointing else c.activations
-        return self.model_states + activations + c.logits
+        backward = (
+            activations + c.logits + c.gradients
+            if self.gradients_held
+            else max(activations + c.logits, c.gradients)
+        )
+        return self.model_states - c.gradients + backward
 
     @property
     def generation_phase(self) -> int:
@@ -247,8 +262,13 @@ def stage_setup(
 def trained_states(full: int, adapter: int, base: int, s: Setup) -> tuple[int, int, int]:
     """(weights, gradients, optimizer states) per device of a trained model: `full` parameters trained in full
     and `adapter` LoRA parameters (trained in fp32 as 16 bytes each either way) on a frozen `base`.
-    DeepSpeed in 16 bits: 2 + 2 + 12 (fp32 master + Adam) bytes; without it or in fp32: 4 + 4 + 8."""
-    w, g, o = (2, 2, MASTER_BYTES + ADAM_BYTES) if s.zero is not None and s.low else (4, 4, ADAM_BYTES)
+    DeepSpeed in 16 bits: 2 + 2 + 12 (fp32 master + Adam) bytes; in fp32: 4 + 4 + 8, and 4 + 4 + 12 at
+    ZeRO-1/2, whose optimizer copies its partition of the weights even when they are fp32 already (ZeRO-3
+    uses fp32 weights as they are); without DeepSpeed 4 + 4 + 8."""
+    if s.zero is not None and s.low:
+        w, g, o = 2, 2, MASTER_BYTES + ADAM_BYTES
+    else:
+        w, g, o = 4, 4, ADAM_BYTES + (MASTER_BYTES if s.zero in (1, 2) else 0)
     weights = 0 if s.offload_param else s.share((full + adapter) * w + base * s.frozen_bytes, 3)
     optimizer = 0 if s.offload_optimizer else s.share((full + adapter) * o, 1)
     return int(weights), int(s.share((full + adapter) * g, 2)), int(optimizer)
@@ -256,9 +276,10 @@ def trained_states(full: int, adapter: int, base: int, s: Setup) -> tuple[int, i
 
 def activations(d: Dims, tokens: int, low: bool, logits: bool = True) -> tuple[int, int, int]:
     """(activations, activations with gradient checkpointing, logits) of one micro-batch of `tokens`."""
-    scale = 1 if low else 2  # fp32 activations take twice the bytes
-    layer = ACTIVATION_FACTOR * d.hidden * tokens * scale
-    kept = d.layers * CHECKPOINTED_STATES * 2 * d.hidden * tokens * scale
+    value = 2 if low else 4
+    mlp = GATED_MLP_VALUES if d.kind == "decoder" else PLAIN_MLP_VALUES
+    layer = (ATTENTION_VALUES * d.hidden + mlp * d.intermediate) * tokens * value
+    kept = d.layers * CHECKPOINTED_STATES * d.hidden * tokens * value
     return d.layers * layer, kept + layer, tokens * d.vocab * LOGIT_BYTES * LOGIT_COPIES if logits else 0
 
 
@@ -295,10 +316,11 @@ def plan_stage(
     # Sequences per micro-batch: a preference pair is two (chosen, rejected); PPO's micro-batch is its own
     tokens = stage_cfg.per_device_train_batch_size * stage_cfg.max_length * (2 if classifier or policy else 1)
     value = reference = frozen = 0
-    value_dims = d
+    value_dims, accumulates = d, stage_cfg.gradient_accumulation_steps > 1
     if ppo:
-        rollout, reward = stage_cfg.ppo.rollout, models.reward or start
-        tokens = ppo_batches(stage_cfg, key).micro * (stage_cfg.max_length + rollout.max_new_tokens)
+        rollout, reward, batches = stage_cfg.ppo.rollout, models.reward or start, ppo_batches(stage_cfg, key)
+        tokens = batches.micro * (stage_cfg.max_length + rollout.max_new_tokens)
+        accumulates = batches.minibatch > batches.micro
         reference = 0 if new else body + adapter  # PPO's reference of an adapter start: a whole frozen copy
         value_dims = reward.dims if reward.dims.vocab == d.vocab else d  # other tokenizers: the policy's
         value = d.hidden + 1 if stage_cfg.ppo.value_model == "policy_head" else classifier_params(value_dims)
@@ -330,7 +352,7 @@ def plan_stage(
     kind = stage_cfg.algorithm if policy else "classifier" if classifier else "causal-lm"
     return StagePlan(stage, kind, full + adapter + value, setup.world, setup.zero,
                      resolved_precision(stage_cfg.precision, device), checkpointing, components,
-                     hardware.gpu_memory_bytes, tuple(notes))  # fmt: skip
+                     hardware.gpu_memory_bytes, setup.zero == 3 or accumulates, tuple(notes))  # fmt: skip
 
 
 def plan_evaluation(
@@ -358,7 +380,7 @@ def plan_evaluation(
     params, kv = max(loads, key=lambda load: load[0] * dtype_bytes + load[1])
     components = Components(weights=params * dtype_bytes, kv_cache=kv, runtime=RUNTIME_BYTES[device])
     return StagePlan(EVALUATION, "evaluation", params, 1, None, "bf16" if dtype_bytes == 2 else "fp32", False,
-                     components, hardware.gpu_memory_bytes)  # fmt: skip
+                     components, hardware.gpu_memory_bytes, False)  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------------------
@@ -454,141 +476,3 @@ def with_fixes(
         joined = (tuple(o for overrides, _ in combo for o in overrides) for combo in combinations)
         fixes = tuple(itertools.islice(filter(fits, joined), 1))
     return replace(planned, fixes=fixes)
-
-
-# --------------------------------------------------------------------------------------------------
-# Output: table, reasons, summary, JSON
-
-ROWS = {"weights": "weights", "gradients": "gradients", "optimizer_states": "optimizer states",
-        "frozen_models": "frozen models", "activations": "activations",
-        "activations_with_checkpointing": "act. (checkpointing)", "logits": "logits",
-        "gathered_weights": "gathered weights", "kv_cache": "KV cache", "runtime": "runtime"}  # fmt: skip
-
-
-def size(n: float) -> str:
-    return "-" if n <= 0 else f"{n / GiB:.1f} GiB" if n >= GiB / 10 else f"{max(n / 2**20, 1):.0f} MiB"
-
-
-def hardware_text(plan: Plan) -> str:
-    hw = plan.hardware
-    where = f"{hw.nodes} nodes x " if hw.nodes > 1 else ""
-    return f"{where}{hw.gpus_per_node} x {size(hw.gpu_memory_bytes)}" + (
-        f" ({hw.source})" if hw.source else ""
-    )
-
-
-def table(plan: Plan) -> list[str]:
-    """Components as rows, stages as columns: the table `rlhf plan` prints (and the example headers carry)."""
-    cols, per = plan.stages, "GPU" if plan.device == "gpu" else "process"
-    rows = [
-        ["", *(s.stage for s in cols)],
-        ["parameters", *(f"{s.parameters / 1e9:.2f}B" if s.parameters >= 1e9 else f"{s.parameters / 1e6:.1f}M"
-                         for s in cols)],
-        ["processes / ZeRO", *(f"{s.world_size} / {'-' if s.zero_stage is None else s.zero_stage}" for s in cols)],
-        ["precision", *(s.precision + (", ckpt" if s.gradient_checkpointing else "") for s in cols)],
-        *([label, *(size(getattr(s.components, name)) for s in cols)] for name, label in ROWS.items()),
-        ["peak phase", *("training" if s.training_phase >= s.generation_phase else "generation" for s in cols)],
-        [f"peak per {per}", *(size(s.total) for s in cols)],
-        [f"of {size(plan.hardware.gpu_memory_bytes)}", *(f"{s.total / s.available:.0%}"
-                                                         + ("" if s.fits else " (no)") for s in cols)],
-    ]  # fmt: skip
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True)))
-            .rstrip() for row in rows]  # fmt: skip
-
-
-def reasons(plan: Plan) -> list[str]:
-    """One line per stage that does not fit: what it needs, what there is, the changes that would fit it
-    (alternatives joined by `or`; overrides that go together separated by spaces, as `rlhf run` takes them)."""
-    per, lines = "GPU" if plan.device == "gpu" else "process", []
-    for s in plan.stages:
-        if not s.fits:
-            fix = f"would fit with: {' or '.join(' '.join(f) for f in s.fixes)}" if s.fixes else (
-                "no change tried fits it: it needs more memory or devices")  # fmt: skip
-            lines.append(f"stage {s.stage}: needs {s.total / GiB:.1f} GiB per {per}, "
-                         f"{s.available / GiB:.1f} GiB available; {fix}")  # fmt: skip
-    return lines
-
-
-def summary(plan: Plan) -> str:
-    """The one line `rlhf plan` ends with and `rlhf run` prints before training."""
-    stages = sum(s.stage != EVALUATION for s in plan.stages)
-    what = f"{stages} stage{'s' * (stages != 1)}" + (
-        " and the closing evaluation" * (stages < len(plan.stages))
-    )
-    if not plan.fits:
-        failing = [s.stage for s in plan.stages if not s.fits]
-        verb = "does" if len(failing) == 1 else "do"
-        return f"plan: {', '.join(failing)} {verb} not fit on {hardware_text(plan)}; planned: {what}"
-    top = max(plan.stages, key=lambda s: s.total)
-    verb = "fits" if len(plan.stages) == 1 else "fit"
-    per = "GPU" if plan.device == "gpu" else "process"
-    return (f"plan: {what} {verb} on {hardware_text(plan)}; largest: {top.stage} {top.total / GiB:.1f} GiB per "
-            f"{per} ({top.total / top.available:.0%})")  # fmt: skip
-
-
-def format_plan(plan: Plan) -> list[str]:
-    notes = [f"note: {s.stage}: {note}" for s in plan.stages for note in s.notes]
-    return [*table(plan), "", *notes, *reasons(plan), summary(plan)]
-
-
-def plan_json(plan: Plan) -> dict[str, Any]:
-    """`rlhf plan --json`, format 1: {format, device, hardware, fits, summary, reasons, stages: [{stage, kind,
-    parameters, world_size, zero_stage, precision, gradient_checkpointing, bytes: {each component,
-    training_phase, generation_phase, total}, available_bytes, fits, notes, fixes}]}; sizes in bytes."""
-    stages = [{"stage": s.stage, "kind": s.kind, "parameters": s.parameters, "world_size": s.world_size,
-               "zero_stage": s.zero_stage, "precision": s.precision, "gradient_checkpointing": s.gradient_checkpointing,
-               "bytes": {**asdict(s.components), "training_phase": s.training_phase,
-                         "generation_phase": s.generation_phase, "total": s.total},
-               "available_bytes": s.available, "fits": s.fits, "notes": list(s.notes),
-               "fixes": [list(fix) for fix in s.fixes]} for s in plan.stages]  # fmt: skip
-    return {"format": 1, "device": plan.device, "hardware": asdict(plan.hardware), "fits": plan.fits,
-            "summary": summary(plan), "reasons": reasons(plan), "stages": stages}  # fmt: skip
-
-
-# --------------------------------------------------------------------------------------------------
-# Inputs: sizes, shapes, host memory; the check before `rlhf run`
-
-_SIZE = re.compile(r"(\d+(?:\.\d*)?)\s*(?:([kmgt])(i?)b?|b)", re.IGNORECASE)
-
-
-def parse_size(text: str) -> int:
-    """Bytes of `80GB` / `141G` (decimal: G = GB = 10^9), `80GiB` (binary: 2^30), `24000MB`, `512B`."""
-    match = _SIZE.fullmatch(text.strip())
-    if not match:
-        raise ConfigError(f"--gpu-memory: expected a size such as 80GB, 80GiB, 141G or 24000MB, got {text!r}")
-    number, prefix, binary = match.groups()
-    power = "kmgt".index(prefix.lower()) + 1 if prefix else 0
-    return int(float(number) * (1024 if binary else 1000) ** power)
-
-
-def parse_shapes(items: list[str]) -> dict[str, str]:
-    """`--model-shape REF=SPEC` arguments as {ref: spec}."""
-    shapes = {}
-    for item in items:
-        ref, sep, spec = item.partition("=")
-        if not (sep and ref and spec):
-            raise ConfigError(f"--model-shape {item!r}: expected REF=SPEC, e.g. "
-                              "registry:reward-model:latest=llama-3.1-8b-shape")  # fmt: skip
-        shapes[ref] = spec
-    return shapes
-
-
-def host_hardware(gpus_per_node: int, nodes: int, meminfo: Path = Path("/proc/meminfo")) -> Hardware:
-    """No GPU: each process of a node gets an equal share of the host's available memory (MemAvailable)."""
-    match = re.search(r"^MemAvailable:\s+(\d+) kB", meminfo.read_text(encoding="ascii"), re.MULTILINE)
-    if not match:
-        raise ConfigError(f"{meminfo} has no MemAvailable and there is no GPU: pass --gpu-memory")
-    processes = f"{gpus_per_node} process{'es' * (gpus_per_node != 1)}"
-    return Hardware(gpus_per_node, nodes, int(match.group(1)) * 1024 // gpus_per_node,
-                    f"no GPU: host memory available / {processes}")  # fmt: skip
-
-
-def preflight(cfg: PipelineConfig, hardware: Hardware, device: Device) -> tuple[list[str], bool]:
-    """What `rlhf run` says before training (why a stage does not fit, the summary), and whether it fits. A
-    model the plan cannot size offline stops nothing: the run resolves models itself, with its own errors."""
-    try:
-        planned = plan(cfg, hardware, device=device)
-    except RlhfError as exc:
-        return [f"plan: not checked ({exc})"], True
-    return [*reasons(planned), summary(planned)], planned.fits

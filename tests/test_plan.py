@@ -6,6 +6,7 @@ the command end to end. No torch here: the planner needs none, and `rlhf plan` m
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -15,18 +16,9 @@ import pytest
 
 from rlhf.config import PipelineConfig, load_config, validate_config
 from rlhf.errors import ConfigError
-from rlhf.memory_plan import (
-    GiB,
-    Hardware,
-    StagePlan,
-    format_plan,
-    parse_shapes,
-    parse_size,
-    plan,
-    reasons,
-    summary,
-)
+from rlhf.memory_plan import GiB, Hardware, StagePlan, plan
 from rlhf.model_sizes import Shapes, adapter_params, causal_params, classifier_params
+from rlhf.plan_command import format_plan, parse_shapes, parse_size, reasons, summary
 from tests.conftest import REPO, run_cli
 
 QWEN_EXAMPLE = REPO / "configs" / "examples" / "qwen2.5-0.5b-zero2.yaml"
@@ -40,6 +32,8 @@ LAYER = (
 )  # q, k + v, o, MLP (gate, up, down), 2 RMSNorms
 N = EMBEDDINGS + 2 * LAYER + 64 + 100 * 64  # + final norm + the untied LM head
 CLASSIFIER = N - 100 * 64 + 64  # no LM head; a 64 x 1 score head
+# Activations a layer keeps per token: 10 hidden-size and 4 MLP-size values, bf16
+LAYER_BYTES = (10 * 64 + 4 * 128) * 2
 KV_PER_TOKEN = 2 * 2 * 2 * 16 * 2  # keys and values x layers x KV heads x head_dim x 2 bytes (bf16)
 
 
@@ -135,7 +129,11 @@ def test_fp32_and_auto_on_a_cpu_keep_four_bytes_a_weight(llama_dir: Path, tmp_pa
     cpu = one(cfg, device="cpu")
     assert cpu.precision == "fp32" and cpu.zero_stage == 2  # two CPU processes run DeepSpeed
     c = cpu.components
-    assert (c.weights, c.gradients, c.optimizer_states) == (4 * N, 4 * N // 2, 8 * N // 2)
+    # ZeRO-2's optimizer copies its fp32 partition of the weights even when they are fp32 already
+    assert (c.weights, c.gradients, c.optimizer_states) == (4 * N, 4 * N // 2, 12 * N // 2)
+    zero3 = one(config(llama_dir, {"sft": {**SFT, "precision": "auto"}}, tmp_path, num_processes=2, zero_stage=3),
+                device="cpu").components  # fmt: skip
+    assert zero3.optimizer_states == 8 * N // 2  # ZeRO-3 steps its fp32 partition in place
     assert one(cfg).precision == "bf16"  # auto on a GPU
 
 
@@ -144,18 +142,30 @@ def test_activations_logits_and_the_held_out_sampling(llama_dir: Path, tmp_path:
     for zero_stage, gathered in ((2, 0), (3, 2 * N)):  # ZeRO-3 gathers the whole bf16 model to sample
         cfg = config(llama_dir, {"sft": SFT}, tmp_path, num_processes=2, zero_stage=zero_stage)
         c = one(cfg).components
-        assert c.activations == 2 * 34 * 64 * tokens  # layers x 34 h bytes a token (Korthikanti et al.)
-        assert c.activations_with_checkpointing == 2 * 2 * 64 * tokens + 34 * 64 * tokens  # inputs + 1 layer
+        layer = LAYER_BYTES * tokens
+        assert c.activations == 2 * layer
+        assert c.activations_with_checkpointing == 2 * 64 * tokens * 2 + layer  # each layer's input + 1 layer
         assert c.logits == tokens * 100 * 4 * 3  # fp32 logits, log-softmax, gradient
         assert c.kv_cache == KV_PER_TOKEN * 8 * (32 + 16)  # evaluation.batch_size x (prompt + new tokens)
         assert c.gathered_weights == gathered
     checkpointed = one(config(llama_dir, {"sft": {**SFT, "gradient_checkpointing": True}}, tmp_path,
                               num_processes=2, zero_stage=2))  # fmt: skip
     c = checkpointed.components
-    assert checkpointed.training_phase == c.weights + c.gradients + c.optimizer_states + (
-        c.activations_with_checkpointing + c.logits
+    # gradients come as the backward pass frees the activations: the larger of the two at the peak
+    assert not checkpointed.gradients_held
+    assert checkpointed.training_phase == c.weights + c.optimizer_states + max(
+        c.activations_with_checkpointing + c.logits, c.gradients
     )
     assert checkpointed.total == c.runtime + max(checkpointed.training_phase, checkpointed.generation_phase)
+    for held in ({"zero_stage": 3}, {"zero_stage": 2, "accumulation": 2}):  # both alive through the forward
+        settings = {**SFT, "gradient_accumulation_steps": held.pop("accumulation", 1)}
+        stage = one(config(llama_dir, {"sft": settings}, tmp_path, num_processes=2, **held))
+        c = stage.components
+        assert (
+            stage.gradients_held
+            and stage.training_phase
+            == c.weights + c.gradients + c.optimizer_states + (c.activations + c.logits)
+        )
 
 
 def test_lora_trains_its_adapter_in_16_bytes_on_a_frozen_16_bit_base(llama_dir: Path, tmp_path: Path) -> None:
@@ -183,7 +193,7 @@ def test_dpo_reference_and_pairs(
     policy = {**SFT, "algorithm": "dpo", **settings}
     stage = one(config(llama_dir, {"policy": policy}, tmp_path, num_processes=2, zero_stage=zero_stage))
     assert stage.kind == "dpo" and stage.components.frozen_models == reference
-    assert stage.components.activations == 2 * 34 * 64 * (2 * 4 * 32)  # chosen + rejected per pair
+    assert stage.components.activations == 2 * LAYER_BYTES * (2 * 4 * 32)  # chosen + rejected per pair
 
 
 def test_ppo_holds_reference_reward_model_and_value_head(llama_dir: Path, tmp_path: Path) -> None:
@@ -198,7 +208,7 @@ def test_ppo_holds_reference_reward_model_and_value_head(llama_dir: Path, tmp_pa
         c = stage.components
         assert stage.parameters == N + 64 + 1  # the policy and its value head
         assert c.frozen_models == frozen
-        assert c.activations == 2 * 34 * 64 * 4 * (32 + 8)  # micro-batch x (prompt + response)
+        assert c.activations == 2 * LAYER_BYTES * 4 * (32 + 8)  # micro-batch x (prompt + response)
         assert c.kv_cache == KV_PER_TOKEN * 4 * (32 + 8)  # rollout.batch_size sequences
         assert c.gathered_weights == 2 * (N + 65)  # ZeRO-3 gathers policy and value head to sample
         assert stage.generation_phase == c.weights + c.gradients + c.optimizer_states + frozen + (
@@ -251,12 +261,12 @@ def test_a_stage_that_does_not_fit_says_so_and_its_fixes_fit() -> None:
     hardware = Hardware(8, 1, parse_size("16GB"))
     planned = plan(load_config(QWEN_EXAMPLE), hardware)
     failing = [s for s in planned.stages if not s.fits]
-    assert [s.stage for s in failing] == ["sft", "policy"] and not planned.fits
+    assert [s.stage for s in failing] == ["sft", "reward", "policy"] and not planned.fits
     lines = reasons(planned)
     assert lines[0].startswith(f"stage sft: needs {failing[0].total / GiB:.1f} GiB per GPU, 14.9 GiB available; "
                                "would fit with: stages.sft.")  # fmt: skip
     assert summary(planned) == (
-        "plan: sft, policy do not fit on 8 x 14.9 GiB; planned: 3 stages and the closing evaluation"
+        "plan: sft, reward, policy do not fit on 8 x 14.9 GiB; planned: 3 stages and the closing evaluation"
     )
     for stage in failing:
         assert stage.fixes
@@ -343,3 +353,18 @@ def test_run_refuses_a_plan_that_cannot_fit_before_anything_starts(tmp_path: Pat
         "(rlhf run --force-plan to run anyway)"
     )
     assert "plan: " in done.stdout and not (tmp_path / "runs").exists()
+
+
+def test_the_gpu_checks_real_size_pipeline_is_valid_and_fits_one_h200() -> None:
+    """scripts/gpu_check.sh runs only where a GPU is lent: its overrides are checked here, on the plan it
+    will compare against (bf16 in every trained stage, ZeRO-3, one 141 GB GPU)."""
+    script = (REPO / "scripts" / "gpu_check.sh").read_text(encoding="utf-8").replace("\\\n", " ")
+    overrides = re.search(r"bench/shape_stages\.py (.+?) 2>&1", script).group(1).split()
+    done = run_cli("plan", "configs/shapes/qwen2.5-0.5b-cpu.yaml", *overrides, "--gpus-per-node", "1",
+                   "--gpu-memory", "141GB", "--json")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["device"] == "gpu" and result["fits"] is True
+    trained = [s for s in result["stages"] if s["kind"] != "evaluation"]
+    assert [s["stage"] for s in trained] == ["sft", "reward", "policy-dpo", "policy-ppo"]
+    assert {(s["precision"], s["zero_stage"]) for s in trained} == {("bf16", 3)}
