@@ -31,7 +31,7 @@ def planned(config: Path, overrides: list[str]) -> dict[str, float]:
     except ValueError:
         print(f"(no plan: {done.stderr.strip().splitlines()[-1:] or done.stdout[:200]})")
         return {}
-    return {row["stage"]: row["total_bytes"] / 2**30 for row in plan.get("stages", [])}
+    return {row["stage"]: row["bytes"]["total"] / 2**30 for row in plan.get("stages", [])}
 
 
 def main() -> None:
