@@ -9,6 +9,7 @@ GPU. The error is (planned - measured) / measured of the larger rank's peak over
 within 20% in every cell.
 
     python bench/plan_accuracy.py
+    python bench/plan_accuracy.py --processes 1 --zero 0 3        # on one GPU (scripts/gpu_check.sh)
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ data: {{sft_train: {data}}}
 stages:
   sft: {{learning_rate: 1.0e-5, max_steps: 2, per_device_train_batch_size: {batch}, max_length: {length},
         logging_steps: 1, save_steps: 100000, num_threads: 1, evaluation: null, precision: auto}}
-distributed: {{zero_stage: {zero}, num_processes: 2}}
+distributed: {{zero_stage: {zero}, num_processes: {processes}}}
 evaluation: null
 tracking: none
 registry: {folder}/registry
@@ -64,7 +65,7 @@ def long_demonstrations(path: Path, rows: int, words: int) -> Path:
     return path
 
 
-def planned(config: str) -> tuple[int, dict[str, int]]:
+def planned(config: str, processes: int) -> tuple[int, dict[str, int]]:
     """The plan's peak per process for the SFT stage of the config text, and its parts."""
     import yaml
 
@@ -73,7 +74,7 @@ def planned(config: str) -> tuple[int, dict[str, int]]:
     from rlhf.memory_plan import Hardware, plan
 
     cfg = validate_config(yaml.safe_load(config))
-    stage = plan(cfg, Hardware(2, 1, 10**15), device="gpu" if has_gpu() else "cpu").stages[0]
+    stage = plan(cfg, Hardware(processes, 1, 10**15), device="gpu" if has_gpu() else "cpu").stages[0]
     return stage.total, {name: value for name, value in vars(stage.components).items() if value}
 
 
@@ -83,6 +84,7 @@ def main() -> None:
     parser.add_argument("--zero", nargs="+", type=int, default=list(ZERO_STAGES))
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--max-length", type=int, default=256)
+    parser.add_argument("--processes", type=int, default=2)
     args = parser.parse_args()
 
     from rlhf.builtin_models import materialize
@@ -96,9 +98,9 @@ def main() -> None:
             directory = materialize(ModelSpec(name=model), folder / model)
             for zero in args.zero:
                 config = CONFIG.format(model=directory, data=data, batch=args.batch, length=args.max_length,
-                                       zero=zero, folder=folder)  # fmt: skip
-                total, parts = planned(config)
-                run = run_stage(config, {"stage": zero}, folder)
+                                       zero=zero, processes=args.processes, folder=folder)  # fmt: skip
+                total, parts = planned(config, args.processes)
+                run = run_stage(config, {"stage": zero}, folder, processes=args.processes)
                 assert run.result["metrics"]["steps"] == 2, run.result  # it trained
                 measured = max(rank["stage"] for rank in run.ranks) * 2**20
                 rows.append((model, zero, total, measured))
@@ -107,7 +109,9 @@ def main() -> None:
                                    for r, rank in enumerate(run.ranks))  # fmt: skip
                 print(f"{model} ZeRO-{zero}: planned {total / GiB:.2f} GiB ({shown}); measured "
                       f"{measured / GiB:.2f} GiB ({phases})", flush=True)  # fmt: skip
-    print(f"\nSFT, {args.batch} x {args.max_length} tokens a micro-batch, 2 processes, the larger rank:\n")
+    print(
+        f"\nSFT, {args.batch} x {args.max_length} tokens a micro-batch, {args.processes} processes, the larger rank:\n"
+    )
     print("| model | ZeRO | planned (GiB) | measured (GiB) | error |")
     print("|---|---:|---:|---:|---:|")
     for model, zero, total, measured in rows:

@@ -1,6 +1,6 @@
-"""Per-rank peak memory of one stage on 2 processes: the measuring worker the memory benches share.
+"""Per-rank peak memory of one stage on several processes: the measuring worker the memory benches share.
 
-`run_stage` writes a pipeline config, starts the stage under `torch.distributed.run` with this file as each
+`run_stage` writes a pipeline config, starts the stage under `torch.distributed.run` (2 processes unless told) with this file as each
 rank's program (DeepSpeed on its CPU accelerator here, CUDA on GPUs), and returns what every rank recorded:
 
 - `before_load`: the peak before the first `from_pretrained` (libraries, distributed set-up, data);
@@ -117,9 +117,11 @@ class StageRun:
     log: str  # what the ranks wrote to stderr
 
 
-def run_stage(config: str, zero: dict[str, object], folder: Path, stage: str = "sft") -> StageRun:
-    """Run `stages.<stage>` of the pipeline config text on 2 processes with this `zero_optimization` (over
-    what `zero_stage` sets)."""
+def run_stage(
+    config: str, zero: dict[str, object], folder: Path, stage: str = "sft", processes: int = 2
+) -> StageRun:
+    """Run `stages.<stage>` of the pipeline config text on `processes` processes with this
+    `zero_optimization` (over what `zero_stage` sets)."""
     from rlhf.distributed import deepspeed_config, free_port, has_gpu
     from rlhf.settings import DistributedConfig
 
@@ -128,17 +130,17 @@ def run_stage(config: str, zero: dict[str, object], folder: Path, stage: str = "
     deepspeed = deepspeed_config(DistributedConfig(zero_stage=zero["stage"]))
     deepspeed["zero_optimization"] |= zero
     (out_dir / "deepspeed.json").write_text(json.dumps(deepspeed), encoding="utf-8")
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
                "--master_port", str(free_port()), __file__, str(out_dir), stage,
                "--config", str(out_dir / "pipeline.yaml"), "--run-dir", str(out_dir / "run"),
-               f"distributed.deepspeed_config={out_dir / 'deepspeed.json'}", "distributed.num_processes=2"]  # fmt: skip
+               f"distributed.deepspeed_config={out_dir / 'deepspeed.json'}", f"distributed.num_processes={processes}"]  # fmt: skip
     cpu = {"DS_ACCELERATOR": "cpu", "MALLOC_MMAP_THRESHOLD_": "65536"}
     env = {**os.environ, "PYTHONPATH": str(REPO)} | ({} if has_gpu() else cpu)
     done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
     if done.returncode != 0:
         sys.exit(f"{stage} at ZeRO {zero}: the stage failed:\n{done.stderr[-3000:]}")
     result = json.loads((out_dir / "run" / stage / "result.json").read_text(encoding="utf-8"))
-    ranks = [json.loads((out_dir / f"rank{r}.json").read_text(encoding="utf-8")) for r in (0, 1)]
+    ranks = [json.loads((out_dir / f"rank{r}.json").read_text(encoding="utf-8")) for r in range(processes)]
     return StageRun(ranks, result, done.stderr)
 
 

@@ -15,8 +15,8 @@ gradient partition lives in a buffer of its own, and accumulation keeps them fro
 next. The constants are measured: bench/plan_accuracy.py compares the plan with the SFT stage's measured
 per-rank peak for 3 model sizes at ZeRO-0/2/3 (README). Not counted: DeepSpeed's communication buckets,
 allocator fragmentation beyond the runtime constant, the full-vocabulary logits of PPO's no-grad rollout
-log-probs (the evaluation's are bounded: `rlhf.eval.LOGIT_BUDGET`), and on a CPU a ZeRO-3 residue of about
-0.6x the fp32 weights that the accuracy table shows and nothing here explains yet.
+log-probs (the evaluation's are bounded: `rlhf.eval.LOGIT_BUDGET`), and on a CPU a ZeRO-3 residue of 0.6-1.4x
+the whole model's fp32 weights that the accuracy table shows and nothing here explains yet.
 """
 
 from __future__ import annotations

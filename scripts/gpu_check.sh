@@ -22,4 +22,5 @@ echo "== sft throughput"; timeout 300 python3 bench/sft_throughput.py --model sm
 echo "== 0.5B shape, bf16, ZeRO-3"; timeout 420 python3 bench/shape_stages.py distributed.zero_stage=3 \
   stages.sft.precision=bf16 stages.reward.precision=bf16 stages.policy.dpo.precision=bf16 \
   stages.policy.ppo.precision=bf16 2>&1 | tail -9 | tee "$out/shape_stages.txt"
+echo "== plan accuracy"; timeout 200 python3 bench/plan_accuracy.py --processes 1 --zero 0 3 --models qwen2.5-0.5b-shape 2>&1 | tail -6 | tee "$out/plan_accuracy.txt"
 echo "== plan"; timeout 60 python3 -m rlhf.cli plan configs/shapes/qwen2.5-0.5b-cpu.yaml --gpus-per-node 1 2>&1 | tail -20 | tee "$out/plan.txt"
