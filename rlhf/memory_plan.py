@@ -47,7 +47,7 @@ Device = Literal["gpu", "cpu"]
 GiB = 2**30
 
 # --------------------------------------------------------------------------------------------------
-# Constants (estimates; calibrate against measured peaks)
+# Constants (measured against each rank's peak: bench/plan_accuracy.py; the GPU runtime is an estimate)
 
 # Always there before any model: the CUDA context and the caching allocator's reserve on a GPU (an estimate,
 # not yet measured); on a CPU the resident Python + torch + transformers + TRL + DeepSpeed of a rank with its
