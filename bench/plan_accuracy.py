@@ -44,20 +44,7 @@ PHASES = ("before_load", "before_training", "training", "stage")  # rank_memory.
 
 def long_demonstrations(path: Path, rows: int, words: int) -> Path:
     """Prompt/completion rows of `words` words each: longer than max_length in any of the tokenizers."""
-    vocabulary = [
-        "the",
-        "model",
-        "writes",
-        "a",
-        "short",
-        "answer",
-        "about",
-        "red",
-        "blue",
-        "cats",
-        "and",
-        "dogs",
-    ]
+    vocabulary = ("the", "model", "writes", "a", "short", "answer", "about", "red", "blue", "cats", "and", "dogs")  # fmt: skip
     with path.open("w", encoding="utf-8") as out:
         for row in range(rows):
             text = " ".join(vocabulary[(row + i) % len(vocabulary)] for i in range(words))

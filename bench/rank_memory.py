@@ -1,7 +1,7 @@
 """Per-rank peak memory of one stage on several processes: the measuring worker the memory benches share.
 
-`run_stage` writes a pipeline config, starts the stage under `torch.distributed.run` (2 processes unless told) with this file as each
-rank's program (DeepSpeed on its CPU accelerator here, CUDA on GPUs), and returns what every rank recorded:
+`run_stage` writes a pipeline config, starts the stage under `torch.distributed.run` (2 processes unless told) with this
+file as each rank's program (DeepSpeed on its CPU accelerator here, CUDA on GPUs), and returns what every rank recorded:
 
 - `before_load`: the peak before the first `from_pretrained` (libraries, distributed set-up, data);
 - `before_training`: the peak before `Trainer.train` (loading the models);
@@ -32,6 +32,12 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 
 
+def _status_mib(field: str) -> float:
+    """A memory figure of this process from Linux's /proc/self/status (VmHWM: the peak, VmRSS: now)."""
+    status = Path("/proc/self/status").read_text(encoding="ascii")
+    return int(re.search(rf"{field}:\s+(\d+) kB", status).group(1)) / 1024
+
+
 class Peaks:
     """This process's memory high-water mark, and how to start it afresh."""
 
@@ -50,16 +56,14 @@ class Peaks:
             import torch
 
             return self.context + torch.cuda.max_memory_reserved() / 2**20
-        status = Path("/proc/self/status").read_text(encoding="ascii")
-        return int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1)) / 1024
+        return _status_mib("VmHWM")
 
     def current_mib(self) -> float:
         if self.cuda:
             import torch
 
             return self.context + torch.cuda.memory_allocated() / 2**20
-        status = Path("/proc/self/status").read_text(encoding="ascii")
-        return int(re.search(r"VmRSS:\s+(\d+) kB", status).group(1)) / 1024
+        return _status_mib("VmRSS")
 
     def reset(self) -> None:
         if self.cuda:

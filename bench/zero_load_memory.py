@@ -20,7 +20,6 @@ real checkpoint) is materialized once as a Hugging Face directory, so that no ra
 from __future__ import annotations
 
 import argparse
-import re
 import statistics
 import subprocess
 import sys
@@ -80,8 +79,6 @@ registry: {folder}/registry
 runs_dir: {folder}/runs
 """
 FROZEN = ("reference", "reward model")
-HELD = re.compile(r"\[rank (\d+)\] rlhf\.sharding: [^:]+: this rank holds (.+)")
-HELD_MODEL = re.compile(r"([\w ]+?) [\d.]+% \(([\d,.]+) of ([\d,.]+) MiB\)(?:, |$)")
 
 
 def loading(directory: Path, repeats: int, folder: Path) -> None:
@@ -128,11 +125,11 @@ def one_process(directory: Path, repeats: int) -> None:
 
 def frozen_models(directory: Path, folder: Path) -> None:
     """Section 3: PPO at ZeRO-3, each frozen model's memory per rank against its replicated size."""
+    from rlhf.sharding import held_from_log
+
     run = run_stage(PPO.format(model=directory, folder=folder), VARIANTS["ZeRO-3"], folder, stage="policy")
     assert run.result["metrics"]["steps"] == 1, run.result  # it trained
-    held = {rank: {name: (float(mine.replace(",", "")), float(whole.replace(",", "")))
-                   for name, mine, whole in HELD_MODEL.findall(models)}
-            for rank, models in HELD.findall(run.log)}  # fmt: skip
+    held = held_from_log(run.log)
     # the models load in this order: policy, reference, reward model (rlhf.ppo_models.build_models)
     loaded = {str(rank): dict(zip(("trained policy", *FROZEN), r["loads"], strict=True))
               for rank, r in enumerate(run.ranks)}  # fmt: skip
@@ -143,7 +140,7 @@ def frozen_models(directory: Path, folder: Path) -> None:
     for rank, models in loaded.items():
         for name in FROZEN:
             grown = models[name]["after"] - models[name]["before"]
-            mine, whole = held[rank][name]
+            _, mine, whole = held[rank][name]
             print(f"| {rank} | {name} | {whole:,.0f} | {grown:,.0f} | {grown / whole:.2f}x | {mine:,.0f} "
                   f"| {mine / whole:.2f}x |")  # fmt: skip
 

@@ -36,19 +36,15 @@ def held_share(model: nn.Module) -> tuple[int, int]:
     tensor is an empty placeholder, its partition in `ds_tensor` and its full size in `ds_numel`."""
     held = full = 0
     for param in model.parameters():
-        size = param.element_size()
-        if hasattr(param, "ds_tensor"):
-            held += param.ds_tensor.numel() * size
-            full += param.ds_numel * size
-        else:
-            held += param.numel() * size
-            full += param.numel() * size
+        partitioned = hasattr(param, "ds_tensor")
+        held += (param.ds_tensor.numel() if partitioned else param.numel()) * param.element_size()
+        full += (param.ds_numel if partitioned else param.numel()) * param.element_size()
     return held, full
 
 
 def log_held_shares(stage: str, models: Mapping[str, nn.Module | None]) -> dict[str, float]:
     """One line per rank: the share of each model's parameter bytes it holds (1.0: a whole copy), and the
-    bytes. Returns {name: share}."""
+    bytes; `held_from_log` reads the lines back. Returns {name: share}."""
     shares, parts = {}, []
     for name, model in models.items():
         if model is not None:
@@ -57,6 +53,18 @@ def log_held_shares(stage: str, models: Mapping[str, nn.Module | None]) -> dict[
             parts.append(f"{name} {shares[name]:.1%} ({held / 2**20:,.1f} of {full / 2**20:,.1f} MiB)")
     log.info("%s: this rank holds %s", stage, ", ".join(parts))
     return shares
+
+
+_HELD_LINE = re.compile(r"\[rank (\d+)\] rlhf\.sharding: [^:]+: this rank holds (.+)")
+_HELD_MODEL = re.compile(r"([\w ]+?) ([\d.]+)% \(([\d,.]+) of ([\d,.]+) MiB\)(?:, |$)")
+
+
+def held_from_log(log: str) -> dict[str, dict[str, tuple[float, float, float]]]:
+    """{rank: {model: (share, MiB held, MiB whole)}} from the `log_held_shares` lines of a multi-process
+    stage's output (each line prefixed with its rank), for the tests and benches that check sharding."""
+    return {rank: {name: (float(share) / 100, float(held.replace(",", "")), float(whole.replace(",", "")))
+                   for name, share, held, whole in _HELD_MODEL.findall(models)}
+            for rank, models in _HELD_LINE.findall(log)}  # fmt: skip
 
 
 def peak_memory_gib() -> float:

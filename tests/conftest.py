@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 import sys
 import tempfile
@@ -72,13 +71,12 @@ def launch_stage(
 
 
 def held_shares(log: str) -> dict[str, dict[str, float]]:
-    """Per rank, the share of each model it holds (1.0: a whole copy), from the stages' `this rank holds
-    trained model 50.0% (10 of 20 MiB), reference ...` log lines (`rlhf.sharding.log_held_shares`)."""
-    shares: dict[str, dict[str, float]] = {}
-    for match in re.finditer(r"\[rank (\d+)\] rlhf\.sharding: [^:]+: this rank holds (.+)", log):
-        models = re.findall(r"([\w ]+?) ([\d.]+)% \([\d,.]+ of [\d,.]+ MiB\)(?:, |$)", match.group(2))
-        shares[match.group(1)] = {name: float(share) / 100 for name, share in models}
-    return shares
+    """Per rank, the share of each model it holds (1.0: a whole copy), from the stages' `this rank holds`
+    log lines (`rlhf.sharding.log_held_shares`)."""
+    from rlhf.sharding import held_from_log
+
+    return {rank: {name: share for name, (share, _, _) in models.items()}
+            for rank, models in held_from_log(log).items()}  # fmt: skip
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
