@@ -3,6 +3,9 @@
     models -> rollout (sample, score, log-probs, values) -> rewards (KL penalty + score) and advantages (GAE)
     -> losses (clipped policy and value) -> update (several epochs over minibatches) -> metrics -> checkpoint
 
+The arithmetic of rewards, advantages and losses is in `rlhf.ppo_math`, small pure functions; this module is
+the recipe around them.
+
 TRL removed its PPOTrainer in 2026, so this is our own code on torch, transformers and accelerate (DeepSpeed
 underneath when configured). The details that decide whether PPO works for language models are marked `[n]`
 where they live:
@@ -52,11 +55,23 @@ from rlhf.checkpoints import (
     write_aside_then_rename,
 )
 from rlhf.distributed import make_accelerator
-from rlhf.errors import ConfigError, StageError
+from rlhf.errors import StageError
 from rlhf.eval import Messages, Sample, generate
+from rlhf.ppo_math import (
+    KLController,
+    explained_variance,
+    gae,
+    kl_estimate,
+    masked_mean,
+    masked_whiten,
+    per_token_rewards,
+    policy_loss,
+    shape_scores,
+    value_loss,
+)
 from rlhf.ppo_models import PolicyAndValue, PPOModels
 from rlhf.rewards import score, score_ids
-from rlhf.settings import PolicyStageConfig, PPOSpec, ppo_batches
+from rlhf.settings import PolicyStageConfig, ppo_batches
 from rlhf.sharding import frozen_engine, log_held_shares
 
 if TYPE_CHECKING:
@@ -185,148 +200,6 @@ def reference_logprobs(models: PPOModels, policy: PreTrainedModel, ids: Tensor, 
     with switch:
         out = reference(input_ids=ids, attention_mask=attention, position_ids=position_ids(attention))
     return token_logprobs(out.logits[:, context - 1 : -1], ids[:, context:], temperature)[0]
-
-
-# ==================================================================================================
-# Rewards and advantages: KL estimators, the KL controller, per-token rewards, score shaping, masked
-# statistics, whitening, GAE
-
-
-def kl_estimate(logprobs: Tensor, ref_logprobs: Tensor, estimator: str = "k1") -> Tensor:
-    """Per-token estimate of KL(policy || reference) from tokens sampled by the policy.
-
-    logprobs, ref_logprobs: [B, T] -> kl: [B, T]. k1 = log p - log p_ref: unbiased, can be negative on one
-    token; k3 = (r - 1) - log r with r = p_ref / p: unbiased and never negative, lower variance (Schulman,
-    "Approximating KL divergence").
-    """
-    log_ratio = logprobs - ref_logprobs
-    if estimator == "k1":
-        return log_ratio
-    if estimator == "k3":
-        return torch.expm1(-log_ratio) + log_ratio
-    raise ConfigError(f"stages.policy.ppo.kl_estimator: unknown estimator {estimator!r} (k1 or k3)")
-
-
-class KLController:
-    """The KL coefficient kl_coef [8]: fixed, or adapted toward a target KL per response (Ziegler et al.
-    2019): kl_coef *= 1 + clip(KL / target - 1, -0.2, 0.2) * responses / horizon."""
-
-    def __init__(self, kl_coef: float, target: float | None = None, horizon: int = 10000) -> None:
-        self.kl_coef, self.target, self.horizon = kl_coef, target, horizon
-
-    def update(self, kl: float, responses: int) -> None:
-        if self.target is not None:
-            error = min(max(kl / self.target - 1.0, -0.2), 0.2)
-            self.kl_coef *= 1.0 + error * responses / self.horizon
-
-    def state_dict(self) -> dict[str, float]:
-        return {"kl_coef": self.kl_coef}
-
-    def load_state_dict(self, state: dict[str, float]) -> None:
-        self.kl_coef = state["kl_coef"]
-
-
-def per_token_rewards(kl: Tensor, scores: Tensor, mask: Tensor, kl_coef: float) -> Tensor:
-    """[8] -kl_coef * KL on every response token, plus the sequence's score on its last valid token [1].
-    kl: [B, T], scores: [B], mask: [B, T] -> rewards: [B, T]."""
-    rewards = -kl_coef * kl * mask
-    last = (mask.sum(-1).long() - 1).clamp(min=0)  # [B]: each response's EOS, or the last token sampled
-    rewards[torch.arange(len(scores)), last] += scores
-    return rewards
-
-
-def shape_scores(raw: Tensor, ended: Tensor, spec: PPOSpec, stats: tuple[float, float] | None) -> Tensor:
-    """Raw reward-model scores to the score PPO optimizes: normalized with the reward model's statistics [6],
-    scaled, clipped, and a penalty for responses that never ended with EOS [7].
-    raw: [B], ended: [B] bool -> scores: [B]."""
-    shaped = raw
-    if stats is not None:
-        mean, std = stats
-        shaped = (shaped - mean) / max(std, 1e-8)
-    shaped = shaped * spec.reward_scale
-    if spec.reward_clip is not None:
-        shaped = shaped.clamp(-spec.reward_clip, spec.reward_clip)
-    if spec.missing_eos_penalty is not None:
-        shaped = shaped - spec.missing_eos_penalty * (~ended).float()
-    return shaped
-
-
-def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
-    """The mean over the masked entries. x, mask: [B, T] -> []."""
-    return (x * mask).sum() / mask.sum().clamp(min=1)
-
-
-def masked_var(x: Tensor, mask: Tensor) -> Tensor:
-    """Variance over the masked entries, with Bessel's correction (as the usual whitening has it).
-    x, mask: [B, T] -> []."""
-    centered = (x - masked_mean(x, mask)) * mask
-    return (centered**2).sum() / (mask.sum() - 1).clamp(min=1)
-
-
-def masked_whiten(x: Tensor, mask: Tensor, shift_mean: bool = True) -> Tensor:
-    """[9] Mean 0 (optionally kept), std 1 over the valid tokens only; entries outside the mask become 0.
-    x, mask: [B, T] -> [B, T]."""
-    mean, var = masked_mean(x, mask), masked_var(x, mask)
-    whitened = (x - mean) * torch.rsqrt(var + 1e-8)
-    if not shift_mean:
-        whitened = whitened + mean
-    return whitened * mask
-
-
-def gae(rewards: Tensor, values: Tensor, mask: Tensor, gamma: float, lam: float) -> tuple[Tensor, Tensor]:
-    """[10] Generalized advantage estimation over each response; returns = advantages + values.
-    rewards, values, mask: [B, T] -> (advantages: [B, T], returns: [B, T]).
-
-    delta_t = r_t + gamma * V_{t+1} - V_t (V = 0 past the last valid token), and
-    A_t = sum_k (gamma*lam)^k delta_{t+k}: one matrix product with the upper-triangular [T, T] matrix of
-    (gamma*lam)^k rather than a Python loop over positions.
-    """
-    values = values * mask
-    next_values = torch.cat([values[:, 1:], torch.zeros_like(values[:, :1])], dim=1)
-    deltas = (rewards + gamma * next_values - values) * mask
-    steps = torch.arange(rewards.shape[1], device=rewards.device)
-    offset = steps[None, :] - steps[:, None]  # [t, s] = s - t
-    discount = torch.where(offset >= 0, (gamma * lam) ** offset.clamp(min=0).double(), 0.0).to(rewards.dtype)
-    advantages = (deltas @ discount.T) * mask
-    return advantages, (advantages + values) * mask
-
-
-# ==================================================================================================
-# Losses
-
-
-def policy_loss(
-    logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, mask: Tensor, cliprange: float
-) -> tuple[Tensor, Tensor, Tensor]:
-    """[11] The clipped surrogate over valid tokens, its clip fraction and approximate KL 0.5 * E[(log r)^2].
-    logprobs, old_logprobs, advantages, mask: [B, T] -> (loss: [], clipfrac: [], approx_kl: [])."""
-    log_ratio = logprobs - old_logprobs
-    ratio = torch.exp(log_ratio)
-    unclipped = -advantages * ratio
-    clipped = -advantages * ratio.clamp(1.0 - cliprange, 1.0 + cliprange)
-    loss = masked_mean(torch.maximum(unclipped, clipped), mask)
-    clipfrac = masked_mean((clipped > unclipped).float(), mask)
-    approx_kl = 0.5 * masked_mean(log_ratio**2, mask)
-    return loss, clipfrac, approx_kl
-
-
-def value_loss(
-    values: Tensor, old_values: Tensor, returns: Tensor, mask: Tensor, cliprange_value: float
-) -> tuple[Tensor, Tensor]:
-    """[11] The clipped value loss 0.5 * max((V - R)^2, (V_clipped - R)^2) and its clip fraction.
-    values, old_values, returns, mask: [B, T] -> (loss: [], clipfrac: [])."""
-    clipped_values = old_values + (values - old_values).clamp(-cliprange_value, cliprange_value)
-    unclipped_error = (values - returns) ** 2
-    clipped_error = (clipped_values - returns) ** 2
-    loss = 0.5 * masked_mean(torch.maximum(unclipped_error, clipped_error), mask)
-    return loss, masked_mean((clipped_error > unclipped_error).float(), mask)
-
-
-def explained_variance(values: Tensor, returns: Tensor, mask: Tensor) -> float:
-    """1 - Var(returns - values) / Var(returns): 1 is a perfect critic, 0 no better than a constant.
-    values, returns, mask: [B, T] -> a float."""
-    var_returns = masked_var(returns, mask)
-    return float(1.0 - masked_var(returns - values, mask) / var_returns) if var_returns > 0 else float("nan")
 
 
 # ==================================================================================================

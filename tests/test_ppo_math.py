@@ -11,18 +11,16 @@ import torch
 
 from rlhf.eval import generate, response_logprobs
 from rlhf.models import load_causal_lm
-from rlhf.ppo import (
+from rlhf.ppo import collate, response_forward, token_logprobs
+from rlhf.ppo_math import (
     KLController,
-    collate,
     explained_variance,
     gae,
     kl_estimate,
     masked_whiten,
     per_token_rewards,
     policy_loss,
-    response_forward,
     shape_scores,
-    token_logprobs,
     value_loss,
 )
 from rlhf.ppo_models import PolicyAndValue
