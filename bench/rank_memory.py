@@ -3,12 +3,13 @@
 `run_stage` writes a pipeline config, starts the stage under `torch.distributed.run` (2 processes unless told) with this
 file as each rank's program (DeepSpeed on its CPU accelerator here, CUDA on GPUs), and returns what every rank recorded:
 
-- `before_load`: the peak before the first `from_pretrained` (libraries, distributed set-up, data);
+- `before_load`: the peak before the first model's weights load (libraries, distributed set-up, data);
 - `before_training`: the peak before `Trainer.train` (loading the models);
 - `training`: the peak from `Trainer.train` on (DeepSpeed's set-up and the steps), measured afresh;
 - `stage`: the peak over the whole stage;
-- `loads`: for each model loaded, in order, its class and the memory in use (MiB) before and after
-  `from_pretrained`: what the model holds on this rank once loaded (under ZeRO-3: its partition).
+- `loads`: for each model loaded, in order, its class, the memory in use (MiB) before and after
+  `rlhf.models.load_weights` (what the model holds on this rank once loaded; under ZeRO-3 its partition) and
+  the high-water mark once it loaded.
 
 On a CPU a peak is the resident high-water mark (VmHWM; glibc is told to hand freed tensors back to the
 system, MALLOC_MMAP_THRESHOLD_, so it follows live tensors rather than the allocator's cache). On a GPU it is
@@ -81,15 +82,18 @@ def worker(out_dir: Path, stage: str, argv: list[str]) -> int:
 
     import transformers
 
+    import rlhf.models
+
     main = importlib.import_module(f"stages.{stage}").main
     peaks, recorded, loads = Peaks(), {}, []
-    load = transformers.PreTrainedModel.from_pretrained.__func__
+    load = rlhf.models.load_weights  # every model's weights, ZeRO-3's partitioned loading or from_pretrained
 
-    def measured_load(cls: type, *args: Any, **kwargs: Any) -> Any:
+    def measured_load(auto_class: type, *args: Any, **kwargs: Any) -> Any:
         recorded.setdefault("before_load", peaks.peak_mib())
         before = peaks.current_mib()
-        model = load(cls, *args, **kwargs)
-        loads.append({"model": cls.__name__, "before": before, "after": peaks.current_mib()})
+        model = load(auto_class, *args, **kwargs)
+        loads.append({"model": auto_class.__name__, "before": before, "after": peaks.current_mib(),
+                      "peak": peaks.peak_mib()})  # fmt: skip
         return model
 
     train = transformers.Trainer.train
@@ -102,7 +106,7 @@ def worker(out_dir: Path, stage: str, argv: list[str]) -> int:
         finally:
             recorded["training"] = peaks.peak_mib()
 
-    transformers.PreTrainedModel.from_pretrained = classmethod(measured_load)
+    rlhf.models.load_weights = measured_load
     transformers.Trainer.train = measured_train
 
     def record() -> None:

@@ -2,16 +2,16 @@
 at ZeRO-3 against their replicated size. The model (default: the Qwen2.5-0.5B shape, saved in bf16 like the
 real checkpoint) is materialized once as a Hugging Face directory, so that no rank's peak includes building it.
 
-1. The SFT stage on 2 processes (`rank_memory.py`), fp32, at ZeRO-0 and at ZeRO-3 (partitioned from
-   `from_pretrained` on): the larger rank's peak before its first `from_pretrained` (the floor: libraries,
-   distributed set-up, data), over loading, and in the first step; loading's ratio to ZeRO-0, whole and above
-   the floor.
+1. The SFT stage on 2 processes (`rank_memory.py`), fp32, at ZeRO-0 and at ZeRO-3 (partitioned from loading
+   on, each rank reading only its partition's rows of the checkpoint): the larger rank's peak before its first
+   model loads (the floor: libraries, distributed set-up, data), over loading, and in the first step; loading's
+   ratio to ZeRO-0, whole and above the floor.
 2. One process loading the model (`rlhf.models.load_causal_lm`) in fp32 and in bf16, every weight read, beside
    one that only imports the libraries. (bf16 training under DeepSpeed cannot run on a CPU: transformers
    refuses bf16 without a GPU once `use_cpu` is off, which DeepSpeed's CPU accelerator needs.)
 3. The PPO stage at ZeRO-3 on 2 processes, the policy trained in full so that its reference is a model of its
    own, scored by a reward model of the same shape: what each frozen model holds on each rank once loaded
-   (resident memory after its `from_pretrained` less before; its partition's bytes from the stage's
+   (resident memory after its `load_weights` less before; its partition's bytes from the stage's
    `this rank holds` line) against its replicated size (every parameter in fp32).
 
     python bench/zero_load_memory.py --repeats 1

@@ -117,13 +117,8 @@ def _load_model(
     adapter = is_adapter(source)
     weights = spec.model_copy(update={"name": spec.base}) if adapter and spec.base else spec
     try:
-        model = auto_class.from_pretrained(
-            _checked_source(weights),
-            dtype=getattr(torch, dtype),
-            use_safetensors=True,
-            **model_kwargs,
-            **_load_kwargs(weights),
-        )
+        model = load_weights(auto_class, _checked_source(weights), getattr(torch, dtype),
+                                 **model_kwargs, **_load_kwargs(weights))  # fmt: skip
         if model.get_input_embeddings().num_embeddings < len(tokenizer):
             model.resize_token_embeddings(len(tokenizer))
         if adapter and spec.base:
@@ -132,6 +127,19 @@ def _load_model(
         raise ModelError(f"model '{spec.name}': cannot load weights ({_first_line(exc)})") from None
     model.config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer
+
+
+def load_weights(auto_class: type, source: str, dtype: object, **kwargs: Any) -> PreTrainedModel:
+    """`from_pretrained`, except under ZeRO-3 from a local directory: each rank reads only its partition
+    (`rlhf.partitioned_loading`), where transformers would gather every tensor whole on every rank."""
+    from rlhf.partitioned_loading import load_partitioned
+    from rlhf.sharding import zero3_enabled
+
+    if zero3_enabled() and Path(source).is_dir():
+        model = load_partitioned(auto_class, Path(source), dtype, **kwargs)
+        if model is not None:
+            return model
+    return auto_class.from_pretrained(source, dtype=dtype, use_safetensors=True, **kwargs)
 
 
 def _apply_adapter(model: PreTrainedModel, source: str, task_type: str) -> PreTrainedModel:

@@ -27,7 +27,7 @@ from rlhf.registry import Registry
 from rlhf.settings import LoraSpec, ModelSpec
 from rlhf.tracking import read_offline_run
 from stages import policy, reward, sft
-from tests.conftest import REPO, held_shares, launch_stage, pipeline_config
+from tests.conftest import REPO, checkpoint_reads, held_shares, launch_stage, pipeline_config
 
 pytestmark = pytest.mark.slow  # every test here starts from an SFT policy and a reward model trained for it
 
@@ -295,6 +295,13 @@ def test_ppo_on_two_processes_at_zero_2_and_zero_3(config_file: Path, trained: d
         for rank in shares.values():
             assert set(rank) == {"trained policy", "value", "reference", "reward model"}
             assert all(share < 0.6 for share in rank.values()) if stage == 3 else set(rank.values()) == {1.0}
+        reads = checkpoint_reads(
+            log
+        )  # policy, reference, reward and value models: each rank read its partition
+        assert {rank: len(shares) for rank, shares in reads.items()} == (
+            {"0": 4, "1": 4} if stage == 3 else {}
+        )
+        assert all(0.4 < share < 0.6 for rank in reads.values() for share in rank), reads
         ref = published[0].rsplit("published ", 1)[1].strip()
         outputs[stage] = load_causal_lm(ModelSpec(name=str(registry.resolve(ref))))[0].state_dict()
     for name, tensor in outputs[2].items():
