@@ -201,12 +201,16 @@ def _key_plan(model: PreTrainedModel, stored: dict[str, StoredTensor]) -> dict[s
     checkpoint loaded as a reward model) maps by adding or removing the base model's prefix. Only parameters
     outside the base model (a new head: the reward model's `score`) may be missing; they are initialized as
     `from_pretrained` initializes them (`_initialize`)."""
+    from deepspeed.runtime.zero.offload_config import OffloadDeviceEnum
+
     prefix = f"{model.base_model_prefix}." if model.base_model_prefix else ""
     plan: dict[str, Any] = {}
     missing = []
     for param_name, param in model.named_parameters():
-        if not hasattr(param, "ds_tensor") or getattr(param, "ds_secondary_tensor", None) is not None:
-            return f"{param_name} is not a plain ZeRO-3 partition"
+        partition = getattr(param, "ds_tensor", None)
+        if (partition is None or getattr(param, "ds_secondary_tensor", None) is not None  # ZeRO++'s second copy
+                or getattr(partition, "final_location", None) == OffloadDeviceEnum.nvme):  # fmt: skip
+            return f"{param_name} is not a partition in memory (ZeRO++ or NVMe offload)"
         candidates = (
             (param_name, param_name.removeprefix(prefix), prefix + param_name) if prefix else (param_name,)
         )

@@ -95,6 +95,8 @@ for load, name, out in ((load_causal_lm, sys.argv[1], sys.argv[2]), (load_reward
     with deepspeed.zero.GatheredParameters(list(model.parameters())):
         if deepspeed.comm.get_rank() == 0:
             torch.save({key: param.detach().clone() for key, param in model.named_parameters()}, out)
+torch.distributed.barrier()
+torch.distributed.destroy_process_group()  # gloo's threads would abort an exit that leaves the group up
 """
 
 
