@@ -14,8 +14,9 @@ step), so at the peak one or the other is alive, unless gradients are held throu
 gradient partition lives in a buffer of its own, and accumulation keeps them from one micro-batch to the
 next. The constants are measured: bench/plan_accuracy.py compares the plan with the SFT stage's measured
 per-rank peak for 3 model sizes at ZeRO-0/2/3 (README). Not counted: DeepSpeed's communication buckets,
-allocator fragmentation beyond the runtime constant, the full-vocabulary logits of PPO's no-grad rollout
-log-probs (the evaluation's are bounded: `rlhf.eval.LOGIT_BUDGET`), and on a CPU a ZeRO-3 residue of 0.6-1.4x
+allocator fragmentation beyond the runtime constant, the logits of PPO's no-grad rollout log-probs
+(`rollout.batch_size` responses at their positions; the evaluation's are bounded: `rlhf.eval.LOGIT_BUDGET`),
+and on a CPU a ZeRO-3 residue of 0.6-1.4x
 the whole model's fp32 weights that the accuracy table shows and nothing here explains yet.
 """
 
@@ -274,13 +275,15 @@ def trained_states(full: int, adapter: int, base: int, s: Setup) -> tuple[int, i
     return int(weights), int(s.share((full + adapter) * g, 2)), int(optimizer)
 
 
-def activations(d: Dims, tokens: int, low: bool, logits: bool = True) -> tuple[int, int, int]:
-    """(activations, activations with gradient checkpointing, logits) of one micro-batch of `tokens`."""
+def activations(d: Dims, tokens: int, low: bool, logit_tokens: int | None = None) -> tuple[int, int, int]:
+    """(activations, activations with gradient checkpointing, logits) of one micro-batch of `tokens`, its
+    logits at `logit_tokens` positions (None: all; PPO computes them at the response's alone)."""
     value = 2 if low else 4
     mlp = GATED_MLP_VALUES if d.kind == "decoder" else PLAIN_MLP_VALUES
     layer = (ATTENTION_VALUES * d.hidden + mlp * d.intermediate) * tokens * value
     kept = d.layers * CHECKPOINTED_STATES * d.hidden * tokens * value
-    return d.layers * layer, kept + layer, tokens * d.vocab * LOGIT_BYTES * LOGIT_COPIES if logits else 0
+    logit_tokens = tokens if logit_tokens is None else logit_tokens
+    return d.layers * layer, kept + layer, logit_tokens * d.vocab * LOGIT_BYTES * LOGIT_COPIES
 
 
 def kv_cache(d: Dims, sequences: int, length: int, dtype_bytes: int) -> int:
@@ -317,9 +320,11 @@ def plan_stage(
     tokens = stage_cfg.per_device_train_batch_size * stage_cfg.max_length * (2 if classifier or policy else 1)
     value = reference = frozen = 0
     value_dims, accumulates = d, stage_cfg.gradient_accumulation_steps > 1
+    logit_tokens = 0 if classifier else None  # None: at every token
     if ppo:
         rollout, reward, batches = stage_cfg.ppo.rollout, models.reward or start, ppo_batches(stage_cfg, key)
         tokens = batches.micro * (stage_cfg.max_length + rollout.max_new_tokens)
+        logit_tokens = batches.micro * (rollout.max_new_tokens + 1)  # the response's (ppo_models.logits_kept)
         accumulates = batches.minibatch > batches.micro
         reference = 0 if new else body + adapter  # PPO's reference of an adapter start: a whole frozen copy
         value_dims = reward.dims if reward.dims.vocab == d.vocab else d  # other tokenizers: the policy's
@@ -331,9 +336,9 @@ def plan_stage(
         reference = own or body  # an adapter start: TRL keeps a frozen copy of the adapter alone
     frozen = 0 if setup.offload_frozen else int(setup.share((frozen + reference) * setup.frozen_bytes, 3))
     weights, gradients, optimizer = trained_states(full + value, adapter, base, setup)
-    act, act_ckpt, logits = activations(d, tokens, setup.low, logits=not classifier)
+    act, act_ckpt, logits = activations(d, tokens, setup.low, logit_tokens)
     if ppo and stage_cfg.ppo.value_model != "policy_head":  # the value model's backbone runs on the batch too
-        value_act, value_ckpt, _ = activations(value_dims, tokens, setup.low, logits=False)
+        value_act, value_ckpt, _ = activations(value_dims, tokens, setup.low, logit_tokens=0)
         act, act_ckpt = act + value_act, act_ckpt + value_ckpt
     # Generation (PPO's rollouts, the stage's held-out sampling) in what the model computes in; ZeRO-3
     # gathers the whole trained model for it

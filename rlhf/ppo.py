@@ -69,7 +69,7 @@ from rlhf.ppo_math import (
     shape_scores,
     value_loss,
 )
-from rlhf.ppo_models import PolicyAndValue, PPOModels
+from rlhf.ppo_models import PolicyAndValue, PPOModels, logits_kept
 from rlhf.rewards import score, score_ids
 from rlhf.settings import PolicyStageConfig, ppo_batches
 from rlhf.sharding import frozen_engine, log_held_shares
@@ -183,12 +183,13 @@ def response_forward(model: nn.Module, ids: Tensor, attention: Tensor, context: 
 
     ids, attention: [B, L] -> (logprobs: [B, T], entropy: [B, T], values: [B, T]). The logits at position i
     predict token i + 1, so the response's T tokens are read from positions P - 1 ... L - 2 (`context` = P);
-    the value there is that of the state before each response token.
+    the value there is that of the state before each response token. Logits are computed at those positions
+    only where the model can (`logits_kept`): the prompt's would cost as much memory again.
     """
-    logits, values = model(ids, attention, position_ids(attention))
-    reading = slice(context - 1, -1)
-    logp, entropy = token_logprobs(logits[:, reading], ids[:, context:], temperature, entropy_grad)
-    return logp, entropy, values[:, reading].float()
+    keep = ids.shape[1] - context + 1  # positions P - 1 ... L - 1
+    logits, values = model(ids, attention, position_ids(attention), keep)
+    logp, entropy = token_logprobs(logits[:, -keep:-1], ids[:, context:], temperature, entropy_grad)
+    return logp, entropy, values[:, context - 1 : -1].float()
 
 
 def reference_logprobs(models: PPOModels, policy: PreTrainedModel, ids: Tensor, attention: Tensor,
@@ -197,9 +198,11 @@ def reference_logprobs(models: PPOModels, policy: PreTrainedModel, ids: Tensor, 
     ids, attention: [B, L] -> ref_logprobs: [B, T]."""
     switch = policy.disable_adapter() if models.reference is None else nullcontext()
     reference = policy if models.reference is None else models.reference
+    keep = ids.shape[1] - context + 1  # positions P - 1 ... L - 1, as in `response_forward`
     with switch:
-        out = reference(input_ids=ids, attention_mask=attention, position_ids=position_ids(attention))
-    return token_logprobs(out.logits[:, context - 1 : -1], ids[:, context:], temperature)[0]
+        out = reference(input_ids=ids, attention_mask=attention, position_ids=position_ids(attention),
+                        **logits_kept(reference, keep))  # fmt: skip
+    return token_logprobs(out.logits[:, -keep:-1], ids[:, context:], temperature)[0]
 
 
 # ==================================================================================================

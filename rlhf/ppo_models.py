@@ -6,6 +6,7 @@ The `[n]` marks are the PPO details listed in `rlhf.ppo`'s docstring.
 
 from __future__ import annotations
 
+import inspect
 import logging
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
@@ -75,15 +76,33 @@ class PolicyAndValue(nn.Module):
             nn.init.zeros_(self.value_head.weight)
             nn.init.zeros_(self.value_head.bias)
 
-    def forward(self, ids: Tensor, attention: Tensor, positions: Tensor) -> tuple[Tensor, Tensor]:
-        """ids, attention, positions: [B, L] -> (logits: [B, L, V], values: [B, L])."""
+    def forward(
+        self, ids: Tensor, attention: Tensor, positions: Tensor, keep: int = 0
+    ) -> tuple[Tensor, Tensor]:
+        """ids, attention, positions: [B, L] -> (logits: [B, K, V], values: [B, L]): the logits of the last K =
+        `keep` positions where the model can leave out the others (see `logits_kept`), else of all L."""
         out = self.policy(input_ids=ids, attention_mask=attention, position_ids=positions,
-                          output_hidden_states=self.value_head is not None)  # fmt: skip
+                          output_hidden_states=self.value_head is not None,
+                          **logits_kept(self.policy, keep))  # fmt: skip
         if self.value_head is not None:
             values = self.value_head(out.hidden_states[-1]).squeeze(-1)
         else:
             values = self.value(ids, attention, positions)
         return out.logits, values
+
+
+def logits_kept(model: nn.Module, keep: int) -> dict[str, int]:
+    """The keyword that has a causal LM compute logits for its last `keep` positions only (0: all), where it
+    takes one: PPO reads log-probs at the response's positions alone, and over a 152k vocabulary the prompt's
+    logits would cost as much memory again as the response's. A DeepSpeed engine or a peft model passes it
+    on to the model it wraps; a remote-code model without the argument computes all."""
+    inner = getattr(model, "module", model)  # a DeepSpeed engine's model
+    inner = inner.get_base_model() if hasattr(inner, "get_base_model") else inner  # peft's
+    return (
+        {"logits_to_keep": keep}
+        if keep and "logits_to_keep" in inspect.signature(inner.forward).parameters
+        else {}
+    )
 
 
 def build_models(

@@ -209,6 +209,7 @@ def test_ppo_holds_reference_reward_model_and_value_head(llama_dir: Path, tmp_pa
         assert stage.parameters == N + 64 + 1  # the policy and its value head
         assert c.frozen_models == frozen
         assert c.activations == 2 * LAYER_BYTES * 4 * (32 + 8)  # micro-batch x (prompt + response)
+        assert c.logits == 4 * (8 + 1) * 100 * 4 * 3  # at the response's positions only (logits_kept)
         assert c.kv_cache == KV_PER_TOKEN * 4 * (32 + 8)  # rollout.batch_size sequences
         assert c.gathered_weights == 2 * (N + 65)  # ZeRO-3 gathers policy and value head to sample
         assert stage.generation_phase == c.weights + c.gradients + c.optimizer_states + frozen + (

@@ -11,7 +11,7 @@ import torch
 
 from rlhf.eval import generate, response_logprobs
 from rlhf.models import load_causal_lm
-from rlhf.ppo import collate, response_forward, token_logprobs
+from rlhf.ppo import collate, position_ids, response_forward, token_logprobs
 from rlhf.ppo_math import (
     KLController,
     explained_variance,
@@ -23,7 +23,7 @@ from rlhf.ppo_math import (
     shape_scores,
     value_loss,
 )
-from rlhf.ppo_models import PolicyAndValue
+from rlhf.ppo_models import PolicyAndValue, logits_kept
 from rlhf.settings import GenerationSpec, ModelSpec, PPOSpec
 
 
@@ -165,6 +165,18 @@ def test_left_padded_rollout_log_probs_match_one_sequence_at_a_time(tiny_llama_d
     alone = torch.tensor(response_logprobs(model, samples, temperature=0.7))
     assert batched.tolist() == pytest.approx(alone.tolist(), abs=1e-4)
     assert (entropy > 0).all() and values.abs().sum() == 0  # a fresh value head starts at 0
+    keep = ids.shape[1] - context + 1
+    logits, _ = PolicyAndValue(model, None)(ids, attention, position_ids(attention), keep)
+    assert logits.shape[1] == keep < ids.shape[1]  # the prompt's logits were never computed
+
+
+def test_a_model_without_logits_to_keep_computes_all_logits() -> None:
+    class RemoteCode(torch.nn.Module):
+        def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+            return input_ids
+
+    assert logits_kept(RemoteCode(), 5) == {}
+    assert logits_kept(torch.nn.Linear(2, 2), 0) == {}
 
 
 def test_entropy_carries_gradients_only_for_an_entropy_bonus() -> None:
