@@ -4,7 +4,8 @@
 # torch goes in first and is then held by a constraint, so that no later resolve can swap it for
 # another build (an unpinned torch pulls a multi-GB CUDA wheel). Override for GPU machines with
 #   RLHF_TORCH="torch==2.13.0" RLHF_TORCH_INDEX="https://download.pytorch.org/whl/cu128" bash scripts/setup.sh
-# Re-running is cheap: the install is skipped while pyproject.toml and the torch pin are unchanged.
+# Re-running is cheap: the install is skipped while pyproject.toml, the torch pin and the checkout are
+# unchanged (a venv shared through RLHF_VENV is re-pointed at the checkout that runs this).
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -18,7 +19,7 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 
 stamp="$venv/.rlhf-installed"
-want="$(cat "$root/pyproject.toml" <(echo "$torch_spec") | sha256sum | cut -d' ' -f1)"
+want="$(cat "$root/pyproject.toml" <(echo "$torch_spec" "$root") | sha256sum | cut -d' ' -f1)"
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
   exit 0
 fi
