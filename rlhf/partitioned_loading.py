@@ -172,6 +172,11 @@ def _build_partitioned(
             self._convert_to_deepspeed_param(param)
             param.partition()
 
+    # The modeling module is imported before zero.Init, as from_pretrained does: DeepSpeed's exit gives each
+    # class created inside it back the __init__ its hook saw, undoing what a decorator set after the hook
+    # (transformers 5.25's hub kernels: the next model built lacks `_kernel_funcs`)
+    if type(config) in auto_class._model_mapping:
+        auto_class._model_mapping[type(config)]  # the lookup imports it
     # set_zero3_state: transformers sees our zero.Init and adds neither its own nor its initialization
     with initialization.no_init_weights(), prevent_arange_dtype_change(), \
             InitWithoutBroadcast(config_dict_or_path=deepspeed_config()), set_zero3_state():  # fmt: skip
