@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import json
 import logging
+import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -48,10 +50,7 @@ class StoredTensor:
 
     @property
     def numel(self) -> int:
-        count = 1
-        for size in self.shape:
-            count *= size
-        return count
+        return math.prod(self.shape)
 
     @property
     def torch_dtype(self) -> torch.dtype:
@@ -147,8 +146,12 @@ def load_partitioned(
     for name, buffer in model.named_buffers():  # ZeRO-3 leaves buffers whole on every rank
         if name in stored:
             copy_flat(stored[name], 0, buffer.data.view(-1))
-    log.info("model %s: this rank read %.1f of %.1f MiB of the checkpoint's weights (its partition)",
-             source, read / 2**20, whole / 2**20)  # fmt: skip
+    log.info(
+        "model %s: this rank read %.1f of %.1f MiB of the checkpoint's weights (its partition)",
+        source,
+        read / 2**20,
+        whole / 2**20,
+    )  # fmt: skip  (read back by `reads_from_log`)
     if model.can_generate() and (source / "generation_config.json").is_file():
         model.generation_config = GenerationConfig.from_pretrained(source)
     return model.eval()  # as from_pretrained returns it
@@ -240,3 +243,15 @@ def _copy_partition(param: Any, tensor: StoredTensor, key: str) -> tuple[int, in
     start, end = partition_range(param.ds_numel, param.ds_tensor.ds_numel, rank)
     read = copy_flat(tensor, start, param.ds_tensor.data[: end - start]) if end > start else 0
     return read, tensor.numel * tensor.torch_dtype.itemsize
+
+
+_READ_LINE = re.compile(r"\[rank (\d+)\] .*this rank read ([\d.]+) of ([\d.]+) MiB")
+
+
+def reads_from_log(log: str) -> dict[str, list[float]]:
+    """{rank: [share of each checkpoint it read]} from the `this rank read` lines of a multi-process stage's
+    output (each line prefixed with its rank), for the tests that check partitioned loading."""
+    reads: dict[str, list[float]] = {}
+    for rank, read, whole in _READ_LINE.findall(log):
+        reads.setdefault(rank, []).append(float(read) / float(whole))
+    return reads

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 import sys
 import tempfile
@@ -78,15 +77,6 @@ def held_shares(log: str) -> dict[str, dict[str, float]]:
 
     return {rank: {name: share for name, (share, _, _) in models.items()}
             for rank, models in held_from_log(log).items()}  # fmt: skip
-
-
-def checkpoint_reads(log: str) -> dict[str, list[float]]:
-    """Per rank, the share of each checkpoint it read while loading under ZeRO-3, from the `this rank read`
-    lines of `rlhf.partitioned_loading` (each line prefixed with its rank)."""
-    reads: dict[str, list[float]] = {}
-    for rank, read, whole in re.findall(r"\[rank (\d+)\] .*this rank read ([\d.]+) of ([\d.]+) MiB", log):
-        reads.setdefault(rank, []).append(float(read) / float(whole))
-    return reads
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

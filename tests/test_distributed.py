@@ -13,9 +13,10 @@ import torch
 from rlhf.distributed import ZERO_OPTIMIZATION, deepspeed_config
 from rlhf.errors import ConfigError
 from rlhf.models import load_causal_lm
+from rlhf.partitioned_loading import reads_from_log
 from rlhf.registry import Registry
 from rlhf.settings import DistributedConfig, ModelSpec
-from tests.conftest import REPO, checkpoint_reads, held_shares, launch_stage, pipeline_config, run_cli
+from tests.conftest import REPO, held_shares, launch_stage, pipeline_config, run_cli
 
 CONFIG = """
 name: ds-test
@@ -70,7 +71,7 @@ def test_trl_stages_on_two_processes_at_zero_2_and_zero_3(config_file: Path, pro
         assert set(shares) == {"0", "1"}
         for rank in shares.values():
             assert all(share < 0.6 for share in rank.values()) if zero == 3 else set(rank.values()) == {1.0}
-        reads = checkpoint_reads(log)  # at ZeRO-3 each rank read its partition's rows of each checkpoint only
+        reads = reads_from_log(log)  # at ZeRO-3 each rank read its partition's rows of each checkpoint only
         assert set(reads) == ({"0", "1"} if zero == 3 else set()), reads
         assert all(0.4 < share < 0.6 for rank in reads.values() for share in rank), reads
         ref = _published(log)

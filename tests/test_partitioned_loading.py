@@ -12,7 +12,14 @@ import torch
 from safetensors.torch import save_file
 
 from rlhf.errors import ModelError
-from rlhf.partitioned_loading import READ_BLOCK, checkpoint_tensors, copy_flat, partition_range, read_header
+from rlhf.partitioned_loading import (
+    READ_BLOCK,
+    checkpoint_tensors,
+    copy_flat,
+    partition_range,
+    read_header,
+    reads_from_log,
+)
 
 TENSORS = {
     "embedding": torch.randn(37, 6),  # 222 elements: padded at 4 ranks
@@ -114,7 +121,7 @@ def test_models_load_partitioned_equal_to_a_whole_load(tmp_path: Path, tiny_llam
     from rlhf.distributed import free_port
     from rlhf.models import load_causal_lm, load_reward_model
     from rlhf.settings import ModelSpec
-    from tests.conftest import REPO, checkpoint_reads
+    from tests.conftest import REPO
 
     gpt2 = materialize(ModelSpec(name="tiny-gpt2"), tmp_path / "tiny-gpt2", seed=0)
     (tmp_path / "worker.py").write_text(WORKER, encoding="utf-8")
@@ -124,7 +131,7 @@ def test_models_load_partitioned_equal_to_a_whole_load(tmp_path: Path, tiny_llam
     env = {**os.environ, "PYTHONPATH": str(REPO), "DS_ACCELERATOR": "cpu"}
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    reads = checkpoint_reads(done.stderr + done.stdout)
+    reads = reads_from_log(done.stderr + done.stdout)
     assert {rank: len(shares) for rank, shares in reads.items()} == {"0": 2, "1": 2}, reads
     assert "newly initialized (not in the checkpoint): score.weight" in done.stderr + done.stdout
 

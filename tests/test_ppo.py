@@ -21,13 +21,14 @@ from rlhf.checkpoints import numbered_checkpoints
 from rlhf.errors import ConfigError, StageError
 from rlhf.launch import run_standalone
 from rlhf.models import load_causal_lm, policy_training
+from rlhf.partitioned_loading import reads_from_log
 from rlhf.ppo_models import PolicyAndValue, ValueModel, build_models
 from rlhf.precision import LoadDtypes
 from rlhf.registry import Registry
 from rlhf.settings import LoraSpec, ModelSpec
 from rlhf.tracking import read_offline_run
 from stages import policy, reward, sft
-from tests.conftest import REPO, checkpoint_reads, held_shares, launch_stage, pipeline_config
+from tests.conftest import REPO, held_shares, launch_stage, pipeline_config
 
 pytestmark = pytest.mark.slow  # every test here starts from an SFT policy and a reward model trained for it
 
@@ -295,7 +296,7 @@ def test_ppo_on_two_processes_at_zero_2_and_zero_3(config_file: Path, trained: d
         for rank in shares.values():
             assert set(rank) == {"trained policy", "value", "reference", "reward model"}
             assert all(share < 0.6 for share in rank.values()) if stage == 3 else set(rank.values()) == {1.0}
-        reads = checkpoint_reads(
+        reads = reads_from_log(
             log
         )  # policy, reference, reward and value models: each rank read its partition
         assert {rank: len(shares) for rank, shares in reads.items()} == (
