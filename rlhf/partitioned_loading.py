@@ -146,12 +146,9 @@ def load_partitioned(
     for name, buffer in model.named_buffers():  # ZeRO-3 leaves buffers whole on every rank
         if name in stored:
             copy_flat(stored[name], 0, buffer.data.view(-1))
-    log.info(
-        "model %s: this rank read %.1f of %.1f MiB of the checkpoint's weights (its partition)",
-        source,
-        read / 2**20,
-        whole / 2**20,
-    )  # fmt: skip  (read back by `reads_from_log`)
+    # read back by `reads_from_log`
+    log.info("model %s: this rank read %.1f of %.1f MiB of the checkpoint's weights (its partition)",
+             source, read / 2**20, whole / 2**20)  # fmt: skip
     if model.can_generate() and (source / "generation_config.json").is_file():
         model.generation_config = GenerationConfig.from_pretrained(source)
     return model.eval()  # as from_pretrained returns it
