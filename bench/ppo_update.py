@@ -229,10 +229,10 @@ def ours_worker(models: Models, settings: Settings) -> dict[str, Any]:
     from rlhf.ppo import PPORun, PPOTrainer, ppo_accelerator
     from rlhf.ppo_models import build_models
     from rlhf.precision import LoadDtypes
-    from rlhf.settings import GenerationSpec, ModelSpec, PolicyStageConfig, PPOSpec
+    from rlhf.settings import ModelSpec, PolicyStageConfig, PPOSpec, RolloutSpec
 
     recipe = RECIPES[settings.recipe]
-    rollout = GenerationSpec(
+    rollout = RolloutSpec(
         max_new_tokens=settings.max_new_tokens,
         temperature=settings.temperature,
         top_k=0,

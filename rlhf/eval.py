@@ -98,32 +98,43 @@ def _sample_batch(
     spec: GenerationSpec,
 ) -> list[Sample]:
     """One batch of prompts sampled; each response cut at its first EOS, its token ids kept for log-probs."""
-    eos = tokenizer.eos_token_id
+    from transformers import GenerationConfig
+
     texts = [tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=False) for p in batch]
     enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
-    out = model.generate(
-        **enc,
-        do_sample=True,
-        temperature=spec.temperature,
-        top_p=spec.top_p,
-        top_k=spec.top_k,
-        max_new_tokens=spec.max_new_tokens,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=eos,
-    )
+    # the sampling is the spec's alone: generate() fills every setting left unset from the checkpoint's
+    # generation_config.json (suppressed tokens, repetition penalties, ...), so a neutral one stands in for it
+    checkpoints_own = model.generation_config
+    model.generation_config = GenerationConfig(pad_token_id=tokenizer.pad_token_id,
+                                               eos_token_id=tokenizer.eos_token_id,
+                                               bos_token_id=tokenizer.bos_token_id)  # fmt: skip
+    try:
+        out = model.generate(**enc, do_sample=True, temperature=spec.temperature, top_p=spec.top_p,
+                             top_k=spec.top_k, max_new_tokens=spec.max_new_tokens)  # fmt: skip
+    finally:
+        model.generation_config = checkpoints_own
     width = enc["input_ids"].shape[1]
-    samples = []
     rows = zip(
         batch, enc["input_ids"].tolist(), enc["attention_mask"].tolist(), out[:, width:].tolist(), strict=True
     )
-    for prompt, ids, mask, row in rows:
-        ended = eos in row
-        tokens = row[: row.index(eos)] if ended else row
-        text = tokenizer.decode(tokens, skip_special_tokens=True).strip()
-        prompt_ids = tuple(t for t, keep in zip(ids, mask, strict=True) if keep)
-        response_ids = (*tokens, eos) if ended else tuple(tokens)
-        samples.append(Sample(prompt, text, ended, len(tokens), prompt_ids, response_ids))
-    return samples
+    return [
+        sample_from_tokens(tokenizer, prompt, [t for t, keep in zip(ids, mask, strict=True) if keep], row)
+        for prompt, ids, mask, row in rows
+    ]
+
+
+def sample_from_tokens(
+    tokenizer: PreTrainedTokenizerBase, prompt: Messages, prompt_ids: Sequence[int], generated: Sequence[int]
+) -> Sample:
+    """A sample from what an engine generated: cut at the first EOS (kept as the last response token), the
+    text decoded without special tokens. Every rollout engine builds its samples here, so they agree."""
+    eos = tokenizer.eos_token_id
+    generated = list(generated)
+    ended = eos in generated
+    tokens = generated[: generated.index(eos)] if ended else generated
+    text = tokenizer.decode(tokens, skip_special_tokens=True).strip()
+    response_ids = (*tokens, eos) if ended else tuple(tokens)
+    return Sample(prompt, text, ended, len(tokens), tuple(prompt_ids), response_ids)
 
 
 # Logit values alive in one scoring pass (1 GiB in fp32, twice that with the log-softmax): 64 sequences of 300

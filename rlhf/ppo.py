@@ -1,7 +1,10 @@
 """PPO for language models, the InstructGPT recipe, in one module: read it top to bottom.
 
     models -> rollout (sample, score, log-probs, values) -> rewards (KL penalty + score) and advantages (GAE)
-    -> losses (clipped policy and value) -> update (several epochs over minibatches) -> metrics -> checkpoint
+    -> losses (clipped policy and value) -> update (epochs over minibatches) -> weight sync -> metrics -> checkpoint
+
+Responses come from a rollout engine (`rlhf.rollout`: generate() on the trained model, or vLLM synced after each
+update); the old log-probs are always the trainer's own, a vLLM engine's only measured against them.
 
 The arithmetic of rewards, advantages and losses is in `rlhf.ppo_math`, small pure functions; this module is
 the recipe around them.
@@ -56,7 +59,7 @@ from rlhf.checkpoints import (
 )
 from rlhf.distributed import make_accelerator
 from rlhf.errors import StageError
-from rlhf.eval import Messages, Sample, generate
+from rlhf.eval import Messages, Sample
 from rlhf.ppo_math import (
     KLController,
     explained_variance,
@@ -67,10 +70,20 @@ from rlhf.ppo_math import (
     per_token_rewards,
     policy_loss,
     shape_scores,
+    truncated_is_weights,
     value_loss,
 )
 from rlhf.ppo_models import PolicyAndValue, PPOModels, logits_kept
+from rlhf.precision import resolve_precision
 from rlhf.rewards import score, score_ids
+from rlhf.rollout import (
+    RolloutEngine,
+    collate,
+    engine_logprobs,
+    generation_ready,
+    make_engine,
+    policy_weights,
+)
 from rlhf.settings import PolicyStageConfig, ppo_batches
 from rlhf.sharding import frozen_engine, log_held_shares
 
@@ -99,38 +112,11 @@ class Rollout:
     raw_scores: Tensor  # [B] the reward model's
     scores: Tensor  # [B] shaped (`shape_scores`)
     ended: Tensor  # [B] bool: the response ended with EOS
+    engine_logprobs: Tensor | None  # [B, T] the rollout engine's own (vLLM), for the mismatch and `tis_cap`
     kl: Tensor = field(init=False)  # [B, T]
     rewards: Tensor = field(init=False)  # [B, T]
     advantages: Tensor = field(init=False)  # [B, T]
     returns: Tensor = field(init=False)  # [B, T]
-
-
-@contextmanager
-def generation_ready(accelerator: Accelerator, model: nn.Module) -> Iterator[PolicyAndValue]:
-    """The unwrapped model, its ZeRO-3 shards gathered once for the whole rollout batch, not once per token
-    (per-token gathering is what makes ZeRO-3 generation crawl or hang in other tools)."""
-    unwrapped = accelerator.unwrap_model(model)
-    plugin = accelerator.state.deepspeed_plugin
-    if plugin is not None and plugin.zero_stage == 3:
-        import deepspeed
-
-        with deepspeed.zero.GatheredParameters(list(model.parameters())):
-            yield unwrapped
-    else:
-        yield unwrapped
-
-
-def collate(samples: Sequence[Sample], pad_id: int, device: torch.device) -> tuple[Tensor, Tensor, int]:
-    """Samples as one batch: prompts left-padded to a common width P, responses right-padded after it [2].
-    -> (ids: [B, L], attention: [B, L], P)."""
-    width = max(len(s.prompt_ids) for s in samples)
-    length = max(max(len(s.response_ids) for s in samples), 1)
-    rows, masks = [], []
-    for s in samples:
-        left, right = width - len(s.prompt_ids), length - len(s.response_ids)
-        rows.append([pad_id] * left + [*s.prompt_ids, *s.response_ids] + [pad_id] * right)
-        masks.append([0] * left + [1] * (len(s.prompt_ids) + len(s.response_ids)) + [0] * right)
-    return torch.tensor(rows, device=device), torch.tensor(masks, device=device), width
 
 
 def ppo_accelerator(
@@ -322,6 +308,7 @@ class PPOTrainer:
         resumed_from = self.resume()
         if not resumed_from:
             torch.manual_seed(self.run.seed + self.accelerator.process_index)  # [13] a seed per process
+        self.engine = self._start_engine()  # after the resume: it starts from the checkpoint's weights
         log.info("ppo: %d updates of %d responses per process (%d processes), %d PPO epochs x %d minibatches",
                  self.total_updates, self.batches.rollout, self.world, self.spec.ppo_epochs,
                  self.spec.num_mini_batches)  # fmt: skip
@@ -330,6 +317,7 @@ class PPOTrainer:
             batch, samples = self.rollout(self.prompts_for(self.state.update), timer)
             self.advantages(batch)
             train_stats = self.update(batch, timer)
+            self.sync_engine(self.state.update + 1, timer)
             metrics = self.metrics(batch, samples, train_stats, timer)
             self.kl_controller.update(metrics["kl"], len(samples) * self.world)
             self.state.update += 1
@@ -347,8 +335,33 @@ class PPOTrainer:
                 )  # fmt: skip
             if update % self.cfg.save_steps == 0 and update < self.total_updates:
                 self.save_checkpoint()
-        policy = self.accelerator.unwrap_model(self.model).policy
-        return PPOOutcome(policy, self.state.history, self.state.update, resumed_from)
+        self.engine.close()
+        return PPOOutcome(self._policy(), self.state.history, self.state.update, resumed_from)
+
+    def _policy(self) -> PreTrainedModel:
+        """The trained policy itself (with its adapters, when LoRA), out of any DeepSpeed wrapper."""
+        return self.accelerator.unwrap_model(self.model).policy
+
+    # ----------------------------------------------------------------------------------------------
+    # Rollout engine
+
+    def _start_engine(self) -> RolloutEngine:
+        """The configured engine, holding the current policy (version = updates done so far)."""
+        workdir = self.run.checkpoint_dir.parent / "rollout-engine" / f"rank{self.accelerator.process_index}"
+        engine = make_engine(self.spec.rollout, self._policy(), self.models.tokenizer, self._generation_policy,
+                             resolve_precision(self.cfg.precision), workdir)  # fmt: skip
+        engine.sync(lambda: policy_weights(self._policy()), self.state.update)
+        return engine
+
+    @contextmanager
+    def _generation_policy(self) -> Iterator[PreTrainedModel]:
+        with generation_ready(self.accelerator, self.model) as unwrapped:
+            yield unwrapped.policy
+
+    def sync_engine(self, version: int, timer: Timer) -> None:
+        """The engine takes the trainer's weights (every process: under ZeRO-3 reading them is a gather)."""
+        with timer.phase("weight_sync"):
+            self.engine.sync(lambda: policy_weights(self._policy()), version)
 
     # ----------------------------------------------------------------------------------------------
     # Rollout
@@ -374,8 +387,12 @@ class PPOTrainer:
         """Sample responses, score them, and compute the old log-probs, reference log-probs and values."""
         models, spec, device = self.models, self.spec, self.accelerator.device
         temperature, chunk = spec.rollout.temperature, spec.rollout.batch_size
-        with timer.phase("generation"), generation_ready(self.accelerator, self.model) as unwrapped:
-            samples = generate(unwrapped.policy, models.tokenizer, prompts, spec.rollout, seed=None)
+        with timer.phase("generation"):
+            drawn = self.engine.sample(prompts, seed=self._rollout_seed())
+        if drawn.version != self.state.update:
+            raise StageError(f"ppo: the rollout engine sampled policy version {drawn.version}, but the trainer "
+                             f"is at update {self.state.update}: its weights were not synced")  # fmt: skip
+        samples, policy = drawn.samples, self._policy()
         with timer.phase("scoring"):
             raw = reward_scores(models, samples).to(device)
             if not_finite := int((~torch.isfinite(raw)).sum()):
@@ -387,7 +404,7 @@ class PPOTrainer:
                 with self.accelerator.autocast():
                     logp, _, value = response_forward(self.model, ids[rows], attention[rows], context,
                                                       temperature)  # fmt: skip
-                    ref = reference_logprobs(models, unwrapped.policy, ids[rows], attention[rows], context,
+                    ref = reference_logprobs(models, policy, ids[rows], attention[rows], context,
                                              temperature)  # fmt: skip
                 parts.append((logp, ref, value))
         mask = attention[:, context:].float()
@@ -407,8 +424,14 @@ class PPOTrainer:
             raw_scores=raw,
             scores=shape_scores(raw, ended, spec, self.state.reward_stats),
             ended=ended,
+            engine_logprobs=engine_logprobs(drawn, mask),
         )
         return batch, samples
+
+    def _rollout_seed(self) -> int:
+        """The seed of this process's rollout of the current update (engines that seed each sample: vllm);
+        fixed by the run's seed, update and rank, so a resumed run draws what the uninterrupted one did."""
+        return (self.run.seed * 100_003 + self.state.update) * self.world + self.accelerator.process_index
 
     def _first_rollout_stats(self, raw: Tensor) -> tuple[float, float]:
         """[6] Without stored statistics, normalize by the scores of the first rollout (the SFT policy's
@@ -470,8 +493,11 @@ class PPOTrainer:
             logp, entropy, values = response_forward(self.model, batch.ids[rows], batch.attention[rows],
                                                      batch.context, spec.rollout.temperature,
                                                      entropy_grad=spec.entropy_coef > 0)  # fmt: skip
+        tis_cap, weights = spec.rollout.tis_cap, None
+        if tis_cap is not None and batch.engine_logprobs is not None:
+            weights = truncated_is_weights(batch.logprobs[rows], batch.engine_logprobs[rows], tis_cap)
         pg_loss, clipfrac, approx_kl = policy_loss(logp, batch.logprobs[rows], batch.advantages[rows], mask,
-                                                   spec.cliprange)  # fmt: skip
+                                                   spec.cliprange, weights)  # fmt: skip
         vf_loss, vf_clipfrac = value_loss(values, batch.values[rows], batch.returns[rows], mask,
                                           spec.cliprange_value)  # fmt: skip
         mean_entropy = masked_mean(entropy, mask)
@@ -479,6 +505,8 @@ class PPOTrainer:
         stats = {"policy_loss": pg_loss.item(), "value_loss": vf_loss.item(), "clipfrac": clipfrac.item(),
                  "value_clipfrac": vf_clipfrac.item(), "approx_kl": approx_kl.item(),
                  "entropy": mean_entropy.item(), "loss": loss.item()}  # fmt: skip
+        if weights is not None:
+            stats["tis_weight_mean"] = masked_mean(weights, mask).item()
         return loss, stats
 
     def _stop_if_not_finite(self, loss: Tensor, epoch: int) -> None:
@@ -515,6 +543,10 @@ class PPOTrainer:
             "value_mean": masked_mean(batch.values, mask),
             **{key: torch.tensor(value) for key, value in train.items()},
         }
+        if batch.engine_logprobs is not None:  # the train/inference mismatch of the rollout engine
+            gap = (batch.logprobs - batch.engine_logprobs).abs() * mask
+            local["rollout_logprob_gap_mean"] = masked_mean(gap, mask)
+            local["rollout_logprob_gap_max"] = gap.max()  # averaged over processes, as every figure here
         device = self.accelerator.device
         values = torch.stack([v.float().to(device) for v in local.values()])
         averaged = dict(zip(local, self.accelerator.reduce(values, reduction="mean").tolist(), strict=True))
@@ -529,6 +561,8 @@ class PPOTrainer:
             "generation_s": generation_s,
             "scoring_s": seconds.get("scoring", 0.0),
             "training_s": training_s,
+            "weight_sync_s": seconds.get("weight_sync", 0.0),
+            "policy_version": float(self.engine.version),
             "rollout_tokens_per_s": tokens / max(generation_s, 1e-9),
             "train_tokens_per_s": self.spec.ppo_epochs * sequence_tokens / max(training_s, 1e-9),
         }

