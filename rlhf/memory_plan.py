@@ -7,7 +7,13 @@ torch here. A stage's peak per device is
     runtime + max(training phase, generation phase)
     training phase   = weights + optimizer states + frozen models + the larger of
                        (activations + logits) and gradients; both when gradients are held (see below)
-    generation phase = model states + frozen models + weights gathered at ZeRO-3 + KV cache
+    generation phase = model states + frozen models + weights gathered at ZeRO-3 + KV cache + a vLLM engine
+
+A vLLM rollout engine (`rollout.engine: vllm`) beside the trainer holds `gpu_memory_utilization` of the GPU
+(its copy of the policy and its KV cache; on a CPU the copy plus `kv_cache_gib`); asleep while the trainer
+trains (GPU, colocated, `vllm.sleep`) it counts in the generation phase only, awake in both. In a process on
+other GPUs (`vllm.devices`) it holds nothing here. The rollouts then need no gathered weights or KV cache of
+the trainer's; the held-out sampling after training still does.
 
 Gradients come into being as the backward pass frees the activations (and are set to None after each
 step), so at the peak one or the other is alive, unless gradients are held through the forward pass: ZeRO-3's
@@ -40,6 +46,7 @@ from rlhf.settings import (
     PolicyStageConfig,
     RewardStageConfig,
     TrainStageConfig,
+    VLLMSpec,
     ppo_batches,
 )
 from rlhf.stage_table import REWARD_MODEL, STAGES, latest_version_of, stage_key, stage_spec
@@ -155,6 +162,7 @@ class Components:
     logits: int = 0
     gathered_weights: int = 0  # ZeRO-3: the whole trained model gathered for generation
     kv_cache: int = 0
+    rollout_engine: int = 0  # a vLLM engine beside the trainer: its policy copy and KV cache
     runtime: int = 0
 
 
@@ -173,6 +181,7 @@ class StagePlan:
     available: int
     gradients_held: bool  # through the forward pass: at ZeRO-3, or accumulated over micro-batches
     notes: tuple[str, ...] = ()
+    engine_sleeps: bool = False  # the rollout engine gives its memory back while the trainer trains
     fixes: tuple[tuple[str, ...], ...] = ()  # each a set of overrides that together make the stage fit
 
     @property
@@ -184,11 +193,13 @@ class StagePlan:
             if self.gradients_held
             else max(activations + c.logits, c.gradients)
         )
-        return self.model_states - c.gradients + backward
+        engine = 0 if self.engine_sleeps else c.rollout_engine
+        return self.model_states - c.gradients + backward + engine
 
     @property
     def generation_phase(self) -> int:
-        return self.model_states + self.components.gathered_weights + self.components.kv_cache
+        c = self.components
+        return self.model_states + c.gathered_weights + c.kv_cache + c.rollout_engine
 
     @property
     def model_states(self) -> int:
@@ -343,7 +354,12 @@ def plan_stage(
     # Generation (PPO's rollouts, the stage's held-out sampling) in what the model computes in; ZeRO-3
     # gathers the whole trained model for it
     dtype_bytes = 2 if setup.low and (setup.zero is not None or adapter) else 4
-    lengths = [(rollout.batch_size, rollout.max_new_tokens)] if ppo else []
+    engine, engine_sleeps = 0, False
+    if ppo and rollout.engine == "vllm":
+        engine, engine_sleeps = rollout_engine(
+            rollout.vllm, causal_params(d) + new, setup.low, device, hardware
+        )
+    lengths = [(rollout.batch_size, rollout.max_new_tokens)] if ppo and rollout.engine == "hf" else []
     if (sampling := getattr(stage_cfg, "evaluation", None)) is not None and has_eval_prompts(cfg):
         lengths.append((sampling.batch_size, sampling.max_new_tokens))
     kv = max((kv_cache(d, n, stage_cfg.max_length + new_tokens, dtype_bytes) for n, new_tokens in lengths),
@@ -351,13 +367,30 @@ def plan_stage(
     gathered = (
         (full + adapter + value) * dtype_bytes + base * setup.frozen_bytes if kv and setup.zero == 3 else 0
     )
-    components = Components(weights, gradients, optimizer, frozen, act, act_ckpt, logits, gathered, kv,
+    components = Components(weights, gradients, optimizer, frozen, act, act_ckpt, logits, gathered, kv, engine,
                             RUNTIME_BYTES[device])  # fmt: skip
     checkpointing = stage_cfg.gradient_checkpointing and (PPO_HONOURS_CHECKPOINTING or not ppo)
     kind = stage_cfg.algorithm if policy else "classifier" if classifier else "causal-lm"
     return StagePlan(stage, kind, full + adapter + value, setup.world, setup.zero,
                      resolved_precision(stage_cfg.precision, device), checkpointing, components,
-                     hardware.gpu_memory_bytes, setup.zero == 3 or accumulates, tuple(notes))  # fmt: skip
+                     hardware.gpu_memory_bytes, setup.zero == 3 or accumulates, tuple(notes),
+                     engine_sleeps=engine_sleeps)  # fmt: skip
+
+
+def rollout_engine(
+    spec: VLLMSpec, params: int, low: bool, device: Device, hardware: Hardware
+) -> tuple[int, bool]:
+    """Bytes a vLLM rollout engine holds on the trainer's device, and whether it sleeps while the trainer
+    trains: on a GPU the share it reserves (its copy of the policy inside it), on a CPU the copy (in the
+    engine's dtype) and its KV cache; nothing when it runs on GPUs of its own."""
+    if device == "gpu":
+        if spec.placement == "process" and spec.devices is not None:
+            return 0, False
+        return int(
+            spec.gpu_memory_utilization * hardware.gpu_memory_bytes
+        ), spec.sleep and spec.placement == "colocate"
+    dtype_bytes = {"float32": 4, "bfloat16": 2, "float16": 2}.get(spec.dtype, 2 if low else 4)
+    return params * dtype_bytes + spec.kv_cache_gib * GiB, False
 
 
 def plan_evaluation(

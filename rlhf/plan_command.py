@@ -20,7 +20,7 @@ from rlhf.memory_plan import EVALUATION, Device, GiB, Hardware, Plan, plan
 ROWS = {"weights": "weights", "gradients": "gradients", "optimizer_states": "optimizer states",
         "frozen_models": "frozen models", "activations": "activations",
         "activations_with_checkpointing": "act. (checkpointing)", "logits": "logits",
-        "gathered_weights": "gathered weights", "kv_cache": "KV cache", "runtime": "runtime"}  # fmt: skip
+        "gathered_weights": "gathered weights", "kv_cache": "KV cache", "rollout_engine": "vLLM engine", "runtime": "runtime"}  # fmt: skip
 
 
 def size(n: float) -> str:

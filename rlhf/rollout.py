@@ -161,6 +161,7 @@ class VLLMEngine:
                 enable_sleep_mode=self.sleeps,
                 max_num_seqs=settings.max_num_seqs,
                 trust_remote_code=False,
+                **cpu_scheduling(policy, self.on_gpu),
             )
         self.startup_s = time.perf_counter() - started
         log.info("rollout: vLLM engine up in %.1f s (%s, %s, %s)", self.startup_s, settings.placement, dtype,
@@ -280,6 +281,16 @@ def engine_logprobs(drawn: EngineRollout, mask: Tensor) -> Tensor | None:
     rows = [torch.tensor(values, dtype=torch.float32) for values in drawn.logprobs]
     padded = torch.nn.utils.rnn.pad_sequence(rows, batch_first=True)[:, : mask.shape[1]].to(mask.device)
     return torch.nn.functional.pad(padded, (0, mask.shape[1] - padded.shape[1])) * mask
+
+
+def cpu_scheduling(policy: PreTrainedModel, on_gpu: bool) -> dict[str, Any]:
+    """On a CPU, prompts prefilled whole: vLLM 0.32's CPU backend crashes when a seeded request's prefill is
+    split over steps (it rewinds the request's generator, which CPU generators cannot), as happens once a
+    rollout's prompts pass the step's token budget. The budget then has to hold the longest sequence."""
+    if on_gpu:
+        return {}
+    longest = getattr(policy.config, "max_position_embeddings", None) or 8192
+    return {"enable_chunked_prefill": False, "max_num_batched_tokens": max(8192, longest)}
 
 
 def sample_seed(seed: int, index: int) -> int:

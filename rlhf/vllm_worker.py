@@ -7,8 +7,24 @@ model's loader and its post-processing on every backend, so this one path serves
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from typing import Any
+
+
+class NoWeightsExpected(logging.Filter):
+    """vLLM's reload warns "<layer>: Failed to load weights" for layers no checkpoint holds a weight of: rotary
+    embeddings, and a tied output head (re-packed by `_repack_tied_head`). Those lines only; any other layer
+    that fails to load is still reported."""
+
+    def __init__(self, layers: set[str]) -> None:
+        super().__init__()
+        self.layers = layers
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (
+            record.msg == "%s: Failed to load weights" and record.args and record.args[0] in self.layers
+        )
 
 
 class PolicyWeights:
@@ -26,6 +42,13 @@ class PolicyWeights:
             from safetensors.torch import load
 
             weights = load(weights).items()
+        if not getattr(self, "rlhf_filter_installed", False):
+            tied = self.model_config.hf_config.tie_word_embeddings
+            layers = {"RotaryEmbedding", *(["ParallelLMHead"] if tied else [])}
+            logging.getLogger("vllm.model_executor.model_loader.reload.layerwise").addFilter(
+                NoWeightsExpected(layers)
+            )
+            self.rlhf_filter_installed = True
         self.reload_weights(weights_iterator=iter(weights))
         self._repack_tied_head()
         self.rlhf_version = version

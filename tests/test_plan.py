@@ -217,6 +217,29 @@ def test_ppo_holds_reference_reward_model_and_value_head(llama_dir: Path, tmp_pa
         )
 
 
+def test_a_vllm_rollout_engine_in_the_plan(llama_dir: Path, tmp_path: Path) -> None:
+    """On a GPU the engine holds its share of the GPU, in the training phase too unless it sleeps; in a
+    process on GPUs of its own nothing here; on a CPU its fp32 copy of the policy and its KV cache. The
+    rollouts then need no KV cache of the trainer's."""
+
+    def stage(vllm: dict[str, Any], device: str = "gpu") -> StagePlan:
+        ppo = {"algorithm": "ppo", "max_length": 32, "per_device_train_batch_size": 4, "evaluation": None,
+               "ppo": {"reward_model": "registry:rm:v1", "value_model": "policy_head", "prompts_per_update": 4,
+                       "rollout": {"max_new_tokens": 8, "batch_size": 4, "engine": "vllm", "vllm": vllm}}}  # fmt: skip
+        return one(config(llama_dir, {"policy": ppo}, tmp_path), device=device,
+                   shapes={"registry:rm:v1": str(llama_dir)})  # fmt: skip
+
+    asleep = stage({"gpu_memory_utilization": 0.25})
+    assert asleep.components.rollout_engine == 20 * GiB and asleep.components.kv_cache == 0
+    assert asleep.generation_phase == asleep.model_states + 20 * GiB
+    awake = stage({"gpu_memory_utilization": 0.25, "sleep": False})
+    assert awake.training_phase == asleep.training_phase + 20 * GiB
+    assert stage({"placement": "process", "devices": "1"}).components.rollout_engine == 0
+    cpu = stage({"kv_cache_gib": 2}, device="cpu")
+    assert cpu.components.rollout_engine == 4 * N + 2 * GiB  # the causal LM's weights in fp32
+    assert cpu.training_phase > cpu.model_states + cpu.components.rollout_engine  # no sleep on a CPU
+
+
 def test_a_missing_registry_version_names_the_key_and_the_flag(llama_dir: Path, tmp_path: Path) -> None:
     cfg = config(llama_dir, {"policy": {"algorithm": "ppo"}}, tmp_path)
     with pytest.raises(ConfigError) as caught:

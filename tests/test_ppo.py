@@ -342,9 +342,9 @@ def test_vllm_rollouts_on_two_processes_from_zero_3_shards(
     config_file: Path, trained: dict[str, float]
 ) -> None:
     """Each rank's engine is given the policy gathered from the ZeRO-3 shards module by module, after every
-    update: its log-probs stay the trainer's, on both ranks."""
+    update: its log-probs stay the trainer's, on both ranks (so the importance weights are all 1)."""
     overrides = [*SHORT, "stages.policy.max_steps=3", "stages.policy.evaluation=null", *VLLM,
-                 "distributed.zero_stage=3"]  # fmt: skip
+                 "distributed.zero_stage=3", "stages.policy.ppo.rollout.tis_cap=2.0"]  # fmt: skip
     run_dir = config_file.parent / "zero3-vllm"
     done = launch_stage("policy", config_file, run_dir, overrides)
     assert done.returncode == 0, done.stderr[-4000:]
@@ -352,6 +352,7 @@ def test_vllm_rollouts_on_two_processes_from_zero_3_shards(
     history = json.loads((run_dir / "policy" / "history.json").read_text(encoding="utf-8"))
     assert [row["policy_version"] for row in history] == [1, 2, 3]
     assert max(row["rollout_logprob_gap_max"] for row in history) < 1e-3
+    assert all(row["tis_weight_mean"] == pytest.approx(1.0, abs=1e-3) for row in history)
     assert history[-1]["kl"] > 0  # the policy moved, and the engines with it
 
 

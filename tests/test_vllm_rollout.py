@@ -112,6 +112,15 @@ def test_sampling_follows_the_spec_and_nothing_else(engine: tuple[VLLMEngine, ob
     assert len(set(ids)) > 1  # each sample has a seed of its own
 
 
+def test_a_rollout_larger_than_one_steps_token_budget(engine: tuple[VLLMEngine, object]) -> None:
+    """1,200 samples (300 prompts x 4) of ~7 prompt tokens pass vLLM's default 4,096-token step: its CPU
+    backend crashed on seeded requests whose prefill it split over steps (`cpu_scheduling` prefills whole)."""
+    vllm, _ = engine
+    drawn = vllm.sample(PROMPTS * 100, seed=7)
+    assert len(drawn.samples) == 1200
+    assert sum(len(s.prompt_ids) for s in drawn.samples) > 4096
+
+
 def test_lora_goes_in_merged(engine: tuple[VLLMEngine, object], policy_dir: Path) -> None:
     from peft import LoraConfig, get_peft_model
 
