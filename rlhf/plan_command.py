@@ -44,7 +44,8 @@ def table(plan: Plan) -> list[str]:
                          for s in cols)],
         ["processes / ZeRO", *(f"{s.world_size} / {'-' if s.zero_stage is None else s.zero_stage}" for s in cols)],
         ["precision", *(s.precision + (", ckpt" if s.gradient_checkpointing else "") for s in cols)],
-        *([label, *(size(getattr(s.components, name)) for s in cols)] for name, label in ROWS.items()),
+        *([label, *(size(getattr(s.components, name)) for s in cols)] for name, label in ROWS.items()
+          if name != "rollout_engine" or any(s.components.rollout_engine for s in cols)),  # only with vLLM
         ["peak phase", *("training" if s.training_phase >= s.generation_phase else "generation" for s in cols)],
         [f"peak per {per}", *(size(s.total) for s in cols)],
         [f"of {size(plan.hardware.gpu_memory_bytes)}", *(f"{s.total / s.available:.0%}"

