@@ -194,7 +194,7 @@ def describe_error(err: Any, root: Any) -> str:
     if not path:
         return err["msg"].removeprefix("Value error, ")
     if kind in ("extra_forbidden", "unexpected_keyword_argument"):
-        known = _known_keys(root, loc[:-1])
+        known = _known_keys(root, [str(p) for p in err["loc"][:-1] if not str(p).startswith("function-")])
         close = difflib.get_close_matches(loc[-1], known, n=1)
         hint = f", did you mean {close[0]}?" if close else f" (known keys: {', '.join(sorted(known))})"
         return f"{path}: unknown key{hint}"
@@ -227,14 +227,17 @@ _EXPECTED = {
 
 
 def _known_keys(root: Any, loc: list[str]) -> list[str]:
-    """The field names valid at a key path, for did-you-mean hints."""
+    """The field names valid at a key path (pydantic's, with its section tags), for did-you-mean hints."""
     model: Any = root
-    for part in loc:
-        fields = _fields_of(model)
-        if part in fields:
+    parts = iter(loc)
+    for part in parts:
+        if part == "named":  # a section of several named stages: the next part is a stage's own name
+            next(parts, None)
+        elif part in SECTION_TAGS:
+            continue
+        elif part in (fields := _fields_of(model)):
             model = _section_type(fields[part])
-        elif not any(spec.named_by and spec.config is model for spec in STAGES):
-            # in a section that holds several named stages, a part not a field is a stage's own name
+        else:
             return []
     return list(_fields_of(model))
 

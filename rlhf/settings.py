@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from rlhf.errors import ConfigError
 
@@ -104,6 +104,18 @@ class RolloutSpec(GenerationSpec):
         "importance-sampling correction for the engine's numerical drift from the trainer; None: off.",
     )
     vllm: VLLMSpec = Field(default_factory=VLLMSpec)
+
+    @field_validator("top_p", "top_k")
+    @classmethod
+    def _sample_what_is_optimized(cls, value: float, info: ValidationInfo) -> float:
+        """PPO's log-probs, ratios and KL are taken under the full softmax (over temperature), so sampling
+        from a truncated one would optimize a distribution other than the one sampled."""
+        if value != cls.model_fields[info.field_name].default:
+            raise ValueError(
+                f"{value} truncates the sampling distribution, but the policy's log-probs, ratios and KL use the "
+                f"full softmax; leave {info.field_name} at {cls.model_fields[info.field_name].default}"
+            )
+        return value
 
     @model_validator(mode="after")
     def _tis_needs_an_engine(self) -> RolloutSpec:

@@ -68,6 +68,17 @@ def test_policy_stages_one_or_named(tmp_path: Path) -> None:
         ),
         ("stages.policy.slow.bta=1", "stages.policy.slow.bta: unknown key, did you mean beta?"),
         ("stages.policy.fast.algorithm=trpo", "stages.policy.fast.algorithm:"),
+        # a stage named like a field (`ppo`) is still a stage's name: the hint is for the stage's own keys
+        (
+            "stages.policy.ppo={algorithm: ppo, rollout: {top_p: 1}}",
+            "stages.policy.ppo.rollout: unknown key (known keys: algorithm,",
+        ),
+        (
+            "stages.policy.fast.ppo.rollout.top_p=0.9",
+            "stages.policy.fast.ppo.rollout.top_p: 0.9 truncates the sampling distribution, but the policy's "
+            "log-probs, ratios and KL use the full softmax; leave top_p at 1.0",
+        ),
+        ("stages.policy.fast.ppo.rollout.top_k=40", "stages.policy.fast.ppo.rollout.top_k: 40 truncates"),
     ],
 )
 def test_named_policy_stage_errors_name_the_key(tmp_path: Path, override: str, message: str) -> None:

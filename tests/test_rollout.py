@@ -81,6 +81,24 @@ def test_hf_sampling_reads_nothing_from_the_checkpoints_generation_config(
     assert model.generation_config.suppress_tokens  # the model's own is back afterwards
 
 
+def test_a_planted_repetition_penalty_changes_no_sample(tiny_llama_dir: Path, tmp_path: Path) -> None:
+    """A checkpoint that forbids repeating any token (no_repeat_ngram_size 1, a huge repetition_penalty)
+    samples exactly what the same weights without those settings sample, repeats included."""
+    planted = shutil.copytree(tiny_llama_dir, tmp_path / "model")
+    settings = json.loads((planted / "generation_config.json").read_text())
+    settings |= {"repetition_penalty": 1e6, "no_repeat_ngram_size": 1}
+    (planted / "generation_config.json").write_text(json.dumps(settings))
+    prompts = [[{"role": "user", "content": "name 3 fruits"}]]
+    spec = GenerationSpec(max_new_tokens=16, samples_per_prompt=8)
+    drawn = {}
+    for name, source in {"clean": tiny_llama_dir, "planted": planted}.items():
+        model, tokenizer = load_causal_lm(ModelSpec(name=str(source)), "float32")
+        drawn[name] = [sample.response_ids for sample in generate(model, tokenizer, prompts, spec, seed=3)]
+    assert model.generation_config.no_repeat_ngram_size == 1  # what generate() would have used
+    assert drawn["planted"] == drawn["clean"]
+    assert any(len(set(ids)) < len(ids) for ids in drawn["planted"]), "no response repeats a token"
+
+
 @pytest.mark.skipif(HAS_VLLM, reason="vLLM is installed here")
 def test_asking_for_vllm_without_it_says_how_to_get_it() -> None:
     with pytest.raises(ConfigError) as err:
