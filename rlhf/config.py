@@ -32,7 +32,7 @@ from rlhf.settings import (  # noqa: F401
     Schema,
     ppo_batches,
 )
-from rlhf.stage_table import SECTION_TAGS, STAGES, StagesConfig
+from rlhf.stage_table import SECTION_TAGS, StagesConfig
 
 SyntheticData = pydantic_dataclass(SynthConfig, frozen=True, config=ConfigDict(extra="forbid"))
 

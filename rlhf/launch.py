@@ -41,12 +41,19 @@ from rlhf.stage import RESULT_FILE, StageContext, StageResult, StageRun
 from rlhf.stage_logs import logged_to, run_logged
 from rlhf.stage_table import REWARD_MODEL, program_spec, stage_key, stage_spec
 from rlhf.tracking import Tracker
-from rlhf.workspace import Prepared, context_for, node_folder, run_dir_for, stage_section
+from rlhf.workspace import (
+    CONFIG_FILE,
+    Prepared,
+    check_data_files,
+    context_for,
+    node_folder,
+    run_dir_for,
+    stage_section,
+)
 
 log = logging.getLogger(__name__)
 
 LAUNCHED_BY_RLHF = "RLHF_LAUNCHED"  # set for the processes `launch_stage` starts
-CONFIG_FILE = "config.yaml"  # the resolved config a run records, in the node's folder of the run
 
 
 def start_stage(
@@ -71,6 +78,7 @@ def start_stage(
     if alone:
         check_deepspeed_batches(cfg, [stage])
         check_precision(cfg, [stage])
+        check_data_files(cfg, [stage])
     run_path = run_dir_for(cfg, run_dir)
     if alone and rank_info().is_main and LAUNCHED_BY_RLHF not in os.environ:  # else the launcher's parent did
         dump_config(cfg, node_folder(run_path) / CONFIG_FILE)

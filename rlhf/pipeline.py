@@ -29,7 +29,7 @@ from rlhf.distributed import check_deepspeed_batches, is_first_node, node_rank
 from rlhf.errors import ConfigError, RlhfError, StageError
 from rlhf.eval import GOLD_REWARDS, PolicyEvaluation, evaluate_and_record, evaluate_model
 from rlhf.fingerprints import content_fingerprint, digest, stage_fingerprint
-from rlhf.launch import CONFIG_FILE, start_stage
+from rlhf.launch import start_stage
 from rlhf.precision import check_precision
 from rlhf.registry import REF_PREFIX, Registry
 from rlhf.run_report import log_report, write_report
@@ -38,7 +38,9 @@ from rlhf.settings import ModelSpec, TrainStageConfig
 from rlhf.stage import HISTORY_FILE, StageResult
 from rlhf.stage_table import REWARD_MODEL, STAGES, stage_spec
 from rlhf.workspace import (
+    CONFIG_FILE,
     Prepared,
+    check_data_files,
     checkpoint_dir,
     node_folder,
     open_registry,
@@ -112,6 +114,7 @@ def run_pipeline(
     _check_options(options, graph)
     check_deepspeed_batches(cfg)
     check_precision(cfg)
+    check_data_files(cfg)
     started = time.perf_counter()
     run_dir = run_dir_for(cfg, run_dir)
     local = node_folder(run_dir)  # the first node's is the run directory; the others keep theirs apart

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from rlhf.architectures import is_builtin_spec
 from rlhf.builtin_models import materialize
 from rlhf.config import PipelineConfig, PreferencesConfig
@@ -25,11 +27,14 @@ from rlhf.distributed import is_first_node, node_rank, rank_info
 from rlhf.errors import ConfigError
 from rlhf.models import registry_model
 from rlhf.registry import Registry, default_registry_path, is_reference
+from rlhf.runs import RECORD_FILE
 from rlhf.settings import ModelSpec
 from rlhf.stage import ResolvedModel, StageContext
-from rlhf.stage_table import stage_spec
+from rlhf.stage_table import stage_key, stage_spec
 
 log = logging.getLogger(__name__)
+
+CONFIG_FILE = "config.yaml"  # the resolved config a run records, in the node's folder of the run
 
 
 @dataclass(frozen=True)
@@ -60,16 +65,76 @@ def new_run_dir(cfg: PipelineConfig) -> Path:
 
 def run_dir_for(cfg: PipelineConfig, given: str | Path | None) -> Path:
     """The run directory given, or a new one. A node of several started one by one (NODE_RANK set) must be
-    given one, the same shared directory on every node, since each would otherwise make its own."""
+    given one, the same shared directory on every node, since each would otherwise make its own. A given
+    directory must be new, empty or a run of this pipeline: a run writes its config and report there."""
     if given is None and "NODE_RANK" in os.environ:
         raise ConfigError("NODE_RANK is set (one node of several): pass --run-dir, the same on every node")
-    run_dir = Path(given) if given else new_run_dir(cfg)
+    if given is None:
+        return new_run_dir(cfg)
+    run_dir = Path(given)
+    _check_run_dir(run_dir, cfg.name)
     run_dir.mkdir(parents=True, exist_ok=True)
     return run_dir
 
 
+def _check_run_dir(run_dir: Path, pipeline: str) -> None:
+    """Refuse a directory that is neither empty nor a run of `pipeline` (by its run record or config)."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"--run-dir {run_dir}: not a directory")
+    if not run_dir.exists():
+        return
+    # the other nodes' folders (`.node1`) may be there before the first node's files
+    entries = sorted(p.name for p in run_dir.iterdir() if not p.name.startswith(".node"))
+    if not entries:
+        return
+    owner = _pipeline_of(run_dir)
+    if owner == pipeline:
+        return
+    what = (
+        f"a run of pipeline '{owner}'"
+        if owner
+        else f"not empty ({', '.join(entries[:3])}{', ...' * (len(entries) > 3)})"
+    )
+    raise ConfigError(
+        f"--run-dir {run_dir}: {what} and not a run of '{pipeline}'; give a new or empty directory"
+    )
+
+
+def _pipeline_of(run_dir: Path) -> str | None:
+    """The pipeline a run directory belongs to, from its run record or else its saved config."""
+    for name, key in ((RECORD_FILE, "pipeline"), (CONFIG_FILE, "name")):
+        try:
+            owner = yaml.safe_load((run_dir / name).read_text(encoding="utf-8"))[key]
+        except (OSError, yaml.YAMLError, TypeError, KeyError):
+            continue
+        if isinstance(owner, str):
+            return owner
+    return None
+
+
 # --------------------------------------------------------------------------------------------------
 # Data and models
+
+# a stage's own data files, as dotted keys inside its section (absent or None where a stage has none)
+STAGE_DATA_KEYS = ("dataset", "eval_dataset", "ppo.prompts")
+
+
+def check_data_files(cfg: PipelineConfig, stages: list[str] | None = None) -> None:
+    """Every data file the config names exists: checked before anything is built (the synthetic task, the
+    base model, the run directory), so a typo costs no minutes. `stages`: whose own files (default: all)."""
+    named = {f"data.preferences.files[{i}]": path for i, path in enumerate(cfg.data.preferences.files)}
+    named |= {f"data.{role}": getattr(cfg.data, role) for role in ("sft_train", "sft_eval", "eval_prompts")}
+    for name, stage_cfg in cfg.stages.plan().items():
+        if stages is not None and name not in stages:
+            continue
+        for key in STAGE_DATA_KEYS:
+            value: Any = stage_cfg
+            for part in key.split("."):
+                value = getattr(value, part, None)
+            named[f"{stage_key(name)}.{key}"] = value
+    for key, path in named.items():
+        if isinstance(path, str) and not Path(path).exists():
+            raise ConfigError(f"{key}: {path}: no such file or directory")
 
 
 def prepare_data(cfg: PipelineConfig, run_dir: Path) -> tuple[dict[str, str], str | None]:

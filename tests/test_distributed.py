@@ -145,10 +145,12 @@ def test_rlhf_stage_and_rlhf_run_start_the_launcher(config_file: Path) -> None:
 
 @pytest.mark.distributed
 def test_an_error_on_the_ranks_stops_the_launched_stage(config_file: Path) -> None:
+    broken = config_file.parent / "broken.jsonl"
+    broken.write_text('{"prompt": "no completion"}\n', encoding="utf-8")
     done = run_cli("stage", "sft", str(config_file), "distributed.num_processes=2", "distributed.launcher=torchrun",
-                   "data.sft_train=/nope.jsonl", "--run-dir", str(config_file.parent / "cli-fail"))  # fmt: skip
+                   f"data.sft_train={broken}", "--run-dir", str(config_file.parent / "cli-fail"))  # fmt: skip
     assert done.returncode != 0
-    assert "error: [rank 0] /nope.jsonl" in done.stderr  # the rank's own one-line message
+    assert f"error: [rank 0] {broken}" in done.stderr  # the rank's own one-line message
     assert "sft: failed on 2 processes" in done.stderr
 
 
