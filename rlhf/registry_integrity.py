@@ -53,7 +53,7 @@ class HashCache:
         """Hash the file whatever the cache holds, and remember the result if the file held still."""
         before = _stat(path)
         digest = sha256(path)
-        settled = time.time_ns() - max(before[3], before[4]) > SETTLED_NS
+        settled = time.time_ns() - max(before[2:]) > SETTLED_NS
         if settled and _stat(path) == before:
             self.fresh[self._key(path)] = {"stat": before, "sha256": digest}
         return digest
@@ -92,9 +92,10 @@ class HashCache:
 
 
 def _stat(path: Path) -> list[int]:
-    """What any write to a file changes: [size, inode, device, mtime, ctime] (nanoseconds)."""
+    """What any write to a file changes: [size, inode, mtime, ctime] (nanoseconds). Not the device number:
+    on a registry shared over NFS each node sees its own, while inode and times are the server's."""
     st = path.stat()
-    return [st.st_size, st.st_ino, st.st_dev, st.st_mtime_ns, st.st_ctime_ns]
+    return [st.st_size, st.st_ino, st.st_mtime_ns, st.st_ctime_ns]
 
 
 def check_version(manifest: Manifest, folder: Path, cache: HashCache, *, full: bool) -> list[str]:
