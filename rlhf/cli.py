@@ -323,7 +323,7 @@ def _registry_export(args: argparse.Namespace) -> None:
     from rlhf.models import export_model, registry_model
     from rlhf.settings import ModelSpec
 
-    spec, manifest = registry_model(_registry(args), ModelSpec(name=args.ref), verify=True)
+    spec, manifest = registry_model(_registry(args), ModelSpec(name=args.ref))
     out = export_model(spec, Path(args.to), merge_lora=args.merge_lora)
     print(f"exported {manifest.ref} to {out}")
 

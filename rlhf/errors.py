@@ -29,3 +29,7 @@ class StageError(RlhfError):
 
 class RegistryError(RlhfError):
     """A registry reference cannot be resolved, a version is corrupt, or an operation is refused."""
+
+
+class IntegrityError(RegistryError):
+    """A registry version's files differ from its manifest (missing, resized or other content): it must not load."""

@@ -153,13 +153,12 @@ class Shapes:
             try:
                 registry = Registry(self.registry)
                 manifest = registry.manifest(name)
-                path = registry.resolve(manifest.ref)
             except RlhfError:
                 raise ConfigError(
                     f"{key}: {name} is not in the registry at {shown(self.registry)}; pass --model-shape {name}=SPEC "
                     "(a built-in spec such as llama-3.1-8b-shape, a directory or a hub id)"
                 ) from None
-            return self.of_directory(path, key, base or manifest.lora_base)
+            return self.of_directory(registry.resolve(manifest.ref), key, base or manifest.lora_base)
         if Path(name).expanduser().is_dir():
             return self.of_directory(Path(name).expanduser(), key, base)
         if name in SHAPE_OF:

@@ -38,13 +38,13 @@ PAD = (
 # Loading
 
 
-def registry_model(registry: Registry, spec: ModelSpec, verify: bool = False) -> tuple[ModelSpec, Manifest]:
-    """A registry version as a loadable spec: its directory (files checked), and for an adapter its base."""
+def registry_model(registry: Registry, spec: ModelSpec) -> tuple[ModelSpec, Manifest]:
+    """A registry version as a loadable spec: its directory (content checked), and for an adapter its base."""
     manifest = registry.manifest(spec.name)
-    path = registry.resolve(manifest.ref, verify=verify)
+    path = registry.resolve(manifest.ref)
     base = manifest.lora_base
     if base and is_reference(base):
-        base = str(registry.resolve(base, verify=verify))
+        base = str(registry.resolve(base))
     return spec.model_copy(update={"name": str(path), "base": base}), manifest
 
 

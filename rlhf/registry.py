@@ -11,11 +11,13 @@ Layout of a registry directory (explicit path > $RLHF_REGISTRY > ./registry)::
     .lock                   fcntl.flock taken for every index update (readers never take it)
     .staging/<uuid>/        a version being assembled; flock-ed on its directory by its publisher
     .index-<uuid>.tmp       an index being written
+    .hashes.json            sha256 of files as last computed, keyed by stat (a cache: losing it costs hashing)
     models/<name>/<vN>/     committed files + manifest.json (a copy of the index entry)
 
 Commit protocol (a crash at any point leaves no half version visible, and a retry succeeds):
 
-1. Outside the lock: hard-link (or copy) the source files into `.staging/<uuid>`, hash and fsync them.
+1. Outside the lock: copy the source files into `.staging/<uuid>` (hard-link those the registry takes over,
+   see `publish`), hash and fsync them.
 2. Under the lock: N = 1 + max(`last_version`, every `vN` directory on disk); a directory left by a
    crashed publisher is never reused. Write manifest.json, rename staging -> models/<name>/vN, then
    replace index.json atomically (temp file + fsync + os.replace). The index update is the commit
@@ -23,10 +25,14 @@ Commit protocol (a crash at any point leaves no half version visible, and a retr
 3. After the commit, mode "move" deletes the source directory. Staging by hard link and deleting the
    source afterwards costs what a rename costs, yet a crash never leaves a half-moved source behind.
 
-The file mechanics these steps rest on (staging, hashing, fsync, flocks, deletion, the size/hash check of
-a version's files) live in `rlhf.registry_storage`; what a version's record is and which names are valid
-(references, manifests, the name and alias checks, the metadata clean-up that drops secrets) live in
-`rlhf.registry_manifest`. This module decides what they are applied to, and when.
+Every load goes through `resolve`, which checks each file's size and sha256 against the manifest (hashes
+cached by stat, `rlhf.registry_integrity`) and refuses a version that differs, naming the file.
+
+The file mechanics these steps rest on (listing a source, staging, hashing, fsync, flocks, deletion) live in
+`rlhf.registry_storage`; what a version's record is and which names are valid (references, manifests, the
+name and alias checks, the metadata clean-up that drops secrets) live in `rlhf.registry_manifest`; the
+content check and its hash cache in `rlhf.registry_integrity`. This module decides what they are applied
+to, and when.
 
 Version numbers are never reused, not even after `remove`, so `policy:v3` always means one model.
 `latest` always points at the highest version: publish and remove move it, `set_alias` refuses it.
@@ -50,9 +56,11 @@ from pathlib import Path
 from typing import Any, Literal, Unpack
 
 from rlhf import registry_storage as storage
-from rlhf.errors import RegistryError
+from rlhf.errors import IntegrityError, RegistryError
+from rlhf.registry_integrity import CACHE_TEMP_GLOB, HashCache, check_version
 from rlhf.registry_manifest import (
     LATEST,
+    MANIFEST,
     REF_PREFIX,
     Manifest,
     ModelEntry,
@@ -68,11 +76,10 @@ from rlhf.registry_manifest import (
     is_version,
     lora_refs,
 )
-from rlhf.registry_storage import FileEntry
+from rlhf.registry_storage import FileEntry, SourceFile
 
 ENV_VAR = "RLHF_REGISTRY"
 DEFAULT_PATH = "registry"
-MANIFEST = "manifest.json"
 INDEX_FORMAT = 1
 
 
@@ -108,18 +115,17 @@ class Registry:
         wandb_run_id: str | None = None,
         lora_base: str | None = None,
         extra: Mapping[str, Any] | None = None,
-        mode: Literal["move", "link", "copy"] = "move",
+        mode: Literal["move", "copy"] = "move",
     ) -> Manifest:
         """Commit the files of `source_dir` as the next version of `name`; `latest` moves to it.
 
-        mode "move" takes the files and deletes the source (hard links, then removal after the commit:
-        no data is copied on one filesystem); "link" hard-links them and keeps the source (copy across
-        filesystems); "copy" makes an independent copy. Parents and a `registry:` lora_base are
-        resolved to concrete versions, which must exist.
+        mode "move" takes the files and deletes the source (a stage's output: hard links, then removal after
+        the commit, so no data is copied on one filesystem); "copy" makes an independent copy and keeps the
+        source. Parents and a `registry:` lora_base are resolved to concrete versions, which must exist.
         """
         check_name(name, "model name")
-        if mode not in ("move", "link", "copy"):
-            raise RegistryError(f"registry: bad mode {mode!r}: expected move, link or copy")
+        if mode not in ("move", "copy"):
+            raise RegistryError(f"registry: bad mode {mode!r}: expected move or copy")
         source = Path(source_dir)
         files = self._source_files(source)
         index = self._read_index()
@@ -143,8 +149,16 @@ class Registry:
             "extra": clean_metadata(extra or {}),
         }
         with self._staging() as staging:
+            # The registry owns its files. It hard-links only what it takes over: in mode "move" (the source
+            # name is deleted after the commit) a file whose path is its content's only name (no symlink to
+            # it, no second hard link). Then no name outside the registry is left to write through. Anything
+            # else is copied, so a later `cp other.safetensors src/model.safetensors` changes the user's
+            # file, never a version.
             entries = [
-                storage.stage_file(path, staging / rel, rel, copy=mode == "copy") for rel, path in files
+                storage.stage_file(
+                    file.path, staging / file.rel, file.rel, link=mode == "move" and file.sole_name()
+                )
+                for file in files
             ]
             storage.fsync_tree(staging)
             manifest = self._commit(staging, fields, entries)
@@ -153,8 +167,8 @@ class Registry:
         return manifest
 
     def add(self, name: str, model_dir: str | Path, **options: Unpack[PublishOptions]) -> Manifest:
-        """Register an existing HF model directory by hard link (copy across filesystems); the user's
-        files stay where they are. It must hold config.json or adapter_config.json and *.safetensors."""
+        """Register an existing HF model directory by copying it (the user's files stay theirs, to change at
+        will). It must hold config.json or adapter_config.json and *.safetensors."""
         model_dir = Path(model_dir)
         if not model_dir.is_dir():
             raise RegistryError(f"registry: {model_dir} is not a directory")
@@ -164,10 +178,10 @@ class Registry:
             )
         if not any(model_dir.glob("*.safetensors")):
             raise RegistryError(f"registry: {model_dir} has no *.safetensors weights")
-        return self.publish(name, model_dir, mode="link", **options)
+        return self.publish(name, model_dir, mode="copy", **options)
 
-    def _source_files(self, source: Path) -> builtins.list[tuple[str, Path]]:
-        """(relative posix path, absolute path) of every file under `source`, symlinks followed."""
+    def _source_files(self, source: Path) -> builtins.list[SourceFile]:
+        """Every file under `source`; symlinks inside it followed, any leading out refused."""
         if not source.is_dir():
             raise RegistryError(f"registry: source {source} is not a directory")
         inner, outer = source.resolve(), self.root.resolve()
@@ -176,7 +190,7 @@ class Registry:
         files = storage.list_files(source)
         if not files:
             raise RegistryError(f"registry: source {source} has no files")
-        if any(rel == MANIFEST for rel, _ in files):
+        if any(file.rel == MANIFEST for file in files):
             raise RegistryError(f"registry: source {source} has a {MANIFEST}, a name the registry reserves")
         return files
 
@@ -226,14 +240,17 @@ class Registry:
     # ---------------------------------------------------------------------------------------------
     # Reading
 
-    def resolve(self, ref: str | Reference, *, verify: bool = False) -> Path:
-        """The directory of a version. Every file's size is checked (cheap); with `verify`, its
-        sha256 too. A missing or corrupt file raises, naming it."""
+    def resolve(self, ref: str | Reference) -> Path:
+        """The directory of a version, for loading: the one way to it, so no reader skips the check. Every
+        file's size and sha256 are checked against the manifest (hashes cached while a file's stat holds
+        still); a missing or altered file raises an IntegrityError naming it."""
         manifest, folder = self._find(self._read_index(), ref)
-        problems = _check_version(manifest, folder, full=verify)
+        cache = HashCache(self.root)
+        problems = check_version(manifest, folder, cache, full=False)
+        cache.save()
         if problems:
             more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
-            raise RegistryError(f"registry: {problems[0]}{more}")
+            raise IntegrityError(f"registry: {problems[0]}{more}; refusing to load {manifest.ref}")
         return folder
 
     def manifest(self, ref: str | Reference) -> Manifest:
@@ -258,7 +275,7 @@ class Registry:
         entry = self.list().get(check_name(name, "model name"))
         if entry is None:
             return None
-        files = dict(self._source_files(Path(model_dir)))
+        files = {file.rel: file.path for file in self._source_files(Path(model_dir))}
         sizes = {rel: path.stat().st_size for rel, path in files.items()}
         hashes: dict[str, str] = {}  # hashed on first need, once: sizes rule out most versions
 
@@ -310,18 +327,26 @@ class Registry:
         }
 
     def verify(self, ref: str | Reference | None = None) -> builtins.list[str]:
-        """Re-hash one version, or every version; the problems found, empty when all is clean."""
+        """Re-hash one version, or every version; the problems found, empty when all is clean. The hashes
+        computed refresh the cache that loads use."""
         index = self._read_index()
-        if ref is not None:
-            return _check_version(*self._find(index, ref), full=True)
-        return [
+        cache = HashCache(self.root)
+        targets = (
+            [self._find(index, ref)]
+            if ref is not None
+            else [
+                (Manifest.from_dict(model["versions"][version]), self._version_dir(name, version))
+                for name, model in sorted(index["models"].items())
+                for version in _sorted_versions(model)
+            ]
+        )
+        problems = [
             problem
-            for name, model in sorted(index["models"].items())
-            for version in _sorted_versions(model)
-            for problem in _check_version(
-                Manifest.from_dict(model["versions"][version]), self._version_dir(name, version), full=True
-            )
+            for manifest, folder in targets
+            for problem in check_version(manifest, folder, cache, full=True)
         ]
+        cache.save()
+        return problems
 
     def _find(self, index: dict[str, Any], ref: str | Reference) -> tuple[Manifest, Path]:
         """The manifest and directory a reference points at; unknown ones list what exists."""
@@ -447,7 +472,8 @@ class Registry:
         removed: builtins.list[Path] = []
         with self._locked():
             models = self._read_index()["models"]
-            removed += [path for path in self.root.glob(".index-*.tmp") if storage.delete(path)]
+            leftovers = [*self.root.glob(".index-*.tmp"), *self.root.glob(CACHE_TEMP_GLOB)]
+            removed += [path for path in leftovers if storage.delete(path)]
             staging = self.root / ".staging"
             if staging.is_dir():
                 removed += [
@@ -533,15 +559,3 @@ def _code_version() -> str | None:
 def _git(*args: str) -> str:
     result = subprocess.run(["git", *args], capture_output=True, text=True, check=True, timeout=30)
     return result.stdout.strip()
-
-
-def _check_version(manifest: Manifest, folder: Path, *, full: bool) -> list[str]:
-    """What is wrong with a version on disk: missing or resized files always; with `full`, content
-    hashes, a manifest.json that differs from the index, and files the manifest does not list."""
-    problems = storage.check_files(folder, manifest.files, full=full)
-    if full and folder.is_dir():
-        if storage.read_text(folder / MANIFEST) != manifest.to_json():
-            problems.append(f"{MANIFEST}: missing or differs from the index")
-        listed = {entry.path for entry in manifest.files} | {MANIFEST}
-        problems += [f"{rel}: not in the manifest" for rel in storage.unlisted_files(folder, listed)]
-    return [f"{manifest.ref}: {problem}" for problem in problems]

@@ -23,6 +23,8 @@ from rlhf.registry_storage import FileEntry, first_line
 
 REF_PREFIX = "registry:"
 LATEST = "latest"
+MANIFEST = "manifest.json"
+"""The file in each version directory that repeats its index entry."""
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 _VERSION = re.compile(r"^v[1-9][0-9]*$")

@@ -1,11 +1,11 @@
 """Durable, crash-safe file operations for the model registry (`rlhf.registry`).
 
 One job: get files onto disk so that a commit never points at data a crash could lose, and tell what a
-crash left behind. Staging files (hard link or copy, hash, fsync), fsync of files and directories, flocks
-(the writer lock, and the one a publisher holds on its staging directory so that `gc` can tell it from a
-crashed one's), deletion, and the size/hash check of a folder against its file list. Nothing here knows
-of versions, aliases or lineage; those, and the commit protocol built on these pieces, are the registry's.
-Only stdlib here (no torch): the registry knows nothing of training.
+crash left behind. Listing a source (no symlink may lead out of it), staging files (hard link or copy, hash,
+fsync), fsync of files and directories, flocks (the writer lock, and the one a publisher holds on its staging
+directory so that `gc` can tell it from a crashed one's), deletion, and the size/hash check of a folder
+against its file list. Nothing here knows of versions, aliases or lineage; those, and the commit protocol
+built on these pieces, are the registry's. Only stdlib here (no torch): the registry knows nothing of training.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ import fcntl
 import hashlib
 import os
 import shutil
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from rlhf.errors import RegistryError
 
@@ -31,31 +31,80 @@ class FileEntry:
     sha256: str
 
 
-def list_files(folder: Path) -> list[tuple[str, Path]]:
-    """(relative posix path, path) of every file under `folder`, symlinks followed, sorted by that path."""
-    return sorted(
-        (Path(parent, file).relative_to(folder).as_posix(), Path(parent, file))
-        for parent, _, names in os.walk(folder, followlinks=True)
-        for file in names
-    )
+@dataclass(frozen=True)
+class SourceFile:
+    """A file to publish: its path relative to the source directory, where its content is, and whether it
+    was reached through a symlink (its content then has a name outside the registry's control)."""
+
+    rel: str
+    path: Path
+    through_link: bool
+
+    def sole_name(self) -> bool:
+        """Whether this path is the content's only name: reached directly, and no other hard link to it."""
+        return not self.through_link and self.path.stat().st_nlink == 1
 
 
-def stage_file(source: Path, target: Path, rel: str, *, copy: bool) -> FileEntry:
-    """Hard-link (or, when asked or across filesystems, copy) one file into staging; hash and fsync it.
+def list_files(folder: Path) -> list[SourceFile]:
+    """Every regular file under `folder`, sorted by relative path. A symlink that stays inside `folder` is
+    followed (its content is taken, a directory walked); one that leaves it, dangles or loops is refused in
+    one line naming the link and its target, so nothing outside the source ever reaches the registry."""
+    root = Path(os.path.realpath(folder))
+    files: list[SourceFile] = []
 
-    A hard link costs what a rename costs, yet the source stays whole until the commit is done.
+    def walk(directory: Path, rel: PurePosixPath, ancestors: frozenset[Path], through_link: bool) -> None:
+        with os.scandir(directory) as scan:
+            entries = sorted(scan, key=lambda entry: entry.name)
+        for entry in entries:
+            path, name = Path(entry.path), rel / entry.name
+            real = _inside_target(path, root, folder) if entry.is_symlink() else path
+            linked = through_link or entry.is_symlink()
+            if real.is_dir():
+                resolved = Path(os.path.realpath(real))
+                if resolved in ancestors:
+                    raise RegistryError(
+                        f"registry: symlink {path} -> {os.readlink(path)} loops back to {resolved}"
+                    )
+                walk(path, name, ancestors | {resolved}, linked)
+            elif real.is_file():
+                files.append(SourceFile(name.as_posix(), real, linked))
+            else:
+                raise RegistryError(f"registry: {path} is not a regular file or directory")
+
+    walk(folder, PurePosixPath(), frozenset({root}), False)
+    return sorted(files, key=lambda file: file.rel)
+
+
+def _inside_target(link: Path, root: Path, folder: Path) -> Path:
+    """Where a symlink under `folder` ends (`root` is its real path); refused if that is outside or nowhere."""
+    target = os.readlink(link)
+    try:
+        real = Path(os.path.realpath(link, strict=True))
+    except OSError as exc:
+        raise RegistryError(
+            f"registry: symlink {link} -> {target}: {exc.strerror or first_line(exc)}"
+        ) from None
+    if not real.is_relative_to(root):
+        raise RegistryError(f"registry: symlink {link} -> {target} leaves {folder}; copy the file in instead")
+    return real
+
+
+def stage_file(source: Path, target: Path, rel: str, *, link: bool) -> FileEntry:
+    """Hard-link (when asked and on one filesystem) or copy one file into staging; hash and fsync it.
+
+    A hard link costs what a rename costs; the caller asks for one only for a file the registry takes over.
     """
     target.parent.mkdir(parents=True, exist_ok=True)
     try:
-        if copy:
-            shutil.copyfile(source, target)
-        else:
+        if link:
             try:
                 os.link(source, target)
             except OSError:
                 shutil.copyfile(source, target)
+        else:
+            shutil.copyfile(source, target)
+        digest = sha256(target)
         with open(target, "rb") as handle:
-            digest = hashlib.file_digest(handle, "sha256").hexdigest()
             os.fsync(handle.fileno())
             size = os.fstat(handle.fileno()).st_size
     except OSError as exc:
@@ -63,9 +112,9 @@ def stage_file(source: Path, target: Path, rel: str, *, copy: bool) -> FileEntry
     return FileEntry(path=rel, size=size, sha256=digest)
 
 
-def check_files(folder: Path, files: Iterable[FileEntry], *, full: bool) -> list[str]:
-    """What is wrong with the listed files under `folder`, each as 'PATH: problem': missing or resized files
-    always (cheap: one stat each); with `full`, content hashes too (every byte read)."""
+def check_files(folder: Path, files: Iterable[FileEntry], digest: Callable[[Path], str]) -> list[str]:
+    """What is wrong with the listed files under `folder`, each as 'PATH: problem': missing, resized, or a
+    content hash (`digest`: `sha256`, or a cache in front of it) other than the listed one."""
     problems = []
     for entry in files:
         path = folder / entry.path
@@ -76,7 +125,7 @@ def check_files(folder: Path, files: Iterable[FileEntry], *, full: bool) -> list
             continue
         if size != entry.size:
             problems.append(f"{entry.path}: size {size}, expected {entry.size}")
-        elif full and sha256(path) != entry.sha256:
+        elif digest(path) != entry.sha256:
             problems.append(f"{entry.path}: sha256 mismatch")
     return problems
 
@@ -91,7 +140,7 @@ def unlisted_files(folder: Path, listed: set[str]) -> list[str]:
 
 
 def sha256(path: Path) -> str:
-    """The hex sha256 of a file's content."""
+    """The hex sha256 of a file's content: the one hash function of every check, cached or not."""
     with open(path, "rb") as handle:
         return hashlib.file_digest(handle, "sha256").hexdigest()
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from rlhf.errors import RegistryError
+from rlhf.errors import IntegrityError, RegistryError
 from rlhf.registry import (
     Manifest,
     Reference,
@@ -119,20 +119,36 @@ def test_code_version_is_the_git_commit_and_marks_a_dirty_tree(
     assert reg.publish("m", model_dir(tmp_path / "b")).code_version == head + "+dirty"
 
 
-def test_add_and_link_hard_link_and_keep_the_source(reg: Registry, tmp_path: Path) -> None:
+def test_add_copies_so_overwriting_the_source_leaves_the_version_intact(
+    reg: Registry, tmp_path: Path
+) -> None:
     base = model_dir(tmp_path / "base")
+    original = (base / "model.safetensors").read_bytes()
     added = reg.add("tiny-base", base, stage="import")
-    linked = reg.publish("linked", model_dir(tmp_path / "l"), mode="link")
     copied = reg.publish("copied", model_dir(tmp_path / "c"), mode="copy")
-
-    assert added.version == linked.version == copied.version == "v1" and added.stage == "import"
-    original = base / "model.safetensors"
+    assert added.version == copied.version == "v1" and added.stage == "import"
     stored = reg.resolve("tiny-base") / "model.safetensors"
-    assert original.exists() and os.path.samestat(original.stat(), stored.stat())
-    assert stored.stat().st_nlink == 2
-    assert (reg.resolve("linked") / "model.safetensors").stat().st_nlink == 2
-    assert (tmp_path / "c" / "model.safetensors").stat().st_nlink == 1
+    assert (base / "model.safetensors").stat().st_nlink == 1 and stored.stat().st_nlink == 1
     assert (reg.resolve("copied") / "model.safetensors").stat().st_nlink == 1
+
+    # `cp other.safetensors src/model.safetensors` writes into the source's inode, in place
+    other = model_dir(tmp_path / "other", seed=9)
+    shutil.copyfile(other / "model.safetensors", base / "model.safetensors")
+    assert (base / "model.safetensors").read_bytes() != original
+    assert reg.verify("tiny-base:v1") == [] and stored.read_bytes() == original
+
+
+def test_move_hard_links_only_files_whose_only_name_it_takes(reg: Registry, tmp_path: Path) -> None:
+    source = model_dir(tmp_path / "out")
+    outside = tmp_path / "kept-elsewhere.safetensors"
+    os.link(source / "model.safetensors", outside)  # a second name the registry would not own
+    inode = (source / "config.json").stat().st_ino
+    reg.publish("m", source)
+    folder = reg.resolve("m:v1")
+    assert (folder / "config.json").stat().st_ino == inode  # taken over by hard link: no data copied
+    assert not os.path.samestat((folder / "model.safetensors").stat(), outside.stat())  # copied
+    outside.write_bytes(b"changed through the other name")
+    assert reg.verify("m:v1") == []
 
 
 def test_add_rejects_what_is_not_a_hf_model(reg: Registry, tmp_path: Path) -> None:
@@ -285,9 +301,8 @@ def test_corruption_is_caught_naming_the_file(reg: Registry, tmp_path: Path) -> 
     data[100] ^= 0xFF
     weights.write_bytes(bytes(data))
 
-    assert reg.resolve("m:v1") == weights.parent  # same size: the cheap check cannot see it
-    with pytest.raises(RegistryError, match=r"m:v1: model.safetensors: sha256 mismatch") as excinfo:
-        reg.resolve("m:v1", verify=True)
+    with pytest.raises(IntegrityError, match=r"m:v1: model.safetensors: sha256 mismatch") as excinfo:
+        reg.resolve("m:v1")
     one_line_error(excinfo)
     assert reg.verify("m:v1") == reg.verify() == ["m:v1: model.safetensors: sha256 mismatch"]
 
@@ -410,6 +425,8 @@ def test_leftovers_of_a_crash_are_invisible_skipped_and_collected(reg: Registry,
     live.mkdir()
     temp_index = reg.root / ".index-dead.tmp"
     temp_index.write_text("{")
+    temp_hashes = reg.root / ".hashes-dead.tmp"  # a hash cache being written
+    temp_hashes.write_text("{")
 
     with pytest.raises(RegistryError, match="no version or alias 'v2'"):
         reg.resolve("m:v2")
@@ -417,7 +434,7 @@ def test_leftovers_of_a_crash_are_invisible_skipped_and_collected(reg: Registry,
     fd = os.open(live, os.O_RDONLY)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
-        assert sorted(reg.gc()) == sorted([orphan, stale, temp_index])
+        assert sorted(reg.gc()) == sorted([orphan, stale, temp_index, temp_hashes])
         assert live.exists()
     finally:
         os.close(fd)
@@ -439,7 +456,7 @@ for i in range(count):
     src.mkdir(parents=True)
     (src / "config.json").write_text("{}")
     (src / "model.safetensors").write_bytes(f"{work.name}-{i}".encode() * 2000)
-    reg.publish(name, src, metrics={"i": i}, mode="link")
+    reg.publish(name, src, metrics={"i": i}, mode="copy")
 """
 
 
@@ -477,18 +494,18 @@ def test_concurrent_publishers_get_distinct_contiguous_versions(reg: Registry, t
 
 
 KILLED_CHILD = """
-import os, sys
+import shutil, sys
 from pathlib import Path
 from rlhf.registry import Registry
 reg, source, work = Registry(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
 for i in range(10_000):
     if i % 2:
-        reg.publish("victim", source, mode="link")
+        reg.publish("victim", source, mode="copy")
     else:
         moved = work / str(i)
         moved.mkdir(parents=True)
         for f in source.iterdir():
-            os.link(f, moved / f.name)
+            shutil.copyfile(f, moved / f.name)  # each file its content's only name: moved in by hard link
         reg.publish("victim", moved, mode="move")
 """
 
@@ -543,7 +560,7 @@ def test_publishers_killed_at_random_points_never_leave_a_half_version(reg: Regi
         kill_after_a_commit(reg, child, rng.uniform(0, 0.05))
 
         before = check_consistent(reg)
-        retry = reg.publish("victim", source, mode="link")  # a retry after the crash succeeds
+        retry = reg.publish("victim", source, mode="copy")  # a retry after the crash succeeds
         assert int(retry.version[1:]) > int(before[-1][1:])
         assert check_consistent(reg) == [*before, retry.version]
         removed = reg.gc()

@@ -170,5 +170,6 @@ def test_register_an_external_checkpoint(tiny_llama_dir: Path, tmp_path: Path) -
     done = cli("registry", "add", "external-base", str(tiny_llama_dir), "--registry", str(tmp_path / "reg"))
     assert done.returncode == 0 and "added external-base:v1" in done.stdout
     path = Registry(tmp_path / "reg").resolve("external-base:v1")
-    assert (path / "model.safetensors").stat().st_ino == (tiny_llama_dir / "model.safetensors").stat().st_ino
-    assert (tiny_llama_dir / "model.safetensors").exists()  # linked, the user's files stay
+    stored, original = path / "model.safetensors", tiny_llama_dir / "model.safetensors"
+    assert stored.stat().st_ino != original.stat().st_ino  # copied: the registry owns its files
+    assert stored.read_bytes() == original.read_bytes()  # and the user's files stay
