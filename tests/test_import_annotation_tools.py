@@ -16,8 +16,8 @@ import pytest
 
 from rlhf.data.importers import BadRow, ImportOptions
 from rlhf.data.importers.argilla import IMPORTER as ARGILLA
+from rlhf.data.importers.judgements import choice_of
 from rlhf.data.importers.labelstudio import IMPORTER as LABELSTUDIO
-from rlhf.data.importers.labelstudio import choice_of
 from rlhf.data.records import Comparison, Source, Vote
 from rlhf.data.synthetic import SynthConfig, gold_reward, write_synthetic_task
 
