@@ -1,4 +1,5 @@
-"""Label Studio JSON export: one task per record, one vote per submitted annotation.
+"""Label Studio exports: a task per record (JSON), or a row per annotation (JSON_MIN, CSV); a vote per
+submitted annotation.
 
 A project holds a preference in one of three controls: the Pairwise tag (`selected: left | right`), a
 Choices tag whose values name a side ("Response A", "answer2", "Tie", ...), or the Ranker tag (an ordered
@@ -6,7 +7,10 @@ list, or buckets), whose k-wise order becomes every pair. Cancelled (skipped) an
 submitted annotation without a result is an annotator who saw no winner (in Pairwise, choosing neither side
 deletes the result), so it counts as a tie. Predictions are model pre-annotations, never votes.
 
-The helpers for prompts, choice labels and rankings, shared with the Argilla importer, are in `judgements`.
+Ranker buckets are ranked only in the order the user gives (`--bucket-order`): the stock "LLM Ranker"
+template's buckets (relevant / biased results) are categories, not a quality order. A JSON_MIN or CSV row is
+read as a task with its one annotation (`labelstudio_min`); the project's labeling config (`--label-config`,
+`labelstudio_config`) names the prompt, the responses and the judging control where field names do not.
 """
 
 from __future__ import annotations
@@ -21,22 +25,25 @@ from rlhf.data.importers.judgements import (
     keys_of,
     numbered_groups,
     pair_votes,
+    prompt_key,
     prompt_messages,
     ranks_for,
 )
+from rlhf.data.importers.labelstudio_config import LabelConfig, load_label_config
+from rlhf.data.importers.labelstudio_min import is_row, row_task, unexplained
 from rlhf.data.records import Choice, Comparison, Source, excerpt
 
 Control = tuple[str, str, str]  # (result type, from_name, to_name) of the control that holds the preference
 
 
 class LabelStudioImporter:
-    """Tasks of a Label Studio JSON export (the list the "JSON" export writes, one task per record)."""
+    """Tasks of a Label Studio JSON export, or rows of its JSON_MIN and CSV exports."""
 
     name = "labelstudio"
 
     def sniff(self, record: Mapping[str, Any]) -> bool:
-        """A task: a `data` object with an `annotations` (or `predictions`) list."""
-        return (
+        """A task (a `data` object with an `annotations` or `predictions` list) or an annotation row."""
+        return is_row(record) or (
             isinstance(record, Mapping)
             and isinstance(record.get("data"), Mapping)
             and (isinstance(record.get("annotations"), list) or isinstance(record.get("predictions"), list))
@@ -45,23 +52,39 @@ class LabelStudioImporter:
     def comparisons(
         self, record: Mapping[str, Any], source: Source, options: ImportOptions
     ) -> Iterator[Comparison]:
-        """One comparison per pair of responses, with a vote from every submitted annotation."""
-        data = record.get("data")
+        """One comparison per pair of responses, with a vote from every submitted annotation (of a row: one)."""
+        config = load_label_config(options.label_config) if options.label_config else None
+        row = is_row(record)
+        task = row_task(record, config, options) if row else record
+        data = task.get("data")
         if not isinstance(data, Mapping):
             raise BadRow("task has no 'data' object")
-        submitted = _submitted(record.get("annotations"))
-        control = _control(submitted)
+        submitted = _submitted(task.get("annotations"))
+        control = _control(submitted, config)
         texts = (
-            _ranked_items(data, submitted, control)
+            _ranked_items(data, submitted, control, options.bucket_order)
             if control and control[0] == "ranker"
             else _pair(data, control)
         )
+        shown = config.prompt if config else None
+        if row and control is None and config is None:
+            _no_hidden_judgement(data, {prompt_key(data, shown) or "", options.prompt_field or "", *texts})
         judgements = [
-            (_annotator(annotation), _ranks(annotation, control, texts)) for annotation in submitted
+            (_annotator(annotation), _ranks(annotation, control, texts, options.bucket_order))
+            for annotation in submitted
         ]
-        prompt = prompt_messages(data)
+        prompt = prompt_messages(data, shown, options.prompt_field)
         for first, second, votes in pair_votes(list(texts), judgements):
             yield Comparison(prompt, texts[first], texts[second], votes, source)
+
+
+def _no_hidden_judgement(data: Mapping[str, Any], used: set[str]) -> None:
+    """A row in which no result was recognized is a no-preference tie only if nothing else is in it."""
+    if others := unexplained(data, used):
+        raise BadRow(
+            f"no Pairwise, Ranker or Choices result recognized in the row (other columns: {', '.join(others)}); "
+            "pass --label-config with the project's labeling config, or import the JSON export"
+        )
 
 
 def _submitted(annotations: Any) -> list[Mapping[str, Any]]:
@@ -84,14 +107,22 @@ def _results(annotation: Mapping[str, Any]) -> list[Mapping[str, Any]]:
     return results
 
 
-def _control(submitted: list[Mapping[str, Any]]) -> Control | None:
-    """The control whose results are the preference; None when no annotator left any result (all no-preference)."""
+def _control(submitted: list[Mapping[str, Any]], config: LabelConfig | None) -> Control | None:
+    """The control whose results are the preference (the labeling config's, where given); None when no
+    annotator left any result (all no-preference)."""
     seen = {
         (str(item.get("type")), str(item.get("from_name")), str(item.get("to_name")))
         for annotation in submitted
         for item in _results(annotation)
     }
     direct = sorted(control for control in seen if control[0] in ("pairwise", "ranker"))
+    if config is not None:
+        if others := sorted({tag for _, tag, _ in direct} - {config.control}):
+            raise BadRow(
+                f"results of {', '.join(others)}, which is not the labeling config's {config.kind} "
+                f"'{config.control}': is it the config of another project?"
+            )
+        return (config.kind, config.control, ",".join(config.responses))
     if len({tag for _, tag, _ in direct}) > 1:
         raise BadRow(
             f"several comparison controls in one task: {', '.join(sorted({tag for _, tag, _ in direct}))}"
@@ -156,11 +187,13 @@ def _texts(data: Mapping[str, Any], keys: list[str]) -> dict[str, str]:
 
 
 def _ranked_items(
-    data: Mapping[str, Any], submitted: list[Mapping[str, Any]], control: Control
+    data: Mapping[str, Any], submitted: list[Mapping[str, Any]], control: Control, order: tuple[str, ...]
 ) -> dict[str, str]:
-    """The texts of the List the Ranker ordered: the list in the task data whose item ids cover every ranked id."""
-    ranked = {item for annotation in submitted for item in _ranker_ranks(annotation, control[1]) or {}}
-    for value in data.values():
+    """The texts of the List the Ranker ordered: the labeling config's List field, else the list in the task
+    data whose item ids cover every ranked id."""
+    ranked = {item for annotation in submitted for item in _ranker_ranks(annotation, control[1], order) or {}}
+    named = [data[control[2]]] if control[2] in data else []
+    for value in [*named, *data.values()]:
         if (
             isinstance(value, list)
             and value
@@ -182,9 +215,10 @@ def _item_text(item_id: str, item: Mapping[str, Any]) -> str:
     raise BadRow(f"list item '{item_id}' has no text body: {excerpt(item, 80)}")
 
 
-def _ranker_ranks(annotation: Mapping[str, Any], tag: str) -> Ranks | None:
+def _ranker_ranks(annotation: Mapping[str, Any], tag: str, order: tuple[str, ...]) -> Ranks | None:
     """Item ranks from a Ranker result: `{tag: [ids]}` (or a bare list) is an order; otherwise the keys are
-    buckets, best first, whose items tie, and the '_' column holds items left unsorted, so they get no rank."""
+    buckets, whose items tie and which rank only in the user's `order` (best first); the '_' column holds
+    items left unsorted, so they get no rank."""
     values = [_value(item) for item in _results(annotation) if item.get("from_name") == tag]
     if not values:
         return None
@@ -194,18 +228,31 @@ def _ranker_ranks(annotation: Mapping[str, Any], tag: str) -> Ranks | None:
     if isinstance(ranker, list):
         return {str(item): rank for rank, item in enumerate(ranker, 1)}
     if isinstance(ranker, Mapping) and all(isinstance(ids, list) for ids in ranker.values()):
-        buckets = [ids for name, ids in ranker.items() if name != "_" and ids]
-        return {str(item): tier for tier, ids in enumerate(buckets, 1) for item in ids}
+        buckets = {name: ids for name, ids in ranker.items() if name != "_" and ids}
+        if unordered := [name for name in buckets if name not in order]:
+            raise BadRow(_unordered_buckets(tag, unordered, order))
+        return {str(item): order.index(name) + 1 for name, ids in buckets.items() for item in ids}
     raise BadRow(f"annotation {annotation.get('id')}: unreadable Ranker value {excerpt(values[0], 80)}")
 
 
-def _ranks(annotation: Mapping[str, Any], control: Control | None, texts: dict[str, str]) -> Ranks:
+def _unordered_buckets(tag: str, buckets: list[str], order: tuple[str, ...]) -> str:
+    if order:
+        return f"Ranker '{tag}' bucket {', '.join(buckets)} is not in --bucket-order ({', '.join(order)})"
+    return (
+        f"Ranker '{tag}' sorted items into buckets ({', '.join(buckets)}), which may be categories rather "
+        "than a quality order; pass --bucket-order BEST,...,WORST to rank them"
+    )
+
+
+def _ranks(
+    annotation: Mapping[str, Any], control: Control | None, texts: dict[str, str], order: tuple[str, ...]
+) -> Ranks:
     """One annotator's judgement as ranks over the responses; no result for the control means no preference."""
     if control is None:
         return dict.fromkeys(texts, 1)
     kind, tag, _ = control
     if kind == "ranker":
-        ranks = _ranker_ranks(annotation, tag)
+        ranks = _ranker_ranks(annotation, tag, order)
         return dict.fromkeys(texts, 1) if ranks is None else ranks
     first, second = texts
     choice = _pairwise_choice(annotation, tag) if kind == "pairwise" else _choices_choice(annotation, tag)
@@ -241,10 +288,11 @@ def _value(item: Mapping[str, Any]) -> Mapping[str, Any]:
 
 
 def _annotator(annotation: Mapping[str, Any]) -> str | None:
-    """`completed_by` is a user id or a user object depending on version and export path."""
+    """`completed_by` is a user id, or a user object where the export expanded users; Label Studio's JSON_MIN
+    and CSV exports name that user by email, so the same annotator keeps one name in every export type."""
     who = annotation.get("completed_by")
     if isinstance(who, Mapping):
-        who = who.get("id") if who.get("id") is not None else who.get("email")
+        who = who.get("email") if who.get("email") is not None else who.get("id")
     return None if who is None else str(who)
 
 
