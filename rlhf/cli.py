@@ -171,6 +171,15 @@ def _add_data_commands(commands: argparse._SubParsersAction, common: argparse.Ar
         "--rating-key", default="overall", help="UltraFeedback: overall, mean, or an aspect name"
     )
     imp.add_argument("--argilla-question", help="Argilla: the ranking or label question to read")
+    imp.add_argument("--prompt-field", help="Label Studio: the task data field that holds the prompt")
+    imp.add_argument(
+        "--label-config", metavar="FILE", help="Label Studio: the project's labeling config (XML): prompt, "
+        "responses and the control holding the judgement; needed for some JSON_MIN and CSV exports",
+    )  # fmt: skip
+    imp.add_argument(
+        "--bucket-order", metavar="BEST,...,WORST", default="",
+        help="Label Studio: Ranker buckets, best first (without it buckets are categories, not ranked)",
+    )  # fmt: skip
     imp.add_argument("--registry", help="registry directory, for a --tokenizer given as a registry ref")
     imp.set_defaults(handler=_import)
 
@@ -443,8 +452,11 @@ def _import(args: argparse.Namespace) -> None:
     from rlhf.data.preferences import ImportSettings, import_preferences
 
     column_map = dict(item.partition("=")[::2] for item in args.map)
+    bucket_order = tuple(name.strip() for name in args.bucket_order.split(",")) if args.bucket_order else ()
     options = ImportOptions(column_map=column_map, rating_pairs=args.rating_pairs, rating_margin=args.rating_margin,
-                            rating_key=args.rating_key, argilla_question=args.argilla_question)  # fmt: skip
+                            rating_key=args.rating_key, argilla_question=args.argilla_question,
+                            prompt_field=args.prompt_field, label_config=args.label_config,
+                            bucket_order=bucket_order)  # fmt: skip
     settings = ImportSettings(
         format=args.format, options=options, ties=args.ties, min_votes=args.min_votes,
         min_annotator_agreement=args.min_agreement, max_tokens=args.max_tokens,

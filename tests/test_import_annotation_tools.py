@@ -16,8 +16,8 @@ import pytest
 
 from rlhf.data.importers import BadRow, ImportOptions
 from rlhf.data.importers.argilla import IMPORTER as ARGILLA
+from rlhf.data.importers.judgements import choice_of
 from rlhf.data.importers.labelstudio import IMPORTER as LABELSTUDIO
-from rlhf.data.importers.labelstudio import choice_of
 from rlhf.data.records import Comparison, Source, Vote
 from rlhf.data.synthetic import SynthConfig, gold_reward, write_synthetic_task
 
@@ -163,7 +163,7 @@ def test_labelstudio_pairwise_votes_per_annotator(tmp_path: Path) -> None:
             response_b="apple hammer",
             votes=[
                 Vote("1", "a"),
-                Vote("2", "b"),
+                Vote("two@example.com", "b"),  # a user object is named by email, as JSON_MIN and CSV name it
                 Vote("3", "tie"),
                 Vote("5", "a"),
                 Vote("lead@example.com", "b"),
@@ -252,7 +252,9 @@ def test_labelstudio_ranker_two_items_is_one_pair(tmp_path: Path) -> None:
     ]
     [record] = exported(tmp_path / "export.json", [task(data, annotations)])
     assert imported(LABELSTUDIO, record) == [
-        Comparison(USER_PROMPT, "apple pear", "apple hammer", [Vote("1", "b"), Vote("2", "a")], SOURCE)
+        Comparison(
+            USER_PROMPT, "apple pear", "apple hammer", [Vote("1", "b"), Vote("two@example.com", "a")], SOURCE
+        )
     ]
 
 
@@ -271,11 +273,12 @@ def test_labelstudio_ranker_k_wise_becomes_every_pair(tmp_path: Path) -> None:
     ]
 
 
-def test_labelstudio_ranker_buckets_are_tiers(tmp_path: Path) -> None:
+def test_labelstudio_ranker_buckets_are_tiers_in_the_given_order(tmp_path: Path) -> None:
     data = {**RANKER_DATA, "items": [{"id": "llm_0", "title": "LLM 0", "body": "cat"}, *RANKER_DATA["items"]]}
-    buckets = {"best": ["llm_1"], "good": ["llm_2", "llm_3"], "_": ["llm_0"]}  # "_": left unsorted
+    buckets = {"good": ["llm_2", "llm_3"], "best": ["llm_1"], "_": ["llm_0"]}  # "_": left unsorted
     [record] = exported(tmp_path / "export.json", [task(data, [annotation(1, 9, [ranker(buckets)])])])
-    pairs = [(c.response_a, c.response_b, c.votes) for c in imported(LABELSTUDIO, record)]
+    options = ImportOptions(bucket_order=("best", "good", "bad"))
+    pairs = [(c.response_a, c.response_b, c.votes) for c in imported(LABELSTUDIO, record, options)]
     assert pairs == [
         ("apple pear", "apple hammer", [Vote("9", "a")]),
         ("apple pear", "saw hammer", [Vote("9", "a")]),

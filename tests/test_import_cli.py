@@ -91,3 +91,45 @@ def test_export_for_annotation_round_trips_through_import(small_task: dict[str, 
     assert {
         (r["prompt"][-1]["content"], r["chosen"][0]["content"], r["rejected"][0]["content"]) for r in rows
     } == pairs
+
+
+LABEL_STUDIO = Path(__file__).parent / "data" / "labelstudio"
+
+
+def test_label_studio_json_min_and_csv_import_like_json(tmp_path: Path) -> None:
+    """One LLM Ranker project exported three ways; its buckets are ranked in the order the user gives."""
+    pairs = {}
+    for export in ("json", "min.json", "csv"):
+        out = tmp_path / export
+        done = run_cli("data", "import", str(LABEL_STUDIO / f"ranker.{export}"), "--out", str(out),
+                       "--ties", "keep", "--test-fraction", "0", "--bucket-order", "relevant_results, biased_results",
+                       "--label-config", str(LABEL_STUDIO / "ranker.xml"))  # fmt: skip
+        assert done.returncode == 0, done.stderr[-2000:]
+        manifest = json.loads((out / "manifest.json").read_text())
+        assert manifest["sources"][0]["format"] == "labelstudio"
+        options = manifest["settings"]["options"]
+        assert options["bucket_order"] == ["relevant_results", "biased_results"]
+        assert options["label_config"] == str(LABEL_STUDIO / "ranker.xml")
+        pairs[export] = {
+            (
+                row["prompt"][-1]["content"],
+                frozenset((row["chosen"][0]["content"], row["rejected"][0]["content"])),
+            )
+            for row in load_preferences(out)["train"]
+        }
+    assert pairs["json"] == pairs["min.json"] == pairs["csv"] and len(pairs["json"]) == 4
+
+
+def test_label_studio_buckets_without_an_order_are_quarantined(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    run_cli("data", "import", str(LABEL_STUDIO / "ranker.csv"), "--out", str(out))
+    reasons = [json.loads(line)["reason"] for line in (out / "quarantine.jsonl").read_text().splitlines()]
+    assert len(reasons) == 3 and all("pass --bucket-order BEST,...,WORST to rank them" in r for r in reasons)
+    done = run_cli(
+        "data", "import", str(LABEL_STUDIO / "ranker.csv"), "--out", str(out), "--bucket-order", "a,,b"
+    )
+    assert done.returncode == 2
+    assert (
+        done.stderr.strip().splitlines()[-1]
+        == "error: bucket_order: expected distinct bucket names, got ['a', '', 'b']"
+    )

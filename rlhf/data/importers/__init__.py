@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 from rlhf.data.records import Comparison, Source
-from rlhf.errors import DataError
+from rlhf.errors import ConfigError, DataError
 
 # name -> module defining `IMPORTER`; the order is the auto-detection order (most specific first).
 FORMATS: dict[str, str] = {
@@ -50,7 +50,27 @@ class ImportOptions:
         "overall"  # UltraFeedback: "overall" (overall_score) or an aspect name ("helpfulness", ...)
     )
     argilla_question: str | None = None  # Argilla: the ranking/label question to read (default: auto)
+    prompt_field: str | None = None  # Label Studio: the task data field holding the prompt (default: auto)
+    label_config: str | None = None  # Label Studio: the project's labeling config XML file
+    # Label Studio Ranker buckets, best first: buckets are often categories, so they rank only when named here
+    bucket_order: tuple[str, ...] = ()
     seed: int = 0  # for choices that need randomness (best-vs-random)
+
+    def __post_init__(self) -> None:
+        """A bad bucket order or labeling config is one line before any record is read."""
+        if len(set(self.bucket_order)) != len(self.bucket_order) or not all(self.bucket_order):
+            raise ConfigError(f"bucket_order: expected distinct bucket names, got {list(self.bucket_order)}")
+        if self.label_config is None:
+            return
+        from rlhf.data.importers.labelstudio_config import load_label_config
+
+        buckets = load_label_config(self.label_config).buckets
+        unknown = [name for name in self.bucket_order if name not in buckets]
+        if unknown and buckets:
+            raise ConfigError(
+                f"bucket_order: {', '.join(unknown)} not among the Ranker buckets of {self.label_config} "
+                f"({', '.join(buckets)})"
+            )
 
 
 class Importer(Protocol):

@@ -24,7 +24,8 @@ RATING_PAIRS = ("best-vs-random", "best-vs-worst", "all-above-margin")
 def is_record(record: Any) -> bool:
     """A record a sniffer may look at: an object that no annotation tool wrote.
 
-    Label Studio (`data` with `annotations`/`completions`) and Argilla (`fields` + `responses`, flattened
+    Label Studio (`data` with `annotations`/`completions`; JSON_MIN and CSV rows with `annotator` and
+    `annotation_id` columns) and Argilla (`fields` + `responses`, flattened
     `<q>.responses` columns, v1 question columns `[{user_id, value, status}]` or, after an Arrow round
     trip, `{user_id: [...], value: [...], status: [...]}`) have importers of their own, and
     their rows can carry `prompt`/`chosen`/`rejected` fields that would otherwise look like ours.
@@ -33,6 +34,8 @@ def is_record(record: Any) -> bool:
         return False
     keys = {key for key in record if isinstance(key, str)}
     if "data" in keys and keys & {"annotations", "completions", "predictions"}:
+        return False
+    if {"annotator", "annotation_id"} <= keys:
         return False
     if {"fields", "responses"} <= keys or any(".responses" in key for key in keys):
         return False

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from rlhf.data.importers import BadRow, ImportOptions
-from rlhf.data.importers.labelstudio import (
+from rlhf.data.importers.judgements import (
     Judgement,
     Ranks,
     choice_of,

@@ -1,4 +1,5 @@
-"""Label Studio JSON export: one task per record, one vote per submitted annotation.
+"""Label Studio exports: a task per record (JSON), or a row per annotation (JSON_MIN, CSV); a vote per
+submitted annotation.
 
 A project holds a preference in one of three controls: the Pairwise tag (`selected: left | right`), a
 Choices tag whose values name a side ("Response A", "answer2", "Tie", ...), or the Ranker tag (an ordered
@@ -6,169 +7,43 @@ list, or buckets), whose k-wise order becomes every pair. Cancelled (skipped) an
 submitted annotation without a result is an annotator who saw no winner (in Pairwise, choosing neither side
 deletes the result), so it counts as a tie. Predictions are model pre-annotations, never votes.
 
-The helpers for prompts, choice labels and rankings at the top are shared with the Argilla importer.
+Ranker buckets are ranked only in the order the user gives (`--bucket-order`): the stock "LLM Ranker"
+template's buckets (relevant / biased results) are categories, not a quality order. A JSON_MIN or CSV row is
+read as a task with its one annotation (`labelstudio_min`); the project's labeling config (`--label-config`,
+`labelstudio_config`) names the prompt, the responses and the judging control where field names do not.
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from itertools import combinations
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from rlhf.data.importers import BadRow, ImportOptions
-from rlhf.data.records import Choice, Comparison, Message, Source, Vote, excerpt, user
-
-Ranks = dict[str, int]  # response key -> rank; 1 is best, equal ranks tie
-Judgement = tuple[str | None, Ranks]  # (annotator, ranks)
-
-# --- shared with the Argilla importer -----------------------------------------------------------------
-
-CHAT_KEYS = ("messages", "dialogue", "conversation", "chat")
-PROMPT_KEYS = ("prompt", "question", "instruction", "query", "input", "text")
-_ROLES = {
-    **dict.fromkeys(("user", "human", "customer", "client", "prompter"), "user"),
-    **dict.fromkeys(("assistant", "bot", "chatbot", "ai", "model", "gpt", "agent"), "assistant"),
-    "system": "system",
-}
-_TIES = frozenset(
-    (
-        "tie", "draw", "equal", "both equal", "equally good", "equally bad", "same", "about the same",
-        "both", "both good", "both bad", "tie both bad", "neither", "none", "no preference",
-    )
-)  # fmt: skip
-_SIDES = {"left": 0, "first": 0, "right": 1, "second": 1}
-_LABEL_PREFIX = re.compile(
-    r"^(?:response|answer|reply|completion|output|generation|model|option|candidate|text)\s*"
+from rlhf.data.importers.judgements import (
+    Ranks,
+    choice_of,
+    keys_of,
+    numbered_groups,
+    pair_votes,
+    prompt_key,
+    prompt_messages,
+    ranks_for,
 )
-_LABEL_SUFFIX = re.compile(
-    r"\s*(?:is\s+)?(?:(?:slightly|much|clearly|somewhat|significantly)\s+)?(?:better|preferred|wins)$"
-)
-# keys that differ only by a trailing number (answer1, response-2) or a separated letter (response_a, "a")
-_NUMBERED = re.compile(r"^(?P<stem>.*?)(?:[-_ ]?(?P<digit>\d+)|(?:^|[-_ ])(?P<letter>[a-z]))$", re.IGNORECASE)
-
-
-def prompt_key(data: Mapping[str, Any]) -> str | None:
-    """The key holding the prompt: a conversation list first, else the first non-empty text of the usual names."""
-    for key in CHAT_KEYS:
-        if isinstance(data.get(key), list):
-            return key
-    return next((key for key in PROMPT_KEYS if isinstance(data.get(key), str) and data[key].strip()), None)
-
-
-def prompt_messages(data: Mapping[str, Any]) -> list[Message]:
-    """The prompt as chat messages. Which key holds it is a convention of the project's template, so every
-    key tried is named in the error."""
-    key = prompt_key(data)
-    if key is None:
-        raise BadRow(
-            f"no prompt: expected one of {', '.join(CHAT_KEYS + PROMPT_KEYS)} (keys: {keys_of(data)})"
-        )
-    return _chat_messages(data[key], key) if key in CHAT_KEYS else user(data[key])
-
-
-def _chat_messages(turns: list[Any], key: str) -> list[Message]:
-    """A conversation as {role, content} messages; Label Studio's Paragraphs write {author, text}."""
-    if not turns:
-        raise BadRow(f"'{key}' is an empty conversation")
-    return [_message(turn, f"'{key}' turn {index}") for index, turn in enumerate(turns)]
-
-
-def _message(turn: Any, where: str) -> Message:
-    speaker = turn.get("role", turn.get("author")) if isinstance(turn, Mapping) else None
-    text = turn.get("content", turn.get("text")) if isinstance(turn, Mapping) else None
-    role = _ROLES.get(str(speaker).strip().lower())
-    if role is None or not isinstance(text, str):
-        raise BadRow(
-            f"{where}: expected {{role, content}} or {{author, text}} with a known role, got {excerpt(turn, 80)}"
-        )
-    return {"role": role, "content": text}
-
-
-def _normalize(label: str) -> str:
-    return " ".join(re.sub(r"[^a-z0-9]+", " ", label.lower()).split())
-
-
-def ordinal(label: str) -> int | None:
-    """Which response a label names, from 0: 'Response B' → 1, 'answer1' → 0, 'left' → 0, 'A is better' → 0."""
-    core = _LABEL_PREFIX.sub("", _LABEL_SUFFIX.sub("", _normalize(label)))
-    if core in _SIDES:
-        return _SIDES[core]
-    if core.isdigit():
-        return int(core) - 1 if int(core) >= 1 else None
-    if len(core) == 1 and core.isalpha():
-        return ord(core) - ord("a")
-    return None
-
-
-def choice_of(label: str) -> Choice | None:
-    """A two-sided judgement from a label ('Response A', 'answer2', 'Tie', 'Both equal'); None if it is neither."""
-    if _normalize(label) in _TIES:
-        return "tie"
-    side = ordinal(label)
-    return "a" if side == 0 else "b" if side == 1 else None
-
-
-def ranks_for(choice: Choice, first: str, second: str) -> Ranks:
-    """A two-sided judgement as ranks, so pairs and k-wise rankings share one path to votes."""
-    return {first: 1 if choice != "b" else 2, second: 1 if choice != "a" else 2}
-
-
-def numbered_groups(keys: Iterable[str]) -> list[list[str]]:
-    """Keys that differ only by a trailing number or letter (answer1/answer2, response-a/response-b), each
-    group in its numbering order: the usual way to name responses shown side by side."""
-    groups: dict[tuple[str, bool], dict[int, str]] = {}
-    for key in keys:
-        match = _NUMBERED.match(key)
-        if match:
-            digit, letter = match["digit"], match["letter"]
-            index = int(digit) if digit else ord(letter.lower()) - ord("a")
-            groups.setdefault((match["stem"].lower(), bool(digit)), {})[index] = key
-    return [[group[index] for index in sorted(group)] for group in groups.values() if len(group) >= 2]
-
-
-def pair_votes(
-    order: Sequence[str], judgements: Sequence[Judgement]
-) -> Iterator[tuple[str, str, list[Vote]]]:
-    """Every pair of responses, in display order, with the vote of each annotator who ranked both: k-wise
-    rankings become pairs and equal ranks become ties. Pairs nobody judged are left out, and a record where
-    no pair was judged is unusable rather than silently empty."""
-    judged = False
-    for first, second in combinations(order, 2):
-        votes = [
-            Vote(annotator, _compare(ranks[first], ranks[second]))
-            for annotator, ranks in judgements
-            if first in ranks and second in ranks
-        ]
-        if votes:
-            judged = True
-            yield first, second, votes
-    if not judged:
-        raise BadRow(f"no pair of responses was judged (responses: {', '.join(order) or 'none'})")
-
-
-def _compare(first: int, second: int) -> Choice:
-    return "a" if first < second else "b" if first > second else "tie"
-
-
-def keys_of(data: Mapping[str, Any]) -> str:
-    """The keys of a record for an error message."""
-    return ", ".join(sorted(map(str, data))) or "none"
-
-
-# --- Label Studio ---------------------------------------------------------------------------------------
+from rlhf.data.importers.labelstudio_config import LabelConfig, load_label_config
+from rlhf.data.importers.labelstudio_min import is_row, row_task, unexplained
+from rlhf.data.records import Choice, Comparison, Source, excerpt
 
 Control = tuple[str, str, str]  # (result type, from_name, to_name) of the control that holds the preference
 
 
 class LabelStudioImporter:
-    """Tasks of a Label Studio JSON export (the list the "JSON" export writes, one task per record)."""
+    """Tasks of a Label Studio JSON export, or rows of its JSON_MIN and CSV exports."""
 
     name = "labelstudio"
 
     def sniff(self, record: Mapping[str, Any]) -> bool:
-        """A task: a `data` object with an `annotations` (or `predictions`) list."""
-        return (
+        """A task (a `data` object with an `annotations` or `predictions` list) or an annotation row."""
+        return is_row(record) or (
             isinstance(record, Mapping)
             and isinstance(record.get("data"), Mapping)
             and (isinstance(record.get("annotations"), list) or isinstance(record.get("predictions"), list))
@@ -177,23 +52,39 @@ class LabelStudioImporter:
     def comparisons(
         self, record: Mapping[str, Any], source: Source, options: ImportOptions
     ) -> Iterator[Comparison]:
-        """One comparison per pair of responses, with a vote from every submitted annotation."""
-        data = record.get("data")
+        """One comparison per pair of responses, with a vote from every submitted annotation (of a row: one)."""
+        config = load_label_config(options.label_config) if options.label_config else None
+        row = is_row(record)
+        task = row_task(record, config, options) if row else record
+        data = task.get("data")
         if not isinstance(data, Mapping):
             raise BadRow("task has no 'data' object")
-        submitted = _submitted(record.get("annotations"))
-        control = _control(submitted)
+        submitted = _submitted(task.get("annotations"))
+        control = _control(submitted, config)
         texts = (
-            _ranked_items(data, submitted, control)
+            _ranked_items(data, submitted, control, options.bucket_order)
             if control and control[0] == "ranker"
             else _pair(data, control)
         )
+        shown = config.prompt if config else None
+        if row and control is None and config is None:
+            _no_hidden_judgement(data, {prompt_key(data, shown) or "", options.prompt_field or "", *texts})
         judgements = [
-            (_annotator(annotation), _ranks(annotation, control, texts)) for annotation in submitted
+            (_annotator(annotation), _ranks(annotation, control, texts, options.bucket_order))
+            for annotation in submitted
         ]
-        prompt = prompt_messages(data)
+        prompt = prompt_messages(data, shown, options.prompt_field)
         for first, second, votes in pair_votes(list(texts), judgements):
             yield Comparison(prompt, texts[first], texts[second], votes, source)
+
+
+def _no_hidden_judgement(data: Mapping[str, Any], used: set[str]) -> None:
+    """A row in which no result was recognized is a no-preference tie only if nothing else is in it."""
+    if others := unexplained(data, used):
+        raise BadRow(
+            f"no Pairwise, Ranker or Choices result recognized in the row (other columns: {', '.join(others)}); "
+            "pass --label-config with the project's labeling config, or import the JSON export"
+        )
 
 
 def _submitted(annotations: Any) -> list[Mapping[str, Any]]:
@@ -216,14 +107,22 @@ def _results(annotation: Mapping[str, Any]) -> list[Mapping[str, Any]]:
     return results
 
 
-def _control(submitted: list[Mapping[str, Any]]) -> Control | None:
-    """The control whose results are the preference; None when no annotator left any result (all no-preference)."""
+def _control(submitted: list[Mapping[str, Any]], config: LabelConfig | None) -> Control | None:
+    """The control whose results are the preference (the labeling config's, where given); None when no
+    annotator left any result (all no-preference)."""
     seen = {
         (str(item.get("type")), str(item.get("from_name")), str(item.get("to_name")))
         for annotation in submitted
         for item in _results(annotation)
     }
     direct = sorted(control for control in seen if control[0] in ("pairwise", "ranker"))
+    if config is not None:
+        if others := sorted({tag for _, tag, _ in direct} - {config.control}):
+            raise BadRow(
+                f"results of {', '.join(others)}, which is not the labeling config's {config.kind} "
+                f"'{config.control}': is it the config of another project?"
+            )
+        return (config.kind, config.control, ",".join(config.responses))
     if len({tag for _, tag, _ in direct}) > 1:
         raise BadRow(
             f"several comparison controls in one task: {', '.join(sorted({tag for _, tag, _ in direct}))}"
@@ -288,11 +187,13 @@ def _texts(data: Mapping[str, Any], keys: list[str]) -> dict[str, str]:
 
 
 def _ranked_items(
-    data: Mapping[str, Any], submitted: list[Mapping[str, Any]], control: Control
+    data: Mapping[str, Any], submitted: list[Mapping[str, Any]], control: Control, order: tuple[str, ...]
 ) -> dict[str, str]:
-    """The texts of the List the Ranker ordered: the list in the task data whose item ids cover every ranked id."""
-    ranked = {item for annotation in submitted for item in _ranker_ranks(annotation, control[1]) or {}}
-    for value in data.values():
+    """The texts of the List the Ranker ordered: the labeling config's List field, else the list in the task
+    data whose item ids cover every ranked id."""
+    ranked = {item for annotation in submitted for item in _ranker_ranks(annotation, control[1], order) or {}}
+    named = [data[control[2]]] if control[2] in data else []
+    for value in [*named, *data.values()]:
         if (
             isinstance(value, list)
             and value
@@ -314,9 +215,10 @@ def _item_text(item_id: str, item: Mapping[str, Any]) -> str:
     raise BadRow(f"list item '{item_id}' has no text body: {excerpt(item, 80)}")
 
 
-def _ranker_ranks(annotation: Mapping[str, Any], tag: str) -> Ranks | None:
+def _ranker_ranks(annotation: Mapping[str, Any], tag: str, order: tuple[str, ...]) -> Ranks | None:
     """Item ranks from a Ranker result: `{tag: [ids]}` (or a bare list) is an order; otherwise the keys are
-    buckets, best first, whose items tie, and the '_' column holds items left unsorted, so they get no rank."""
+    buckets, whose items tie and which rank only in the user's `order` (best first); the '_' column holds
+    items left unsorted, so they get no rank."""
     values = [_value(item) for item in _results(annotation) if item.get("from_name") == tag]
     if not values:
         return None
@@ -326,18 +228,31 @@ def _ranker_ranks(annotation: Mapping[str, Any], tag: str) -> Ranks | None:
     if isinstance(ranker, list):
         return {str(item): rank for rank, item in enumerate(ranker, 1)}
     if isinstance(ranker, Mapping) and all(isinstance(ids, list) for ids in ranker.values()):
-        buckets = [ids for name, ids in ranker.items() if name != "_" and ids]
-        return {str(item): tier for tier, ids in enumerate(buckets, 1) for item in ids}
+        buckets = {name: ids for name, ids in ranker.items() if name != "_" and ids}
+        if unordered := [name for name in buckets if name not in order]:
+            raise BadRow(_unordered_buckets(tag, unordered, order))
+        return {str(item): order.index(name) + 1 for name, ids in buckets.items() for item in ids}
     raise BadRow(f"annotation {annotation.get('id')}: unreadable Ranker value {excerpt(values[0], 80)}")
 
 
-def _ranks(annotation: Mapping[str, Any], control: Control | None, texts: dict[str, str]) -> Ranks:
+def _unordered_buckets(tag: str, buckets: list[str], order: tuple[str, ...]) -> str:
+    if order:
+        return f"Ranker '{tag}' bucket {', '.join(buckets)} is not in --bucket-order ({', '.join(order)})"
+    return (
+        f"Ranker '{tag}' sorted items into buckets ({', '.join(buckets)}), which may be categories rather "
+        "than a quality order; pass --bucket-order BEST,...,WORST to rank them"
+    )
+
+
+def _ranks(
+    annotation: Mapping[str, Any], control: Control | None, texts: dict[str, str], order: tuple[str, ...]
+) -> Ranks:
     """One annotator's judgement as ranks over the responses; no result for the control means no preference."""
     if control is None:
         return dict.fromkeys(texts, 1)
     kind, tag, _ = control
     if kind == "ranker":
-        ranks = _ranker_ranks(annotation, tag)
+        ranks = _ranker_ranks(annotation, tag, order)
         return dict.fromkeys(texts, 1) if ranks is None else ranks
     first, second = texts
     choice = _pairwise_choice(annotation, tag) if kind == "pairwise" else _choices_choice(annotation, tag)
@@ -373,10 +288,11 @@ def _value(item: Mapping[str, Any]) -> Mapping[str, Any]:
 
 
 def _annotator(annotation: Mapping[str, Any]) -> str | None:
-    """`completed_by` is a user id or a user object depending on version and export path."""
+    """`completed_by` is a user id, or a user object where the export expanded users; Label Studio's JSON_MIN
+    and CSV exports name that user by email, so the same annotator keeps one name in every export type."""
     who = annotation.get("completed_by")
     if isinstance(who, Mapping):
-        who = who.get("id") if who.get("id") is not None else who.get("email")
+        who = who.get("email") if who.get("email") is not None else who.get("id")
     return None if who is None else str(who)
 
 
