@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import bisect
 import contextlib
 import hashlib
 import json
@@ -20,12 +19,11 @@ import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from rlhf.data.records import PreferenceRecord
 from rlhf.errors import DataError
 
 if TYPE_CHECKING:
@@ -41,12 +39,12 @@ MANIFEST, REPORT, QUARANTINE, DUPLICATES = (
 DATASET_FORMAT, DATASET_VERSION = "rlhf-preferences", 1
 BATCH_ROWS = 4096
 
-_MESSAGES = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
+MESSAGES = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
 SCHEMA = pa.schema(
     [
-        ("prompt", _MESSAGES),
-        ("chosen", _MESSAGES),
-        ("rejected", _MESSAGES),
+        ("prompt", MESSAGES),
+        ("chosen", MESSAGES),
+        ("rejected", MESSAGES),
         ("margin", pa.float64()),
         ("tie", pa.bool_()),
         ("annotators", pa.list_(pa.string())),
@@ -55,8 +53,6 @@ SCHEMA = pa.schema(
         ("source_row", pa.string()),
     ]
 )
-
-_FIELDS = operator.attrgetter(*SCHEMA.names)  # a PreferenceRecord as a row in schema order
 
 
 def load_preferences(out_dir: Path) -> DatasetDict:
@@ -100,17 +96,20 @@ def fingerprint(out_dir: Path, files: dict[str, list[str]]) -> str:
 
 
 class SplitWriter:
-    """One split's parquet file, written a batch of rows at a time."""
+    """One split's parquet file, written a batch of rows at a time. A row is any object with the schema's
+    field names as attributes (a PreferenceRecord for SCHEMA)."""
 
     NAME = "data.parquet"
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, schema: pa.Schema = SCHEMA) -> None:
         directory.mkdir()
-        self._writer = pq.ParquetWriter(directory / self.NAME, SCHEMA)
-        self._pending: list[PreferenceRecord] = []
+        self._schema = schema
+        self._fields = operator.attrgetter(*schema.names)
+        self._writer = pq.ParquetWriter(directory / self.NAME, schema)
+        self._pending: list[Any] = []
         self.rows = 0
 
-    def add(self, record: PreferenceRecord) -> None:
+    def add(self, record: Any) -> None:
         self._pending.append(record)
         self.rows += 1
         if len(self._pending) >= BATCH_ROWS:
@@ -118,9 +117,9 @@ class SplitWriter:
 
     def flush(self) -> None:
         if self._pending:
-            columns = zip(*map(_FIELDS, self._pending), strict=True)
-            columns = [pa.array(values, type=f.type) for values, f in zip(columns, SCHEMA, strict=True)]
-            self._writer.write_batch(pa.record_batch(columns, schema=SCHEMA))
+            columns = zip(*map(self._fields, self._pending), strict=True)
+            columns = [pa.array(values, type=f.type) for values, f in zip(columns, self._schema, strict=True)]
+            self._writer.write_batch(pa.record_batch(columns, schema=self._schema))
             self._pending = []
 
     def close(self) -> None:
@@ -130,19 +129,10 @@ class SplitWriter:
             self._writer.close()
 
 
-def sources_of_rows(path: Path, wanted: set[int]) -> dict[int, tuple[str, str]]:
-    """Source file and row of the wanted rows of a written split, read a batch at a time."""
-    rows, found, offset = sorted(wanted), {}, 0
-    for batch in pq.ParquetFile(path).iter_batches(batch_size=65536, columns=["source_file", "source_row"]):
-        lo, hi = bisect.bisect_left(rows, offset), bisect.bisect_left(rows, offset + batch.num_rows)
-        if lo < hi:
-            picked = batch.take(pa.array([row - offset for row in rows[lo:hi]])).to_pylist()
-            found.update(
-                (row, (hit["source_file"], hit["source_row"]))
-                for row, hit in zip(rows[lo:hi], picked, strict=True)
-            )
-        offset += batch.num_rows
-    return found
+def read_rows(path: Path, columns: list[str] | None = None) -> Iterator[dict[str, Any]]:
+    """The rows of a parquet file as dicts, in order, a batch at a time."""
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=BATCH_ROWS, columns=columns):
+        yield from batch.to_pylist()
 
 
 @contextlib.contextmanager
