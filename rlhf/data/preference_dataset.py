@@ -19,11 +19,12 @@ import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from rlhf.data.records import PreferenceRecord
 from rlhf.errors import DataError
 
 if TYPE_CHECKING:
@@ -39,12 +40,12 @@ MANIFEST, REPORT, QUARANTINE, DUPLICATES = (
 DATASET_FORMAT, DATASET_VERSION = "rlhf-preferences", 1
 BATCH_ROWS = 4096
 
-MESSAGES = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
+_MESSAGES = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
 SCHEMA = pa.schema(
     [
-        ("prompt", MESSAGES),
-        ("chosen", MESSAGES),
-        ("rejected", MESSAGES),
+        ("prompt", _MESSAGES),
+        ("chosen", _MESSAGES),
+        ("rejected", _MESSAGES),
         ("margin", pa.float64()),
         ("tie", pa.bool_()),
         ("annotators", pa.list_(pa.string())),
@@ -53,6 +54,8 @@ SCHEMA = pa.schema(
         ("source_row", pa.string()),
     ]
 )
+
+_FIELDS = operator.attrgetter(*SCHEMA.names)  # a PreferenceRecord as a row in schema order
 
 
 def load_preferences(out_dir: Path) -> DatasetDict:
@@ -96,20 +99,17 @@ def fingerprint(out_dir: Path, files: dict[str, list[str]]) -> str:
 
 
 class SplitWriter:
-    """One split's parquet file, written a batch of rows at a time. A row is any object with the schema's
-    field names as attributes (a PreferenceRecord for SCHEMA)."""
+    """One split's parquet file, written a batch of rows at a time."""
 
     NAME = "data.parquet"
 
-    def __init__(self, directory: Path, schema: pa.Schema = SCHEMA) -> None:
+    def __init__(self, directory: Path) -> None:
         directory.mkdir()
-        self._schema = schema
-        self._fields = operator.attrgetter(*schema.names)
-        self._writer = pq.ParquetWriter(directory / self.NAME, schema)
-        self._pending: list[Any] = []
+        self._writer = pq.ParquetWriter(directory / self.NAME, SCHEMA)
+        self._pending: list[PreferenceRecord] = []
         self.rows = 0
 
-    def add(self, record: Any) -> None:
+    def add(self, record: PreferenceRecord) -> None:
         self._pending.append(record)
         self.rows += 1
         if len(self._pending) >= BATCH_ROWS:
@@ -117,9 +117,9 @@ class SplitWriter:
 
     def flush(self) -> None:
         if self._pending:
-            columns = zip(*map(self._fields, self._pending), strict=True)
-            columns = [pa.array(values, type=f.type) for values, f in zip(columns, self._schema, strict=True)]
-            self._writer.write_batch(pa.record_batch(columns, schema=self._schema))
+            columns = zip(*map(_FIELDS, self._pending), strict=True)
+            columns = [pa.array(values, type=f.type) for values, f in zip(columns, SCHEMA, strict=True)]
+            self._writer.write_batch(pa.record_batch(columns, schema=SCHEMA))
             self._pending = []
 
     def close(self) -> None:
@@ -127,12 +127,6 @@ class SplitWriter:
             self.flush()
         finally:
             self._writer.close()
-
-
-def read_rows(path: Path, columns: list[str] | None = None) -> Iterator[dict[str, Any]]:
-    """The rows of a parquet file as dicts, in order, a batch at a time."""
-    for batch in pq.ParquetFile(path).iter_batches(batch_size=BATCH_ROWS, columns=columns):
-        yield from batch.to_pylist()
 
 
 @contextlib.contextmanager

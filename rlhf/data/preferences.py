@@ -301,8 +301,8 @@ class _Run:
         threshold = self.settings.min_annotator_agreement
         if threshold is not None:
             tracker = AgreementTracker()
-            for votes in self.pending.votes():
-                tracker.add(counted_votes(votes, frozenset()))
+            for _, comparison, _, _ in self.pending.comparisons():
+                tracker.add(counted_votes(comparison.votes, frozenset()))
             self.first_pass = tracker.result()
             self.excluded = self.first_pass.below(threshold)
         for row, comparison, test, merged in self.pending.comparisons():
