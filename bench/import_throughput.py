@@ -220,31 +220,33 @@ def main(argv: list[str] | None = None) -> None:
             table.append((name, file.stat().st_size / 2**20, median))
 
     print(f"\nmedian of {args.repeats} runs, each in its own process\n")
-    print(
-        "| export | MiB | rows | baseline rows/s | import rows/s | time ratio | baseline peak MiB "
-        "| import peak MiB | import growth MiB | peak ratio |"
-    )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    rows = []
     for name, size, median in table:
         base, imp = median["baseline"], median["import"]
-        print(
-            f"| {name} | {size:.0f} | {imp['rows']:.0f} | {base['rows'] / base['seconds']:,.0f} "
-            f"| {imp['rows'] / imp['seconds']:,.0f} | {imp['seconds'] / base['seconds']:.1f}× "
-            f"| {base['peak_mib']:.0f} | {imp['peak_mib']:.0f} | {imp['growth_mib']:.0f} "
-            f"| {imp['peak_mib'] / base['peak_mib']:.1f}× |"
-        )
+        rows.append([name, f"{size:.0f}", f"{imp['rows']:.0f}", f"{base['rows'] / base['seconds']:,.0f}",
+                     f"{imp['rows'] / imp['seconds']:,.0f}", f"{imp['seconds'] / base['seconds']:.1f}×",
+                     f"{base['peak_mib']:.0f}", f"{imp['peak_mib']:.0f}", f"{imp['growth_mib']:.0f}",
+                     f"{imp['peak_mib'] / base['peak_mib']:.1f}×"])  # fmt: skip
+    print_table(["export", "MiB", "rows", "baseline rows/s", "import rows/s", "time ratio", "baseline peak MiB",
+                 "import peak MiB", "import growth MiB", "peak ratio"], rows)  # fmt: skip
     if args.compare_tree:
         print(f"\nthis import against {args.compare_tree}'s\n")
-        print(
-            "| export | seconds | compared seconds | time ratio | peak MiB | compared peak MiB | peak ratio |"
-        )
-        print("|---|---:|---:|---:|---:|---:|---:|")
+        rows = []
         for name, _, median in table:
             imp, other = median["import"], median["compared"]
-            print(
-                f"| {name} | {imp['seconds']:.2f} | {other['seconds']:.2f} | {imp['seconds'] / other['seconds']:.2f}× "
-                f"| {imp['peak_mib']:.0f} | {other['peak_mib']:.0f} | {imp['peak_mib'] / other['peak_mib']:.2f}× |"
-            )
+            rows.append([name, f"{imp['seconds']:.2f}", f"{other['seconds']:.2f}",
+                         f"{imp['seconds'] / other['seconds']:.2f}×", f"{imp['peak_mib']:.0f}",
+                         f"{other['peak_mib']:.0f}", f"{imp['peak_mib'] / other['peak_mib']:.2f}×"])  # fmt: skip
+        print_table(["export", "seconds", "compared seconds", "time ratio", "peak MiB", "compared peak MiB",
+                     "peak ratio"], rows)  # fmt: skip
+
+
+def print_table(header: list[str], rows: list[list[str]]) -> None:
+    """A markdown table: the first column left-aligned, the numbers right-aligned."""
+    print(f"| {' | '.join(header)} |")
+    print("|---|" + "---:|" * (len(header) - 1))
+    for row in rows:
+        print(f"| {' | '.join(row)} |")
 
 
 if __name__ == "__main__":
