@@ -46,6 +46,7 @@ def test_a_swapped_pair_is_a_vote_the_other_way(tmp_path: Path, fake_format: Non
     [quarantined] = listed(dropped.quarantine_path)
     assert (quarantined["source_row"], quarantined["reason"]) == ("line 1", "tie dropped (ties=drop)")
     [duplicate] = listed(dropped.duplicates_path)
+    assert list(duplicate) == ["source_file", "source_row", "kind", "duplicate_of"]
     assert (duplicate["source_row"], duplicate["kind"]) == ("line 2", "merged vote")
     assert duplicate["duplicate_of"] == {
         "quarantined": "tie dropped (ties=drop)",
@@ -64,7 +65,7 @@ def test_a_swapped_pair_is_a_vote_the_other_way(tmp_path: Path, fake_format: Non
     assert (record["annotators"], record["votes"]) == (["ann1", "ann2"], ["chosen", "rejected"])
     assert listed(kept.duplicates_path)[0]["duplicate_of"]["split"] == "train"
     text = kept.report_path.read_text()
-    assert "| merged vote | 1 |" in text and "1 of them are **conflicts**" in text
+    assert "| merged vote | 1 |" in text and "- **conflicts** among them: 1 (" in text
 
 
 def test_two_against_one_across_records_files_and_orientations(tmp_path: Path, fake_format: None) -> None:

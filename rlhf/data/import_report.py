@@ -55,9 +55,9 @@ def render_report(manifest: dict[str, Any]) -> str:
         "",
         MERGING,
         "",
-        f"- {counts['merged']} comparisons were seen in more than one record; their votes were merged.",
-        f"- {counts['conflicts']} of them are **conflicts**: their merged votes (those that count) are not "
-        "unanimous, so the records contradict each other in part (one chose a, another b or a tie).",
+        f"- comparisons seen in more than one record (votes merged): {counts['merged']}",
+        f"- **conflicts** among them: {counts['conflicts']} (their merged votes, those that count, are not "
+        "unanimous: one record chose a, another b or a tie)",
         "",
         "## Annotators",
         "",

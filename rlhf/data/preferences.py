@@ -306,6 +306,8 @@ class _Run:
             self.first_pass = tracker.result()
             self.excluded = self.first_pass.below(threshold)
         for row, comparison, test, merged in self.pending.comparisons():
+            if (row + 1) % PROGRESS_EVERY == 0:
+                log.info("import: %d comparisons decided", row + 1)
             votes = counted_votes(comparison.votes, self.excluded)
             self.agreement.add(votes)
             self.merged += merged
@@ -394,7 +396,8 @@ class _Run:
         with spool.open(encoding="utf-8") as lines, _jsonl(self.directory / DUPLICATES) as out:
             for line in lines:
                 entry = json.loads(line)
-                out.write(_dumps({**entry, "duplicate_of": self.originals[entry.pop("pending")]}))
+                of = self.originals[entry.pop("pending")]
+                out.write(_dumps({**entry, "duplicate_of": of}))
         spool.unlink()
 
 
