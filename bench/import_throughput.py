@@ -15,12 +15,18 @@ includes the interpreter and the libraries each side imports (pyarrow is most of
 
     python bench/import_throughput.py                     # full size, 3 repeats
     python bench/import_throughput.py --scale 0.05 --repeats 1
+    python bench/import_throughput.py --scale 0.1 --repeats 1 --compare-tree /tmp/old-checkout
+
+`--compare-tree` also times the import of another checkout of this repository (its `rlhf` package, e.g.
+`git worktree add /tmp/old-checkout HEAD~1`), alternating with this one in the same run, and prints this
+import's time and peak against it: a before/after ratio under the same load.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import resource
 import statistics
@@ -164,9 +170,11 @@ def worker(variant: str, file: Path, out: Path) -> dict[str, float]:
     }
 
 
-def run_worker(variant: str, file: Path, out: Path) -> dict[str, float]:
+def run_worker(variant: str, file: Path, out: Path, tree: Path | None = None) -> dict[str, float]:
+    """One variant in its own process; `tree` is a checkout whose `rlhf` the import uses instead of this one's."""
     command = [sys.executable, __file__, "--worker", variant, "--file", str(file), "--out", str(out)]
-    done = subprocess.run(command, check=True, capture_output=True, text=True)
+    env = {**os.environ, "PYTHONPATH": str(tree or Path(__file__).resolve().parent.parent)}
+    done = subprocess.run(command, check=True, capture_output=True, text=True, env=env)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -178,6 +186,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--scale", type=float, default=1.0, help="fraction of the full sizes (1M rows, 200k tasks)"
     )
+    parser.add_argument("--compare-tree", type=Path, help="another checkout whose import is timed too")
     parser.add_argument("--worker", choices=("baseline", "import"), help=argparse.SUPPRESS)
     parser.add_argument("--file", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
@@ -194,30 +203,50 @@ def main(argv: list[str] | None = None) -> None:
         write_labelstudio(files["labelstudio"], tasks, annotations=3)
         for name, file in files.items():
             runs: dict[str, list[dict[str, float]]] = {"baseline": [], "import": []}
+            if args.compare_tree:
+                runs["compared"] = []
             for repeat in range(args.repeats):
                 for variant in runs:
-                    result = run_worker(variant, file, Path(tmp) / f"out-{name}-{repeat}")
+                    tree = args.compare_tree if variant == "compared" else None
+                    worker_variant = "import" if variant == "compared" else variant
+                    out = Path(tmp) / f"out-{name}-{variant}-{repeat}"
+                    result = run_worker(worker_variant, file, out, tree)
                     runs[variant].append(result)
                     print(f"{name} {variant} #{repeat}: {result}", file=sys.stderr)
             median = {
                 variant: {key: statistics.median(r[key] for r in results) for key in results[0]}
                 for variant, results in runs.items()
             }
-            table.append((name, file.stat().st_size / 2**20, median["baseline"], median["import"]))
+            table.append((name, file.stat().st_size / 2**20, median))
 
     print(f"\nmedian of {args.repeats} runs, each in its own process\n")
-    print(
-        "| export | MiB | rows | baseline rows/s | import rows/s | time ratio | baseline peak MiB "
-        "| import peak MiB | import growth MiB | peak ratio |"
-    )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for name, size, base, imp in table:
-        print(
-            f"| {name} | {size:.0f} | {imp['rows']:.0f} | {base['rows'] / base['seconds']:,.0f} "
-            f"| {imp['rows'] / imp['seconds']:,.0f} | {imp['seconds'] / base['seconds']:.1f}× "
-            f"| {base['peak_mib']:.0f} | {imp['peak_mib']:.0f} | {imp['growth_mib']:.0f} "
-            f"| {imp['peak_mib'] / base['peak_mib']:.1f}× |"
-        )
+    rows = []
+    for name, size, median in table:
+        base, imp = median["baseline"], median["import"]
+        rows.append([name, f"{size:.0f}", f"{imp['rows']:.0f}", f"{base['rows'] / base['seconds']:,.0f}",
+                     f"{imp['rows'] / imp['seconds']:,.0f}", f"{imp['seconds'] / base['seconds']:.1f}×",
+                     f"{base['peak_mib']:.0f}", f"{imp['peak_mib']:.0f}", f"{imp['growth_mib']:.0f}",
+                     f"{imp['peak_mib'] / base['peak_mib']:.1f}×"])  # fmt: skip
+    print_table(["export", "MiB", "rows", "baseline rows/s", "import rows/s", "time ratio", "baseline peak MiB",
+                 "import peak MiB", "import growth MiB", "peak ratio"], rows)  # fmt: skip
+    if args.compare_tree:
+        print(f"\nthis import against {args.compare_tree}'s\n")
+        rows = []
+        for name, _, median in table:
+            imp, other = median["import"], median["compared"]
+            rows.append([name, f"{imp['seconds']:.2f}", f"{other['seconds']:.2f}",
+                         f"{imp['seconds'] / other['seconds']:.2f}×", f"{imp['peak_mib']:.0f}",
+                         f"{other['peak_mib']:.0f}", f"{imp['peak_mib'] / other['peak_mib']:.2f}×"])  # fmt: skip
+        print_table(["export", "seconds", "compared seconds", "time ratio", "peak MiB", "compared peak MiB",
+                     "peak ratio"], rows)  # fmt: skip
+
+
+def print_table(header: list[str], rows: list[list[str]]) -> None:
+    """A markdown table: the first column left-aligned, the numbers right-aligned."""
+    print(f"| {' | '.join(header)} |")
+    print("|---|" + "---:|" * (len(header) - 1))
+    for row in rows:
+        print(f"| {' | '.join(row)} |")
 
 
 if __name__ == "__main__":

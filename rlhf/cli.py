@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from rlhf.errors import RlhfError
+from rlhf.errors import DataError, RlhfError
 
 if TYPE_CHECKING:
     from rlhf.config import PipelineConfig
@@ -464,6 +464,8 @@ def _import(args: argparse.Namespace) -> None:
     )  # fmt: skip
     count_tokens = _token_counter(args.tokenizer, args.registry) if args.tokenizer else None
     report = import_preferences([Path(s) for s in args.sources], Path(args.out), settings, count_tokens)
+    if (nothing := report.nothing_kept()) is not None:
+        raise DataError(nothing)  # the outputs stay for inspection
     print(report.identity)
     print(f"train {report.train}, test {report.test}; quarantine: {report.quarantine_path}")
     print(f"dataset {report.out_dir} (fingerprint {report.fingerprint[:12]}); report: {report.report_path}")

@@ -24,7 +24,7 @@ from rlhf.data.importers import ImportOptions
 from rlhf.data.preferences import ImportSettings, import_preferences
 from rlhf.data.synthetic import write_synthetic_task
 from rlhf.distributed import is_first_node, node_rank, rank_info
-from rlhf.errors import ConfigError
+from rlhf.errors import ConfigError, DataError
 from rlhf.models import registry_model
 from rlhf.registry import Registry, default_registry_path, is_reference
 from rlhf.runs import RECORD_FILE
@@ -168,6 +168,8 @@ def import_exports(exports: list[Path], prefs: PreferencesConfig, out_dir: Path)
                               min_annotator_agreement=prefs.min_annotator_agreement,
                               test_fraction=prefs.test_fraction, split_seed=prefs.split_seed)  # fmt: skip
     report = import_preferences(exports, out_dir, settings)
+    if (nothing := report.nothing_kept()) is not None:
+        raise DataError(nothing)
     log.info("preferences: %s (report: %s)", report.identity, report.report_path)
     return out_dir
 

@@ -6,7 +6,10 @@ import csv
 import json
 from pathlib import Path
 
+import pytest
+
 from rlhf.data.preference_dataset import load_preferences
+from rlhf.errors import DataError
 from rlhf.registry import Registry
 from tests.conftest import run_cli
 
@@ -98,7 +101,7 @@ LABEL_STUDIO = Path(__file__).parent / "data" / "labelstudio"
 
 def test_label_studio_json_min_and_csv_import_like_json(tmp_path: Path) -> None:
     """One LLM Ranker project exported three ways; its buckets are ranked in the order the user gives."""
-    pairs = {}
+    pairs, votes = {}, {}
     for export in ("json", "min.json", "csv"):
         out = tmp_path / export
         done = run_cli("data", "import", str(LABEL_STUDIO / f"ranker.{export}"), "--out", str(out),
@@ -110,6 +113,7 @@ def test_label_studio_json_min_and_csv_import_like_json(tmp_path: Path) -> None:
         options = manifest["settings"]["options"]
         assert options["bucket_order"] == ["relevant_results", "biased_results"]
         assert options["label_config"] == str(LABEL_STUDIO / "ranker.xml")
+        votes[export] = manifest["agreement"], manifest["annotators"], manifest["counts"]["kept"]
         pairs[export] = {
             (
                 row["prompt"][-1]["content"],
@@ -118,6 +122,8 @@ def test_label_studio_json_min_and_csv_import_like_json(tmp_path: Path) -> None:
             for row in load_preferences(out)["train"]
         }
     assert pairs["json"] == pairs["min.json"] == pairs["csv"] and len(pairs["json"]) == 4
+    # a task's annotators, one row each in JSON_MIN and CSV, are merged into votes on one comparison
+    assert votes["json"] == votes["min.json"] == votes["csv"], votes
 
 
 def test_label_studio_buckets_without_an_order_are_quarantined(tmp_path: Path) -> None:
@@ -133,3 +139,103 @@ def test_label_studio_buckets_without_an_order_are_quarantined(tmp_path: Path) -
         done.stderr.strip().splitlines()[-1]
         == "error: bucket_order: expected distinct bucket names, got ['a', '', 'b']"
     )
+
+
+def _labelstudio_task(number: int, data: dict, result: dict) -> dict:
+    """A task as Label Studio's JSON export writes it, with one submitted annotation."""
+    annotation = {
+        "id": 100 + number,
+        "completed_by": 1,
+        "was_cancelled": False,
+        "ground_truth": False,
+        "result": [{"id": f"r{number}", "origin": "manual", **result}],
+        "lead_time": 4.2,
+        "created_at": "2024-05-02T10:00:00.000000Z",
+        "task": number,
+        "project": 3,
+    }
+    return {
+        "id": number,
+        "data": data,
+        "annotations": [annotation],
+        "predictions": [],
+        "meta": {},
+        "inner_id": number,
+        "total_annotations": 1,
+        "cancelled_annotations": 0,
+    }
+
+
+def _arena_battle(number: int) -> dict:
+    """A battle of Chatbot Arena's published battle logs: the vote, but no conversation text."""
+    return {
+        "question_id": f"{number:032x}",
+        "model_a": "vicuna-13b",
+        "model_b": "koala-13b",
+        "winner": "model_a",
+        "judge": f"arena_user_{number}",
+        "turn": 1,
+        "anony": True,
+        "language": "English",
+        "tstamp": 1682351591.13 + number,
+        "num_tokens_info": {"context_a_tokens": 16, "context_b_tokens": 16},
+        "is_code": False,
+    }
+
+
+SENTIMENT = {
+    "type": "choices",
+    "from_name": "sentiment",
+    "to_name": "text",
+    "value": {"choices": ["Positive"]},
+}
+POLYGON = {
+    "type": "polygonlabels",
+    "from_name": "label",
+    "to_name": "image",
+    "original_width": 1280,
+    "original_height": 720,
+    "image_rotation": 0,
+    "value": {"points": [[12.5, 20.0], [40.1, 22.3], [30.0, 55.7]], "closed": True, "polygonlabels": ["Car"]},
+}
+NOTHING_TO_KEEP = {
+    "arena_battles.json": [_arena_battle(i) for i in range(4)],
+    "sentiment.json": [
+        _labelstudio_task(i, {"text": f"It broke after {i} days."}, SENTIMENT) for i in (1, 2, 3)
+    ],
+    "polygons.json": [
+        _labelstudio_task(i, {"image": f"/data/upload/3/street-{i}.jpg"}, POLYGON) for i in (1, 2)
+    ],
+}
+
+
+@pytest.mark.parametrize("name", NOTHING_TO_KEEP)
+def test_an_import_that_keeps_nothing_fails_with_its_top_reason(name: str, tmp_path: Path) -> None:
+    export = tmp_path / name
+    export.write_text(json.dumps(NOTHING_TO_KEEP[name]))
+    out = tmp_path / "prefs"
+    done = run_cli("data", "import", str(export), "--out", str(out))
+    assert done.returncode == 2 and not done.stdout
+    [line] = done.stderr.strip().splitlines()
+    manifest = json.loads((out / "manifest.json").read_text())  # the outputs stay for inspection
+    rows = len(NOTHING_TO_KEEP[name])
+    assert manifest["counts"]["quarantined"] == rows and manifest["counts"]["kept"] == 0
+    [(reason, count)] = manifest["counts"]["by_reason"].items()
+    assert line == (
+        f"error: nothing imported (rows read = kept + quarantined + duplicates: {rows} = 0 + {rows} + 0); "
+        f"top quarantine reason: {reason} ({count} of {rows} rows); see {out / 'report.md'}"
+    )
+    assert len((out / "quarantine.jsonl").read_text().splitlines()) == rows and (out / "report.md").is_file()
+
+
+def test_a_pipeline_whose_preference_import_keeps_nothing_stops_with_the_same_line(tmp_path: Path) -> None:
+    from rlhf.config import PreferencesConfig
+    from rlhf.workspace import import_exports
+
+    export = tmp_path / "sentiment.json"
+    export.write_text(json.dumps(NOTHING_TO_KEEP["sentiment.json"]))
+    with pytest.raises(
+        DataError, match=r"^nothing imported \(.*3 = 0 \+ 3 \+ 0\); top quarantine reason: .* \(3 of 3"
+    ):
+        import_exports([export], PreferencesConfig(), tmp_path / "prefs")
+    assert (tmp_path / "prefs" / "report.md").is_file()

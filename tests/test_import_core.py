@@ -385,7 +385,7 @@ def test_every_row_is_accounted_for_with_a_reason_and_a_location(tmp_path: Path,
     lines: list[Any] = [
         row("good one", votes=two),  # line 1
         row("good two", votes=two),  # 2
-        row("good one", votes=two),  # 3 exact duplicate of line 1
+        row("good one", votes=two),  # 3 same comparison as line 1: a merged vote (x and y counted once)
         row("GOOD   one ", "Answer one", "answer  TWO", votes=two),  # 4 normalized duplicate of line 1
         b"{oops\n",  # 5
         b'{"q": "\xff"}\n',  # 6
@@ -423,17 +423,17 @@ def test_every_row_is_accounted_for_with_a_reason_and_a_location(tmp_path: Path,
         ("line 13", "chosen identical to rejected"),
         ("line 14", "bad encoding"),
         ("line 15", "over length"),
-        ("line 16", "tie dropped"),
-        ("line 17", "too few votes"),
         ("line 18", "malformed comparison"),
+        ("line 16", "tie dropped"),  # the voting pass's, after every record is read
+        ("line 17", "too few votes"),
     ]
     assert all(q["source_file"] == str(source) and q["raw"] for q in quarantined)
     assert quarantined[4]["reason"] == "importer error: KeyError: 'boom'"
-    assert quarantined[16 - 5]["reason"] == "tie dropped (ties=drop)"
-    assert quarantined[17 - 5]["reason"] == "too few votes: 1 < min_votes 2"
+    assert quarantined[12]["reason"] == "tie dropped (ties=drop)"
+    assert quarantined[13]["reason"] == "too few votes: 1 < min_votes 2"
     duplicates = [json.loads(line) for line in report.duplicates_path.read_text().splitlines()]
     assert [(d["source_row"], d["kind"], d["duplicate_of"]["source_row"]) for d in duplicates] == [
-        ("line 3", "exact", "line 1"),
+        ("line 3", "merged vote", "line 1"),
         ("line 4", "normalized", "line 1"),
     ]
     assert duplicates[0]["duplicate_of"] == {

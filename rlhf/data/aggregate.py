@@ -2,7 +2,9 @@
 
 Majority: the strictly most frequent choice among a comparison's votes ("a", "b" or "tie"); when several
 choices are equally frequent the outcome is a tie. A vote without an annotator (public datasets) counts
-as one vote in the majority and takes no part in agreement.
+as one vote in the majority and takes no part in agreement. A named annotator counts once per comparison
+(their first vote): a comparison seen in several records, or a file imported twice, must not let one
+person outvote the others or agree with themselves.
 
 Agreement is accumulated one comparison at a time in constant memory (a 3×3 coincidence matrix, a few
 sums per number of raters, three counters per annotator), so it never holds the data:
@@ -20,13 +22,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from rlhf.data.records import Choice, Comparison, PreferenceRecord, Vote, assistant
 
 Ties = Literal["drop", "keep"]
 CHOICES: tuple[Choice, ...] = ("a", "b", "tie")
 _INDEX = {choice: index for index, choice in enumerate(CHOICES)}
+_SWAP: dict[Choice, Choice] = {"a": "b", "b": "a", "tie": "tie"}
 # each vote relative to the outcome, by whether b won (and the pair was swapped)
 _RELATIVE = {
     False: {"a": "chosen", "b": "rejected", "tie": "tie"},
@@ -42,8 +45,22 @@ def majority(choices: Iterable[Choice]) -> Choice:
 
 
 def counted_votes(votes: list[Vote], excluded: frozenset[str]) -> list[Vote]:
-    """The votes that count: all but those of excluded annotators."""
-    return [vote for vote in votes if vote.annotator is None or vote.annotator not in excluded]
+    """The votes that count: every anonymous vote, and each named annotator's first unless excluded."""
+    seen = set(excluded)
+    counted = []
+    for vote in votes:
+        if vote.annotator is None or vote.annotator not in seen:
+            counted.append(vote)
+            if vote.annotator is not None:
+                seen.add(vote.annotator)
+    return counted
+
+
+def oriented(votes: list[Vote], swapped: bool) -> list[Vote]:
+    """Votes on (b, a) as votes on (a, b) when `swapped`: a and b trade places, a tie stays a tie."""
+    if not swapped:
+        return votes
+    return [Vote(vote.annotator, _SWAP[vote.choice]) for vote in votes]
 
 
 def aggregate(
@@ -102,6 +119,16 @@ class Agreement:
     fleiss_units: int  # comparisons Fleiss' kappa used: those with `fleiss_raters` annotators
     fleiss_raters: int
     annotators: dict[str, AnnotatorStats]
+
+    def to_json(self) -> dict[str, Any]:
+        """The import-wide figures, as the manifest records them (annotators are recorded apart)."""
+        return {
+            "krippendorff_alpha": self.krippendorff_alpha,
+            "units": self.alpha_units,
+            "fleiss_kappa": self.fleiss_kappa,
+            "fleiss_units": self.fleiss_units,
+            "fleiss_raters": self.fleiss_raters,
+        }
 
     def below(self, threshold: float) -> frozenset[str]:
         """Annotators whose agreement is under `threshold`; one never compared with anyone is kept."""

@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import bisect
 import contextlib
 import hashlib
 import json
@@ -128,21 +127,6 @@ class SplitWriter:
             self.flush()
         finally:
             self._writer.close()
-
-
-def sources_of_rows(path: Path, wanted: set[int]) -> dict[int, tuple[str, str]]:
-    """Source file and row of the wanted rows of a written split, read a batch at a time."""
-    rows, found, offset = sorted(wanted), {}, 0
-    for batch in pq.ParquetFile(path).iter_batches(batch_size=65536, columns=["source_file", "source_row"]):
-        lo, hi = bisect.bisect_left(rows, offset), bisect.bisect_left(rows, offset + batch.num_rows)
-        if lo < hi:
-            picked = batch.take(pa.array([row - offset for row in rows[lo:hi]])).to_pylist()
-            found.update(
-                (row, (hit["source_file"], hit["source_row"]))
-                for row, hit in zip(rows[lo:hi], picked, strict=True)
-            )
-        offset += batch.num_rows
-    return found
 
 
 @contextlib.contextmanager

@@ -1,15 +1,19 @@
 """`rlhf data import`: exports and public datasets in, one canonical preference dataset out, every row
 accounted for.
 
-The import streams: records are read one at a time (`readers`), turned into comparisons by the format's
-importer, checked (`quality`), voted on (`aggregate`), deduplicated, split by hashed prompt and written
-in chunks. What it holds grows only with the number of unique rows (the duplicate table, 32-64 bytes a
-row), never with the text. Excluding annotators by agreement needs their agreement first: a first pass
-re-reads the sources rather than holding them.
+The import streams in two passes. The reading pass reads records one at a time (`readers`), turns them into
+comparisons with the format's importer, checks them (`quality`) and sets each new comparison aside on disk
+(`pending`); a later record of the same comparison (same prompt and responses, in either order, in any
+file) is a vote on it, not a lost duplicate. The voting pass reads the comparisons back in first-seen order
+with all their votes, measures agreement (first over everyone, where annotators are excluded by it), decides
+each by majority (`aggregate`) and writes it to the split its hashed prompt draws. What the import holds
+grows only with the number of unique rows (the duplicate table, 32-64 bytes a row) and the votes of
+comparisons seen more than once, never with the text.
 
 Every unit read (each comparison an importer yields, and each record that yields none) ends in exactly one
-place: the dataset (kept), `quarantine.jsonl` (with its reason and location) or `duplicates.jsonl` (with the
-location of the row it repeats), so that rows read = kept + quarantined + duplicates.
+place: the dataset (kept), `quarantine.jsonl` (with its reason and location: what the reading pass refused,
+in reading order, then what the votes decided against, such as dropped ties) or `duplicates.jsonl` (with the
+row of the comparison it belongs to), so that rows read = kept + quarantined + duplicates.
 
 Output, written beside `out_dir` and renamed into place (a crash leaves no half dataset), is laid out as
 `rlhf.data.preference_dataset` says.
@@ -27,7 +31,9 @@ from typing import IO, Any
 
 from rlhf.data import quality, readers
 from rlhf.data.aggregate import Agreement, AgreementTracker, Ties, aggregate, counted_votes
+from rlhf.data.import_report import render_report
 from rlhf.data.importers import BadRow, Importer, ImportOptions, detect, get_importer
+from rlhf.data.pending import PendingComparisons, row_of
 from rlhf.data.preference_dataset import (
     DATASET_FORMAT,
     DATASET_VERSION,
@@ -38,7 +44,6 @@ from rlhf.data.preference_dataset import (
     SPLITS,
     SplitWriter,
     fingerprint,
-    sources_of_rows,
     split_of,
     staged_dataset_dir,
 )
@@ -48,6 +53,7 @@ from rlhf.errors import ConfigError, DataError, RlhfError
 log = logging.getLogger(__name__)
 
 PROGRESS_EVERY = 100_000
+MERGED_VOTE = "merged vote"  # the duplicate kind of a later record of a comparison: its votes count there
 
 
 @dataclass(frozen=True)
@@ -97,7 +103,9 @@ class ImportReport:
     train: int
     test: int
     ties_kept: int
-    by_reason: dict[str, int]
+    merged: int  # comparisons seen in more than one record
+    conflicts: int  # ... whose merged votes are not unanimous
+    by_reason: dict[str, int]  # most frequent first
     excluded_annotators: tuple[str, ...]
 
     @property
@@ -105,6 +113,16 @@ class ImportReport:
         return (
             "rows read = kept + quarantined + duplicates: "
             f"{self.read} = {self.kept} + {self.quarantined} + {self.duplicates}"
+        )
+
+    def nothing_kept(self) -> str | None:
+        """For an import that kept no row, one line on why: the top quarantine reason and the report."""
+        if self.kept:
+            return None
+        reason, rows = next(iter(self.by_reason.items()), ("none", 0))
+        return (
+            f"nothing imported ({self.identity}); top quarantine reason: {reason} ({rows} of "
+            f"{self.quarantined} rows); see {self.report_path}"
         )
 
     @property
@@ -139,26 +157,16 @@ def import_preferences(
     units = [(Path(source), readers.data_files(Path(source))) for source in sources]
     if not units:
         raise DataError("no sources to import")
-    first_pass = None
-    if settings.min_annotator_agreement is not None:
-        tracker = AgreementTracker()
-        for item in _stream(units, settings, []):
-            if (
-                isinstance(item, Comparison)
-                and quality.check(item, count_tokens, settings.max_tokens) is None
-            ):
-                tracker.add(item.votes)
-        first_pass = tracker.result()
-    excluded = first_pass.below(settings.min_annotator_agreement) if first_pass else frozenset()
     with staged_dataset_dir(Path(out_dir)) as build:
-        run = _Run(build, settings, count_tokens, excluded)
+        run = _Run(build, settings, count_tokens)
         try:
             sources_json = []
             for item in _stream(units, settings, sources_json):
                 run.add(item)
+            run.vote()
         finally:
             run.close()
-        manifest = run.finish(sources_json, first_pass)
+        manifest = run.finish(sources_json)
     counts = manifest["counts"]
     return ImportReport(
         out_dir=Path(out_dir),
@@ -170,8 +178,10 @@ def import_preferences(
         train=counts["train"],
         test=counts["test"],
         ties_kept=counts["ties_kept"],
+        merged=counts["merged"],
+        conflicts=counts["conflicts"],
         by_reason=counts["by_reason"],
-        excluded_annotators=tuple(sorted(excluded)),
+        excluded_annotators=tuple(sorted(run.excluded)),
     )
 
 
@@ -235,63 +245,86 @@ def _file_items(
 
 
 class _Run:
-    """The streaming state of one import: split writers, quarantine, duplicate index, counters."""
+    """The state of one import: the reading pass sets comparisons aside (`add`), the voting pass decides and
+    writes them (`vote`), and `finish` writes what was left out and the manifest."""
 
     def __init__(
-        self,
-        directory: Path,
-        settings: ImportSettings,
-        count_tokens: Callable[[str], int] | None,
-        excluded: frozenset[str],
+        self, directory: Path, settings: ImportSettings, count_tokens: Callable[[str], int] | None
     ) -> None:
         self.directory = directory
         self.settings = settings
         self.count_tokens = count_tokens
-        self.excluded = excluded
+        self.excluded: frozenset[str] = frozenset()
+        self.first_pass: Agreement | None = None
+        self.pending = PendingComparisons(directory / ".pending")
         self.writers = {split: SplitWriter(directory / split) for split in SPLITS}
         self.quarantine = _jsonl(directory / QUARANTINE)
         self.spool = _jsonl(directory / (DUPLICATES + ".partial"))
         self.index = quality.DuplicateIndex()
         self.agreement = AgreementTracker()
-        self.originals: dict[str, set[int]] = {split: set() for split in SPLITS}
-        self.read = self.ties_kept = 0
+        self.repeated: set[int] = set()  # pending rows that a duplicate points to
+        self.originals: dict[int, dict[str, Any]] = {}  # ... and where each of them ended
+        self.read = self.ties_kept = self.merged = self.conflicts = 0
         self.by_reason: Counter[str] = Counter()
         self.duplicates: Counter[str] = Counter()
 
     def add(self, item: Comparison | Quarantined) -> None:
+        """One unit of the reading pass: quarantined, set aside as a new comparison, or a duplicate (a
+        record of a comparison already seen counts as a vote there)."""
         self.read += 1
         if self.read % PROGRESS_EVERY == 0:
-            log.info(
-                "import: %d rows read, %d kept",
-                self.read,
-                self.writers["train"].rows + self.writers["test"].rows,
-            )
+            log.info("import: %d rows read", self.read)
         if isinstance(item, Quarantined):
             self._quarantine(item)
             return
-        settings = self.settings
-        if reason := quality.check(item, self.count_tokens, settings.max_tokens):
+        if reason := quality.check(item, self.count_tokens, self.settings.max_tokens):
             self._quarantine(Quarantined(item.source, reason, _raw_comparison(item)))
             return
-        votes = counted_votes(item.votes, self.excluded)
-        self.agreement.add(votes)
-        record = aggregate(item, votes, settings.ties, settings.min_votes)
-        if isinstance(record, str):
-            self._quarantine(Quarantined(item.source, record, _raw_comparison(item)))
-            return
         keys = quality.row_keys(item.prompt, item.response_a, item.response_b)
-        split = split_of(keys.prompt, settings.split_seed, settings.test_fraction)
-        writer = self.writers[split]
-        repeat = self.index.first(keys, writer.rows << 1 | (split == "test"))
-        if repeat is not None:
-            kind, where = repeat
-            self.duplicates[kind] += 1
-            self.originals[SPLITS[where & 1]].add(where >> 1)
-            entry = {"source_file": item.source.file, "source_row": item.source.row, "kind": kind}
-            self.spool.write(_dumps({**entry, "split": SPLITS[where & 1], "row": where >> 1}))
+        repeat = self.index.first(keys, self.pending.handle(item))
+        if repeat is None:
+            split = split_of(keys.prompt, self.settings.split_seed, self.settings.test_fraction)
+            self.pending.add(item, test=split == "test")
             return
-        self.ties_kept += record.tie
-        writer.add(record)
+        kind, handle = repeat
+        if kind == "exact":
+            self.pending.join(handle, item)
+            kind = MERGED_VOTE
+        self.duplicates[kind] += 1
+        self.repeated.add(row_of(handle))
+        entry = {"source_file": item.source.file, "source_row": item.source.row, "kind": kind}
+        self.spool.write(_dumps({**entry, "pending": row_of(handle)}))
+
+    def vote(self) -> None:
+        """The voting pass: each comparison, with the votes of all its records, kept or quarantined."""
+        self.pending.close()
+        threshold = self.settings.min_annotator_agreement
+        if threshold is not None:
+            tracker = AgreementTracker()
+            for _, comparison, _, _ in self.pending.comparisons():
+                tracker.add(counted_votes(comparison.votes, frozenset()))
+            self.first_pass = tracker.result()
+            self.excluded = self.first_pass.below(threshold)
+        for row, comparison, test, merged in self.pending.comparisons():
+            if (row + 1) % PROGRESS_EVERY == 0:
+                log.info("import: %d comparisons decided", row + 1)
+            votes = counted_votes(comparison.votes, self.excluded)
+            self.agreement.add(votes)
+            self.merged += merged
+            self.conflicts += merged and len({vote.choice for vote in votes}) > 1
+            record = aggregate(comparison, votes, self.settings.ties, self.settings.min_votes)
+            if isinstance(record, str):
+                self._quarantine(Quarantined(comparison.source, record, _raw_comparison(comparison)))
+                outcome: dict[str, Any] = {"quarantined": record}
+            else:
+                split = SPLITS[test]
+                outcome = {"split": split, "row": self.writers[split].rows}
+                self.ties_kept += record.tie
+                self.writers[split].add(record)
+            if row in self.repeated:
+                source = comparison.source
+                self.originals[row] = {**outcome, "source_file": source.file, "source_row": source.row}
+        self.pending.remove()
 
     def _quarantine(self, item: Quarantined) -> None:
         self.by_reason[quality.category(item.reason)] += 1
@@ -301,10 +334,11 @@ class _Run:
     def close(self) -> None:
         for writer in self.writers.values():
             writer.close()
+        self.pending.close()
         self.quarantine.close()
         self.spool.close()
 
-    def finish(self, sources_json: list[dict[str, Any]], first_pass: Agreement | None) -> dict[str, Any]:
+    def finish(self, sources_json: list[dict[str, Any]]) -> dict[str, Any]:
         """Resolve duplicates to their originals, then write the manifest and the report."""
         self._write_duplicates()
         kept = sum(writer.rows for writer in self.writers.values())
@@ -330,6 +364,8 @@ class _Run:
                 "train": self.writers["train"].rows,
                 "test": self.writers["test"].rows,
                 "ties_kept": self.ties_kept,
+                "merged": self.merged,
+                "conflicts": self.conflicts,
                 "by_reason": dict(self.by_reason.most_common()),
                 "duplicates_by_kind": dict(self.duplicates.most_common()),
             },
@@ -342,11 +378,11 @@ class _Run:
                     "agreement": stats.agreement,
                     "excluded": name in self.excluded,
                 }
-                for name, stats in (first_pass or final).annotators.items()
+                for name, stats in (self.first_pass or final).annotators.items()
             },
             "agreement": {
-                **_agreement_json(final),
-                **({"before_exclusion": _agreement_json(first_pass)} if first_pass else {}),
+                **final.to_json(),
+                **({"before_exclusion": self.first_pass.to_json()} if self.first_pass else {}),
             },
         }
         (self.directory / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
@@ -354,120 +390,15 @@ class _Run:
         return manifest
 
     def _write_duplicates(self) -> None:
-        """duplicates.jsonl: each duplicate with the dataset row it repeats and that row's source."""
-        origins = {
-            split: sources_of_rows(self.directory / split / SplitWriter.NAME, wanted)
-            for split, wanted in self.originals.items()
-        }
+        """duplicates.jsonl: each duplicate with the row of its comparison (in the dataset, or quarantined)
+        and that row's source."""
         spool = self.directory / (DUPLICATES + ".partial")
         with spool.open(encoding="utf-8") as lines, _jsonl(self.directory / DUPLICATES) as out:
             for line in lines:
                 entry = json.loads(line)
-                split, row = entry.pop("split"), entry.pop("row")
-                source_file, source_row = origins[split][row]
-                of = {"split": split, "row": row, "source_file": source_file, "source_row": source_row}
+                of = self.originals[entry.pop("pending")]
                 out.write(_dumps({**entry, "duplicate_of": of}))
         spool.unlink()
-
-
-def render_report(manifest: dict[str, Any]) -> str:
-    """report.md: the manifest for a person."""
-    counts, agreement = manifest["counts"], manifest["agreement"]
-    lines = [
-        "# Preference data import",
-        "",
-        f"**rows read = kept + quarantined + duplicates: {counts['read']} = {counts['kept']} + "
-        f"{counts['quarantined']} + {counts['duplicates']}**",
-        "",
-        f"- kept: {counts['train']} train + {counts['test']} test "
-        f"(test fraction {manifest['settings']['test_fraction']}, split seed {manifest['settings']['split_seed']}), "
-        f"of which {counts['ties_kept']} ties",
-        f"- fingerprint: `{manifest['fingerprint']}`",
-        "",
-        "Rows are comparisons: each pair an importer read, plus each record it could not read.",
-        "",
-        "## Sources",
-        "",
-        "| file | format | records | comparisons | sha256 |",
-        "|---|---|---:|---:|---|",
-        *(
-            f"| {s['file']} | {s['format'] or '-'} | {s['records']} | {s['comparisons']} | `{s['sha256'][:16]}` |"
-            for s in manifest["sources"]
-        ),
-        "",
-        f"## Quarantined ({counts['quarantined']}, in {QUARANTINE})",
-        "",
-        *_table(["reason", "rows"], counts["by_reason"].items()),
-        "",
-        f"## Duplicates ({counts['duplicates']}, in {DUPLICATES})",
-        "",
-        *_table(["kind", "rows"], counts["duplicates_by_kind"].items()),
-        "",
-        "## Annotators",
-        "",
-        "Agreement: how often an annotator chose what the majority of the *other* annotators of the same "
-        "comparison chose (comparisons without such a majority do not count). Lowest first.",
-        "",
-        *_table(
-            ["annotator", "votes", "compared", "agreement", "excluded"],
-            (
-                (name, a["votes"], a["compared"], _number(a["agreement"]), "yes" if a["excluded"] else "")
-                for name, a in sorted(manifest["annotators"].items(), key=_by_agreement)
-            ),
-        ),
-        "",
-        "## Inter-annotator agreement",
-        "",
-        *_agreement_lines(agreement),
-    ]
-    if "before_exclusion" in agreement:
-        threshold = manifest["settings"]["min_annotator_agreement"]
-        lines += [
-            "",
-            f"Before excluding annotators below {threshold} agreement:",
-            "",
-            *_agreement_lines(agreement["before_exclusion"]),
-        ]
-    lines += ["", "## Settings", "", "```json", json.dumps(manifest["settings"], indent=2), "```", ""]
-    return "\n".join(lines)
-
-
-def _by_agreement(item: tuple[str, dict[str, Any]]) -> tuple[bool, float, str]:
-    """Lowest agreement first; annotators never compared last."""
-    name, stats = item
-    return stats["agreement"] is None, stats["agreement"] or 0.0, name
-
-
-def _agreement_lines(agreement: dict[str, Any]) -> list[str]:
-    if not agreement["units"]:
-        return ["No comparison has two or more named annotators."]
-    return [
-        f"- Krippendorff's alpha (nominal): {_number(agreement['krippendorff_alpha'])} "
-        f"over {agreement['units']} comparisons with two or more annotators",
-        f"- Fleiss' kappa: {_number(agreement['fleiss_kappa'])} over {agreement['fleiss_units']} comparisons "
-        f"with {agreement['fleiss_raters']} annotators each (the most common number)",
-    ]
-
-
-def _agreement_json(agreement: Agreement) -> dict[str, Any]:
-    return {
-        "krippendorff_alpha": agreement.krippendorff_alpha,
-        "units": agreement.alpha_units,
-        "fleiss_kappa": agreement.fleiss_kappa,
-        "fleiss_units": agreement.fleiss_units,
-        "fleiss_raters": agreement.fleiss_raters,
-    }
-
-
-def _table(header: list[str], rows: Any) -> list[str]:
-    body = [f"| {' | '.join(str(cell) for cell in row)} |" for row in rows]
-    if not body:
-        return ["none"]
-    return [f"| {' | '.join(header)} |", f"|{'---|' * len(header)}", *body]
-
-
-def _number(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.3f}"
 
 
 def _jsonl(path: Path) -> IO[str]:

@@ -26,9 +26,10 @@ class Source:
         return f"{self.file} ({self.row})"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Vote:
-    """One judgement of a pair. `annotator` is None where the dataset names no one (HH-RLHF, ...)."""
+    """One judgement of a pair. `annotator` is None where the dataset names no one (HH-RLHF, ...).
+    Slotted: an import holds the votes of every comparison seen in more than one record."""
 
     annotator: str | None
     choice: Choice
