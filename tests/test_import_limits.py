@@ -135,6 +135,21 @@ def test_a_huge_line_or_item_is_skipped_without_reading_it_whole(tmp_path: Path)
     ]
 
 
+def test_a_csv_line_or_field_over_the_limit_is_quarantined(tmp_path: Path) -> None:
+    path = tmp_path / "pairs.csv"
+    big = "y" * 3 * 2**20
+    path.write_text(f'p,good,bad\np1,a,b\np2,{big},c\np3,"multi\n{big}",d\np4,e,f\n')
+    got = list(readers.read_records(path, Limits(max_record_bytes=2**20)))
+    assert [(i.source.row, i.reason.split(" (")[0]) for i in got if isinstance(i, Quarantined)] == [
+        ("line 3", "record too large"),
+        ("line 5", "record too large"),
+    ]
+    assert [(s.row, r["p"]) for s, r in (i for i in got if not isinstance(i, Quarantined))] == [
+        ("line 2", "p1"),
+        ("line 6", "p4"),
+    ]
+
+
 def test_a_top_level_object_file_over_a_limit_is_one_quarantined_record(tmp_path: Path) -> None:
     deep_object = tmp_path / "deep.json"
     deep_object.write_text('{"x": ' + deep(DEEP) + "}")

@@ -179,25 +179,31 @@ def _read_document(path: Path, limits: Limits, array: bool) -> Iterator[Item]:
 
 
 def _read_csv(path: Path, limits: Limits) -> Iterator[Item]:
-    """Rows as {header: value}; a row whose field count differs from the header's is quarantined."""
-    csv.field_size_limit(2**31 - 1)  # responses can exceed the default 128 KiB per field
+    """Rows as {header: value}; a row whose field count differs from the header's is quarantined, and so is
+    a line or a field over the size limit (the line read past, never whole)."""
+    csv.field_size_limit(limits.max_record_bytes)
     with io.TextIOWrapper(
         streams.open_bytes(path), encoding="utf-8-sig", errors="replace", newline=""
     ) as handle:
-        reader = csv.reader(handle)
-        header = next(reader, None)
-        end = reader.line_num
+        lines = _CsvLines(streams.bounded_lines(handle, limits.max_record_bytes))
+        reader = csv.reader(lines)
+        header: list[str] | None = None
+        end = 0
         while True:
             start = end + 1
             try:
                 row = next(reader, None)
-            except csv.Error as exc:
-                end = reader.line_num
-                yield Quarantined(Source(str(path), f"line {end}"), f"not valid CSV ({exc})")
+            except (csv.Error, _LineTooLarge) as exc:
+                end = lines.number
+                reason = limits.too_large() if isinstance(exc, _LineTooLarge) else f"not valid CSV ({exc})"
+                yield Quarantined(Source(str(path), f"line {end}"), reason)
                 continue
-            if row is None or header is None:
+            end = lines.number
+            if row is None:
                 return
-            end = reader.line_num
+            if header is None:
+                header = row
+                continue
             if not row:
                 continue  # a blank line
             source = Source(str(path), f"line {end}" if start >= end else f"lines {start}-{end}")
@@ -206,6 +212,28 @@ def _read_csv(path: Path, limits: Limits) -> Iterator[Item]:
                 yield Quarantined(source, reason, excerpt(row))
                 continue
             yield source, dict(zip(header, row, strict=True))
+
+
+class _LineTooLarge(Exception):
+    pass
+
+
+class _CsvLines:
+    """Lines for `csv.reader`, counted; a line over the limit raises through the reader, which starts its
+    next row afresh on the line after."""
+
+    def __init__(self, lines: Iterator[str | None]) -> None:
+        self.lines, self.number = lines, 0
+
+    def __iter__(self) -> _CsvLines:
+        return self
+
+    def __next__(self) -> str:
+        line = next(self.lines)
+        self.number += 1
+        if line is None:
+            raise _LineTooLarge
+        return line
 
 
 def _read_parquet(path: Path) -> Iterator[Item]:

@@ -16,7 +16,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, AnyStr
 
 from rlhf.errors import DataError
 
@@ -27,6 +27,7 @@ BOM = b"\xef\xbb\xbf"
 _TOKEN = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{},"]', re.S)
 _STRING_REST = re.compile(rb'[^"\\]*(?:\\.[^"\\]*)*', re.S)  # stops at the closing quote or a lone backslash
 _STRING = rb'"[^"\\]*+(?:\\.[^"\\]*+)*+"'
+_NEWLINES = (b"\n", "\n", "\r")  # what ends a line of bytes, or of text read with newline=""
 FAST_DEPTH = 16  # array items nested up to this deep are split by one regular expression match
 
 
@@ -86,12 +87,12 @@ def decompression_errors() -> tuple[type[Exception], ...]:
         return errors
 
 
-def bounded_lines(handle: IO[bytes], cap: int) -> Iterator[bytes | None]:
-    """Each line of at most `cap` bytes (its newline not counted); None for a longer one, whose rest is read
-    past a chunk at a time and dropped."""
+def bounded_lines(handle: IO[AnyStr], cap: int) -> Iterator[AnyStr | None]:
+    """Each line of at most `cap` bytes (or characters, from a text handle), its newline not counted; None
+    for a longer one, whose rest is read past a chunk at a time and dropped."""
     while line := handle.readline(cap + 1):
-        if len(line) > cap and not line.endswith(b"\n"):
-            while (rest := handle.readline(CHUNK)) and not rest.endswith(b"\n"):
+        if len(line) > cap and line[-1:] not in _NEWLINES:
+            while (rest := handle.readline(CHUNK)) and rest[-1:] not in _NEWLINES:
                 pass
             yield None
         else:
@@ -106,7 +107,7 @@ class StructureError(Exception):
         self.line = line
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Piece:
     """One record's bytes as split from a document, or why it was skipped, and where it starts."""
 
