@@ -107,6 +107,24 @@ def test_deep_records_are_quarantined_with_their_location_and_the_import_goes_on
     assert (settings["max_depth"], settings["max_record_bytes"]) == (3, 64 * 2**20)
 
 
+def test_records_at_the_highest_depth_limit_are_parsed_checked_and_quarantined_without_recursion_errors(
+    tmp_path: Path,
+) -> None:
+    pair = {"prompt": "hi", "chosen": "a", "rejected": "b"}
+    source = tmp_path / "trl.jsonl"
+    source.write_text(
+        json.dumps(pair)
+        + "\n"
+        + json.dumps({**pair, "chosen": json.loads(deep(255))})  # a bad row: its excerpt is json.dumps'd
+        + "\n"
+        + deep(256)  # not an object: its excerpt is repr'd
+        + "\n"
+    )
+    report = import_preferences([source], tmp_path / "out", ImportSettings(max_depth=256))
+    assert (report.read, report.kept, report.quarantined) == (3, 1, 2)
+    assert "record too deep" not in report.by_reason
+
+
 @pytest.mark.usefixtures("fake_format")
 def test_a_huge_line_or_item_is_skipped_without_reading_it_whole(tmp_path: Path) -> None:
     huge = 20 * 2**20  # 20 MiB of text in one record, against a 1 MiB limit
