@@ -2,7 +2,7 @@
 accounted for.
 
 The import streams: records are read one at a time (`readers`), turned into comparisons by the format's
-importer, checked (`quality`), voted on (`aggregate`), deduplicated, split by hashed prompt and written
+importer (`units`, which tells each file's format), checked (`quality`), voted on (`aggregate`), deduplicated, split by hashed prompt and written
 in chunks. What it holds grows only with the number of unique rows (the duplicate table, 32-64 bytes a
 row), never with the text. Excluding annotators by agreement needs their agreement first: a first pass
 re-reads the sources rather than holding them.
@@ -17,7 +17,6 @@ Output, written beside `out_dir` and renamed into place (a crash leaves no half 
 
 from __future__ import annotations
 
-import itertools
 import json
 import logging
 from collections import Counter
@@ -26,9 +25,9 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import IO, Any
 
-from rlhf.data import importers, quality, readers
+from rlhf.data import quality, readers
 from rlhf.data.aggregate import Agreement, AgreementTracker, Ties, aggregate, counted_votes
-from rlhf.data.importers import BadRow, Importer, ImportOptions, detect, get_importer
+from rlhf.data.importers import ImportOptions, get_importer
 from rlhf.data.preference_dataset import (
     DATASET_FORMAT,
     DATASET_VERSION,
@@ -43,15 +42,14 @@ from rlhf.data.preference_dataset import (
     split_of,
     staged_dataset_dir,
 )
-from rlhf.data.records import Comparison, Quarantined, Source, excerpt
+from rlhf.data.records import Comparison, Quarantined
 from rlhf.data.streams import Limits
-from rlhf.errors import ConfigError, DataError, RlhfError
+from rlhf.data.units import file_units, raw_excerpt
+from rlhf.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
 PROGRESS_EVERY = 100_000
-# A file's format is told from its first readable records: up to this many, among at most this many items.
-DETECT_RECORDS, DETECT_ITEMS = 16, 256
 # json.loads, json.dumps and repr recurse once a level; this leaves room under Python's recursion limit.
 MAX_DEPTH_LIMIT = 256
 
@@ -200,102 +198,11 @@ def _stream(
         for path in files:
             entry = {"file": str(path), "sha256": "", "format": None, "records": 0, "comparisons": 0}
             sources_json.append(entry)
-            for item in _file_items(path, settings, entry):
+            for item in file_units(path, settings.format, settings.options, settings.limits, entry):
                 produced += 1
                 yield item
         if not produced:
             raise DataError(f"{source}: no records")
-
-
-def _file_items(
-    path: Path, settings: ImportSettings, entry: dict[str, Any]
-) -> Iterator[Comparison | Quarantined]:
-    """The comparisons of one file's records; a record that yields none (or fails) is one quarantined unit.
-
-    The format is told from the first few readable records (`_importer_for`), held until it is known; bad
-    ones among them are quarantined like any later row."""
-    records = readers.read_records(path, settings.limits)
-    head = _head(records)
-    importer = _importer_for(head, settings)
-    entry["format"] = importer.name if importer else None
-    for item in itertools.chain(head, records):
-        entry["records"] += 1
-        if isinstance(item, Quarantined):
-            yield item
-            continue
-        assert importer is not None  # a readable record in the head chose one
-        for out in _units(importer, *item, settings.options):
-            entry["comparisons"] += isinstance(out, Comparison)
-            yield out
-
-
-def _head(records: Iterator[readers.Item]) -> list[readers.Item]:
-    """The items up to the `DETECT_RECORDS`-th readable record (at most `DETECT_ITEMS` items)."""
-    head: list[readers.Item] = []
-    readable = 0
-    for item in records:
-        head.append(item)
-        readable += not isinstance(item, Quarantined)
-        if readable == DETECT_RECORDS or len(head) == DETECT_ITEMS:
-            break
-    return head
-
-
-def _importer_for(head: list[readers.Item], settings: ImportSettings) -> Importer | None:
-    """The importer for a file whose first items are `head`: `settings.format` if some readable record fits
-    it, else the format of the first record an importer claims. Refused (one line): a file that opens with
-    an unreadable record and has no record that fits, or a file with no readable record at all (unless
-    every item was over a limit: then there is nothing to choose for, and None)."""
-    readable = [item for item in head if not isinstance(item, Quarantined)]
-    if settings.format:
-        importer = get_importer(settings.format)
-        if any(importer.sniff(record) for _, record in readable) or any(
-            isinstance(out, Comparison)
-            for source, record in readable
-            for out in _units(importer, source, record, settings.options)
-        ):
-            return importer
-    else:
-        for source, record in readable:
-            if any(get_importer(name).sniff(record) for name in importers.FORMATS):
-                return detect(record, readers.location(source))
-    unreadable = [item for item in head if isinstance(item, Quarantined) and not readers.over_limit(item)]
-    if unreadable and (not readable or head[0] is unreadable[0]):
-        raise DataError(f"{readers.location(unreadable[0].source)}: {unreadable[0].reason}")
-    if not readable:
-        return None
-    source, record = readable[0]
-    if settings.format:
-        (why,) = _units(importer, source, record, settings.options)
-        reason = why.reason if isinstance(why, Quarantined) else ""
-        raise DataError(f"{readers.location(source)}: not in the '{settings.format}' format ({reason})")
-    keys = ", ".join(sorted(record))
-    raise DataError(
-        f"{readers.location(source)}: cannot tell the format from the first {len(readable)} readable "
-        f"record(s) (keys of the first: {keys}); pass --format"
-    )
-
-
-def _units(
-    importer: Importer, source: Source, record: readers.Record, options: ImportOptions
-) -> list[Comparison | Quarantined]:
-    """One record's units of the identity: its comparisons, or the one reason it yields none."""
-    try:
-        produced = list(importer.comparisons(record, source, options))
-    except BadRow as exc:
-        return [Quarantined(source, str(exc) or "bad row", _raw(record))]
-    except RlhfError:
-        raise
-    except Exception as exc:  # an importer bug must cost a row, not the import
-        return [Quarantined(source, f"importer error: {type(exc).__name__}: {exc}", _raw(record))]
-    if not produced:
-        return [Quarantined(source, "no comparisons: the record holds no pair to compare", _raw(record))]
-    return [
-        out
-        if isinstance(out, Comparison | Quarantined)
-        else Quarantined(source, f"importer error: yielded a {type(out).__name__}", _raw(record))
-        for out in produced
-    ]
 
 
 class _Run:
@@ -543,10 +450,6 @@ def _dumps(entry: dict[str, Any]) -> str:
     return json.dumps(entry, ensure_ascii=False) + "\n"
 
 
-def _raw(record: Any) -> str:
-    return excerpt(json.dumps(record, ensure_ascii=False, default=str))
-
-
 def _raw_comparison(comparison: Comparison) -> str:
     fields = {"prompt": comparison.prompt, "a": comparison.response_a, "b": comparison.response_b}
-    return _raw(fields)
+    return raw_excerpt(fields)
