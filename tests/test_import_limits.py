@@ -259,6 +259,15 @@ def test_a_lone_surrogate_in_any_written_string_is_quarantined_naming_the_field(
     ]
 
 
+def test_a_file_name_that_is_not_utf8_is_one_line(tmp_path: Path) -> None:
+    source = tmp_path / os.fsdecode(b"caf\xe9.jsonl")
+    source.write_text(json.dumps(HH_ROW) + "\n")
+    with pytest.raises(
+        DataError, match=r"caf\\xe9.jsonl: the file name is not valid UTF-8; rename the file$"
+    ):
+        import_preferences([tmp_path], tmp_path / "out", ImportSettings())
+
+
 def test_a_lone_surrogate_in_a_message_role_is_quarantined(tmp_path: Path) -> None:
     def conversation(role: str) -> dict[str, Any]:
         prompt = [{"role": role, "content": "Hi there"}]

@@ -15,6 +15,7 @@ import csv
 import hashlib
 import io
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -33,7 +34,19 @@ SUFFIXES = (*TEXT_SUFFIXES, ".parquet")
 
 def data_files(path: Path) -> list[Path]:
     """The units to read under `path`: the file itself, each split of a `datasets` directory, or each data
-    file of a plain directory (recursively, in name order)."""
+    file of a plain directory (recursively, in name order). Their names go into every row and the report,
+    so a name that is not valid UTF-8 is refused here rather than failing the writers at the end."""
+    files = _find_data_files(path)
+    for file in files:
+        try:
+            str(file).encode("utf-8")
+        except UnicodeEncodeError:
+            shown = os.fsencode(file).decode("utf-8", "backslashreplace")
+            raise DataError(f"{shown}: the file name is not valid UTF-8; rename the file") from None
+    return files
+
+
+def _find_data_files(path: Path) -> list[Path]:
     if not path.exists():
         raise DataError(f"{path}: no such file or directory")
     if path.is_file():
