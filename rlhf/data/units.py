@@ -82,7 +82,7 @@ def _importer_for(head: list[readers.Item], fmt: str | None, options: ImportOpti
         return None
     source, record = readable[0]
     if fmt:
-        (why,) = record_units(importer, source, record, options)
+        why = record_units(importer, source, record, options)[0]  # no comparisons: a Quarantined
         reason = why.reason if isinstance(why, Quarantined) else ""
         raise DataError(f"{readers.location(source)}: not in the '{fmt}' format ({reason})")
     keys = ", ".join(sorted(record))
