@@ -21,11 +21,13 @@ from typing import Any
 
 import pytest
 import zstandard
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from rlhf.data import readers
+from rlhf.data import readers, streams
 from rlhf.data.importers import ImportOptions
 from rlhf.data.preferences import ImportReport, ImportSettings, import_preferences
-from rlhf.data.records import Quarantined
+from rlhf.data.records import Quarantined, Source
 from rlhf.data.streams import Limits
 from rlhf.errors import ConfigError, DataError
 from tests.conftest import REPO, run_cli
@@ -53,7 +55,7 @@ MEMORY_SCRIPT = """
 import resource, sys
 from pathlib import Path
 resource.setrlimit(resource.RLIMIT_AS, (1536 * 2**20, 1536 * 2**20))  # the unbounded parser hits this
-from rlhf.data import readers
+from rlhf.data import readers, streams
 from rlhf.data.importers import ImportOptions
 for item in readers.read_records(Path(sys.argv[1])):
     print(getattr(item, "reason", None) or "ok", getattr(item, "source", None) or item[0])
@@ -151,6 +153,38 @@ def test_a_huge_line_or_item_is_skipped_without_reading_it_whole(tmp_path: Path)
         ("line 2", "record too large (over 1 MiB; max_record_bytes)"),
         ("item 1", "record too large (over 1 MiB; max_record_bytes)"),
     ]
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=5), inner, max_size=4),
+    max_leaves=30,
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    values=st.lists(JSON, max_size=8),
+    indent=st.sampled_from([None, 0, 2]),
+    chunk=st.sampled_from([1, 7, 4096]),
+)
+def test_array_items_split_by_the_scan_equal_json_loads(
+    values: list[Any], indent: int | None, chunk: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whatever the strings hold (quotes, escapes, brackets, commas, any character) and wherever the read
+    chunks end, the items are the array's items."""
+    monkeypatch.setattr(streams, "CHUNK", chunk)
+    path = tmp_path / "values.json"
+    path.write_text(
+        json.dumps(values, indent=indent, ensure_ascii=False), encoding="utf-8", errors="surrogatepass"
+    )
+    got = list(readers.read_records(path, Limits(max_depth=256)))
+    assert len(got) == len(values)
+    for index, (item, value) in enumerate(zip(got, values, strict=True)):
+        if isinstance(value, dict):
+            assert item == (Source(str(path), f"item {index}"), value)
+        else:
+            assert isinstance(item, Quarantined) and item.reason.startswith("expected a JSON object")
 
 
 def test_a_csv_line_or_field_over_the_limit_is_quarantined(tmp_path: Path) -> None:

@@ -149,8 +149,9 @@ class _Splitter:
         self.handle, self.limits, self.array = handle, limits, array
         self.buf = bytearray()
         self.base = 0  # absolute offset of buf[0]
-        self.lines = 0  # newlines before buf[0]
-        self.line_start = 0  # absolute offset of the start of the line holding buf[0]
+        self.cursor = 0  # absolute offset up to which lines are counted
+        self.lines = 0  # newlines before the cursor
+        self.line_start = 0  # absolute offset of the start of the cursor's line
         self.index = 0
         self.start: int | None = None if array else 0  # the current record's first byte
         self.where = (1, 1)  # its line and column, once it is skipped
@@ -165,10 +166,18 @@ class _Splitter:
         whole = _whole_item(min(self.limits.max_depth, FAST_DEPTH))
         while True:
             if self.array and depth == 1 and pos == self.start and not self.skipped:
-                # the common case: the whole item is in the buffer and shallow; else scan token by token
-                match = whole.match(self.buf, pos - self.base)
-                if match and match.end() - (pos - self.base) <= limit:
+                # The common case: whole, shallow items in the buffer, one match each; the rest (an item
+                # cut by the buffer's end, a deep or a big one, the array's end) is scanned token by token.
+                while (match := whole.match(self.buf, pos - self.base)) and (
+                    match.end() - (pos - self.base) <= limit
+                ):
                     pos = self.base + match.end()
+                    if self.buf[match.end()] != ord(","):
+                        break
+                    yield Piece(self.index, *self._where(self.start), bytes(match.group()))
+                    self.index += 1
+                    pos = self.start = pos + 1
+                self._drop(self.start)
             if self.start is not None and not self.skipped and pos - self.start > limit:
                 self._skip(self.limits.too_large())
             if self.skipped and pos > self.base:
@@ -257,17 +266,20 @@ class _Splitter:
         return bool(chunk)
 
     def _drop(self, upto: int) -> None:
-        """Forget the buffer before absolute offset `upto`, keeping count of its lines."""
-        cut = upto - self.base
-        self.lines += self.buf.count(b"\n", 0, cut)
-        if (last := self.buf.rfind(b"\n", 0, cut)) >= 0:
-            self.line_start = self.base + last + 1
-        del self.buf[:cut]
+        """Forget the buffer before absolute offset `upto`."""
+        self._advance(upto)
+        del self.buf[: upto - self.base]
         self.base = upto
 
     def _where(self, offset: int) -> tuple[int, int]:
-        """Line and column (1-based) of an absolute offset still in the buffer."""
-        cut = offset - self.base
-        last = self.buf.rfind(b"\n", 0, cut)
-        column = offset - (self.base + last + 1 if last >= 0 else self.line_start) + 1
-        return self.lines + self.buf.count(b"\n", 0, cut) + 1, column
+        """Line and column (1-based) of an absolute offset (never before one asked for earlier)."""
+        self._advance(offset)
+        return self.lines + 1, offset - self.line_start + 1
+
+    def _advance(self, offset: int) -> None:
+        """Move the line count from `cursor` on to `offset`."""
+        low, high = self.cursor - self.base, offset - self.base
+        if newlines := self.buf.count(b"\n", low, high):
+            self.lines += newlines
+            self.line_start = self.base + self.buf.rfind(b"\n", low, high) + 1
+        self.cursor = max(self.cursor, offset)
