@@ -368,6 +368,10 @@ def test_compressed_csv_and_damaged_or_unsupported_archives(
     )
     with pytest.raises(DataError, match=rf"^{damaged}: cannot read \(EOFError"):
         import_preferences([damaged], tmp_path / "out2", ImportSettings())
+    not_gzip = tmp_path / "plain.json.gz"
+    not_gzip.write_text(json.dumps([HH_ROW]))
+    with pytest.raises(DataError, match=rf"^{not_gzip}: cannot read \(BadGzipFile"):
+        import_preferences([not_gzip], tmp_path / "out2", ImportSettings())
     with pytest.raises(DataError, match="unsupported file type"):
         readers.data_files(compress(tmp_path / "t.parquet.gz", b"x"))
     monkeypatch.setitem(sys.modules, "zstandard", None)  # as if not installed

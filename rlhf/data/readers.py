@@ -16,7 +16,7 @@ import hashlib
 import io
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -105,13 +105,13 @@ def read_records(path: Path, limits: Limits = DEFAULT_LIMITS) -> Iterator[Item]:
     if kind == ".parquet":
         return _read_parquet(path)
     read = {".csv": _read_csv, ".json": _read_json}.get(kind, _read_jsonl)
-    return _readable(path, read(path, limits))
+    return _readable(path, lambda: read(path, limits))
 
 
-def _readable(path: Path, items: Iterator[Item]) -> Iterator[Item]:
-    """`items`, with a file that breaks off while it is read (a damaged archive) as one error naming it."""
+def _readable(path: Path, items: Callable[[], Iterator[Item]]) -> Iterator[Item]:
+    """`items()`, with a file that cannot be read or breaks off (a damaged archive) as one error naming it."""
     try:
-        yield from items
+        yield from items()
     except streams.decompression_errors() as exc:
         raise DataError(f"{path}: cannot read ({type(exc).__name__}: {exc})") from None
 
