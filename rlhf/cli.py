@@ -151,6 +151,12 @@ def _add_data_commands(commands: argparse._SubParsersAction, common: argparse.Ar
     imp.add_argument(
         "--tokenizer", help="model whose tokenizer measures length (id, directory or registry ref)"
     )
+    imp.add_argument(
+        "--max-depth", type=int, default=64, help="quarantine records nested deeper than this (at most 256)"
+    )
+    imp.add_argument(
+        "--max-record-mb", type=float, default=64, help="quarantine records bigger than this, unread"
+    )
     imp.add_argument("--test-fraction", type=float, default=0.1)
     imp.add_argument("--split-seed", type=int, default=0)
     imp.add_argument(
@@ -460,7 +466,8 @@ def _import(args: argparse.Namespace) -> None:
     settings = ImportSettings(
         format=args.format, options=options, ties=args.ties, min_votes=args.min_votes,
         min_annotator_agreement=args.min_agreement, max_tokens=args.max_tokens,
-        test_fraction=args.test_fraction, split_seed=args.split_seed,
+        test_fraction=args.test_fraction, split_seed=args.split_seed, max_depth=args.max_depth,
+        max_record_bytes=int(args.max_record_mb * 2**20),
     )  # fmt: skip
     count_tokens = _token_counter(args.tokenizer, args.registry) if args.tokenizer else None
     report = import_preferences([Path(s) for s in args.sources], Path(args.out), settings, count_tokens)

@@ -15,6 +15,7 @@ import hashlib
 import json
 import operator
 import os
+import re
 import shutil
 import uuid
 from collections.abc import Iterator
@@ -141,6 +142,7 @@ def staged_dataset_dir(out_dir: Path) -> Iterator[Path]:
     ):
         raise DataError(f"{out_dir}: exists and is not an imported preference dataset; choose another output")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_builds(out_dir)
     build = out_dir.parent / f".{out_dir.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.partial"
     build.mkdir()
     try:
@@ -155,3 +157,22 @@ def staged_dataset_dir(out_dir: Path) -> Iterator[Path]:
         shutil.rmtree(old)
     else:
         build.rename(out_dir)
+
+
+def _remove_stale_builds(out_dir: Path) -> None:
+    """Remove the staging folders (`.partial`, `.old`) that an import killed mid-write left beside `out_dir`:
+    those whose process is gone (a running import's are left alone)."""
+    name = re.compile(rf"\.{re.escape(out_dir.name)}\.(\d+)\.[0-9a-f]{{8}}\.(?:partial|old)")
+    for path in out_dir.parent.iterdir():
+        if (match := name.fullmatch(path.name)) and path.is_dir() and not _alive(int(match[1])):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, OverflowError):  # gone, or never a pid
+        return False
+    except PermissionError:  # another user's
+        return True
+    return True

@@ -2,7 +2,7 @@
 accounted for.
 
 The import streams in two passes. The reading pass reads records one at a time (`readers`), turns them into
-comparisons with the format's importer, checks them (`quality`) and sets each new comparison aside on disk
+comparisons with the format's importer (`units`, which tells each file's format), checks them (`quality`) and sets each new comparison aside on disk
 (`pending`); a later record of the same comparison (same prompt and responses, in either order, in any
 file) is a vote on it, not a lost duplicate. The voting pass reads the comparisons back in first-seen order
 with all their votes, measures agreement (first over everyone, where annotators are excluded by it), decides
@@ -32,7 +32,7 @@ from typing import IO, Any
 from rlhf.data import quality, readers
 from rlhf.data.aggregate import Agreement, AgreementTracker, Ties, aggregate, counted_votes
 from rlhf.data.import_report import render_report
-from rlhf.data.importers import BadRow, Importer, ImportOptions, detect, get_importer
+from rlhf.data.importers import ImportOptions, get_importer
 from rlhf.data.pending import PendingComparisons, row_of
 from rlhf.data.preference_dataset import (
     DATASET_FORMAT,
@@ -47,13 +47,17 @@ from rlhf.data.preference_dataset import (
     split_of,
     staged_dataset_dir,
 )
-from rlhf.data.records import Comparison, Quarantined, excerpt
-from rlhf.errors import ConfigError, DataError, RlhfError
+from rlhf.data.records import Comparison, Quarantined
+from rlhf.data.streams import Limits
+from rlhf.data.units import file_units, raw_excerpt
+from rlhf.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
 PROGRESS_EVERY = 100_000
 MERGED_VOTE = "merged vote"  # the duplicate kind of a later record of a comparison: its votes count there
+# json.loads, json.dumps and repr recurse once a level; this leaves room under Python's recursion limit.
+MAX_DEPTH_LIMIT = 256
 
 
 @dataclass(frozen=True)
@@ -68,6 +72,8 @@ class ImportSettings:
     max_tokens: int | None = None
     test_fraction: float = 0.1
     split_seed: int = 0
+    max_depth: int = Limits.max_depth  # a record nested deeper is quarantined, never parsed
+    max_record_bytes: int = Limits.max_record_bytes  # a bigger record is quarantined, never read whole
 
     def __post_init__(self) -> None:
         if self.ties not in ("drop", "keep"):
@@ -80,6 +86,14 @@ class ImportSettings:
             raise ConfigError(f"max_tokens: expected a positive number, got {self.max_tokens}")
         if not 0 <= self.test_fraction < 1:
             raise ConfigError(f"test_fraction: expected 0 <= fraction < 1, got {self.test_fraction}")
+        if not 1 <= self.max_depth <= MAX_DEPTH_LIMIT:
+            raise ConfigError(f"max_depth: expected 1..{MAX_DEPTH_LIMIT}, got {self.max_depth}")
+        if self.max_record_bytes < 1:
+            raise ConfigError(f"max_record_bytes: expected a positive number, got {self.max_record_bytes}")
+
+    @property
+    def limits(self) -> Limits:
+        return Limits(self.max_depth, self.max_record_bytes)
 
     def to_json(self) -> dict[str, Any]:
         """As the manifest records them (`column_map` may be any mapping, so it is copied as a dict)."""
@@ -194,54 +208,11 @@ def _stream(
         for path in files:
             entry = {"file": str(path), "sha256": "", "format": None, "records": 0, "comparisons": 0}
             sources_json.append(entry)
-            for item in _file_items(path, settings, entry):
+            for item in file_units(path, settings.format, settings.options, settings.limits, entry):
                 produced += 1
                 yield item
         if not produced:
             raise DataError(f"{source}: no records")
-
-
-def _file_items(
-    path: Path, settings: ImportSettings, entry: dict[str, Any]
-) -> Iterator[Comparison | Quarantined]:
-    """The comparisons of one file's records; a record that yields none (or fails) is one quarantined unit."""
-    importer: Importer | None = None
-    for item in readers.read_records(path):
-        entry["records"] += 1
-        if isinstance(item, Quarantined):
-            yield item
-            continue
-        source, record = item
-        first = importer is None
-        if importer is None:
-            importer = (
-                get_importer(settings.format) if settings.format else detect(record, readers.location(source))
-            )
-            entry["format"] = importer.name
-        try:
-            produced = list(importer.comparisons(record, source, settings.options))
-        except BadRow as exc:
-            if first and settings.format and not importer.sniff(record):
-                raise DataError(
-                    f"{readers.location(source)}: not in the '{settings.format}' format ({exc})"
-                ) from None
-            yield Quarantined(source, str(exc) or "bad row", _raw(record))
-            continue
-        except RlhfError:
-            raise
-        except Exception as exc:  # an importer bug must cost a row, not the import
-            yield Quarantined(source, f"importer error: {type(exc).__name__}: {exc}", _raw(record))
-            continue
-        if not produced:
-            yield Quarantined(source, "no comparisons: the record holds no pair to compare", _raw(record))
-        for out in produced:
-            if isinstance(out, Comparison):
-                entry["comparisons"] += 1
-                yield out
-            elif isinstance(out, Quarantined):
-                yield out
-            else:
-                yield Quarantined(source, f"importer error: yielded a {type(out).__name__}", _raw(record))
 
 
 class _Run:
@@ -410,10 +381,6 @@ def _dumps(entry: dict[str, Any]) -> str:
     return json.dumps(entry, ensure_ascii=False) + "\n"
 
 
-def _raw(record: Any) -> str:
-    return excerpt(json.dumps(record, ensure_ascii=False, default=str))
-
-
 def _raw_comparison(comparison: Comparison) -> str:
     fields = {"prompt": comparison.prompt, "a": comparison.response_a, "b": comparison.response_b}
-    return _raw(fields)
+    return raw_excerpt(fields)

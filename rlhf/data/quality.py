@@ -24,6 +24,7 @@ CHOICES = ("a", "b", "tie")
 # Latin-1/cp1252 ("Ã©" for "é", "Â " for a no-break space, "â€™" for "’").
 SUSPECT = re.compile("[\ufffd\ud800-\udfff\u00c2\u00c3\u00e2]")  # one fast scan finds every candidate
 MOJIBAKE = re.compile("[ÃÂ][\u0080-\u00bf]|â€")
+SURROGATE = re.compile("[\ud800-\udfff]")  # UTF-8 cannot encode one: the parquet writer would fail
 
 
 def category(reason: str) -> str:
@@ -51,6 +52,9 @@ def check(
     for name, text in [("prompt", prompt), *texts.items()]:
         if reason := bad_encoding(text):
             return f"bad encoding: {reason} in {name}"
+    for name, text in _labels(comparison):
+        if SURROGATE.search(text):
+            return f"bad encoding: lone surrogate in {name}"
     if count_tokens is not None and max_tokens is not None:
         prompt_tokens = count_tokens(prompt)
         for name, text in texts.items():
@@ -71,12 +75,20 @@ def malformed(comparison: Comparison) -> str | None:
         if not isinstance(getattr(comparison, name), str):
             problems.append(f"{name} is {type(getattr(comparison, name)).__name__}, not str")
     if not isinstance(comparison.votes, list) or not all(
-        getattr(vote, "choice", None) in CHOICES for vote in comparison.votes
+        getattr(vote, "choice", None) in CHOICES and isinstance(getattr(vote, "annotator", None), str | None)
+        for vote in comparison.votes
     ):
-        problems.append("votes are not a list of Vote(annotator, 'a' | 'b' | 'tie')")
+        problems.append("votes are not a list of Vote(annotator str or None, 'a' | 'b' | 'tie')")
     if comparison.margin is not None and not isinstance(comparison.margin, int | float):
         problems.append(f"margin is {type(comparison.margin).__name__}, not a number")
     return f"malformed comparison: {'; '.join(problems)}" if problems else None
+
+
+def _labels(comparison: Comparison) -> list[tuple[str, str]]:
+    """The written strings besides the texts: message roles and annotator ids."""
+    roles = [(f"prompt message {i} role", m["role"]) for i, m in enumerate(comparison.prompt)]
+    names = [("annotator id", vote.annotator) for vote in comparison.votes if vote.annotator is not None]
+    return roles + names
 
 
 def _is_message(message: Any) -> bool:

@@ -1,44 +1,60 @@
 """Stream the records of an export, each with where it came from, without loading the file.
 
 A record is one JSON object (a JSONL line, a JSON array item) or one table row (parquet, CSV, a `datasets`
-directory). A record that cannot be read becomes a `Quarantined` item and the stream goes on; a file that
-cannot be read at all (not JSON, not parquet, its first record already unreadable) is one `DataError`
-naming the file and line. Locations: lines count from 1 (as editors do), JSON array items and table rows
-from 0 (as `data[41]` and `dataset[7]` do).
+directory). Text formats may be compressed (`.jsonl.gz`, `.json.xz`, `.csv.bz2`, `.ndjson.zst`, ...) and
+are decompressed as they stream. A record that cannot be read, or is over a limit (`streams.Limits`:
+nesting depth, bytes), becomes a `Quarantined` item and the stream goes on; a file that cannot be read at
+all (not JSON, not parquet, a JSON array whose items cannot be told apart) is one `DataError` naming the
+file and line. Locations: lines count from 1 (as editors do), JSON array items and table rows from 0 (as
+`data[41]` and `dataset[7]` do).
 """
 
 from __future__ import annotations
 
-import codecs
 import csv
 import hashlib
+import io
 import json
-from collections.abc import Iterator
+import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
-import ijson
-
+from rlhf.data import streams
 from rlhf.data.records import Quarantined, Source, excerpt
+from rlhf.data.streams import BOM, DEFAULT_LIMITS, Limits
 from rlhf.errors import DataError
 
 Record = dict[str, Any]
 Item = tuple[Source, Record] | Quarantined
 
-SUFFIXES = (".jsonl", ".ndjson", ".json", ".parquet", ".csv")
-# A top-level JSON object is read whole, as one record; no single record is this big, a wrapper may be.
-MAX_OBJECT_BYTES = 64 * 2**20
-BOM = b"\xef\xbb\xbf"
+TEXT_SUFFIXES = (".jsonl", ".ndjson", ".json", ".csv")
+SUFFIXES = (*TEXT_SUFFIXES, ".parquet")
 
 
 def data_files(path: Path) -> list[Path]:
     """The units to read under `path`: the file itself, each split of a `datasets` directory, or each data
-    file of a plain directory (recursively, in name order)."""
+    file of a plain directory (recursively, in name order). Their names go into every row and the report,
+    so a name that is not valid UTF-8 is refused here rather than failing the writers at the end."""
+    files = _find_data_files(path)
+    for file in files:
+        try:
+            str(file).encode("utf-8")
+        except UnicodeEncodeError:
+            shown = os.fsencode(file).decode("utf-8", "backslashreplace")
+            raise DataError(f"{shown}: the file name is not valid UTF-8; rename the file") from None
+    return files
+
+
+def _find_data_files(path: Path) -> list[Path]:
     if not path.exists():
         raise DataError(f"{path}: no such file or directory")
     if path.is_file():
-        if path.suffix not in SUFFIXES:
-            raise DataError(f"{path}: unsupported file type; expected {', '.join(SUFFIXES)} or a directory")
+        if not _is_data_file(path):
+            raise DataError(
+                f"{path}: unsupported file type; expected {', '.join(SUFFIXES)} (the text ones may end in "
+                f"{', '.join(streams.CODECS)}) or a directory"
+            )
         return [path]
     if (path / "dataset_dict.json").is_file():
         splits = json.loads((path / "dataset_dict.json").read_text(encoding="utf-8"))["splits"]
@@ -48,22 +64,20 @@ def data_files(path: Path) -> list[Path]:
     files = sorted(
         p
         for p in path.rglob("*")
-        if p.is_file() and p.suffix in SUFFIXES and not any(part.startswith(".") for part in p.parts)
+        if p.is_file() and _is_data_file(p) and not any(part.startswith(".") for part in p.parts)
     )
     if not files:
         raise DataError(f"{path}: no data files ({', '.join(SUFFIXES)}) and not a `datasets` directory")
     return files
 
 
-def read_records(path: Path) -> Iterator[Item]:
-    """Every record of a unit from `data_files`; its first record must be readable."""
-    items = _read(path)
-    for item in items:
-        if isinstance(item, Quarantined):
-            raise DataError(f"{location(item.source)}: {item.reason}")
-        yield item
-        break
-    yield from items
+def _is_data_file(path: Path) -> bool:
+    return streams.data_suffix(path) in (TEXT_SUFFIXES if streams.codec(path) else SUFFIXES)
+
+
+def over_limit(item: Quarantined) -> bool:
+    """Whether a record was quarantined for a limit (`Limits`) rather than for being unreadable."""
+    return item.reason.startswith(streams.OVER_LIMIT)
 
 
 def location(source: Source) -> str:
@@ -83,152 +97,126 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _read(path: Path) -> Iterator[Item]:
+def read_records(path: Path, limits: Limits = DEFAULT_LIMITS) -> Iterator[Item]:
+    """Every record of a unit from `data_files`: readable ones, and the others quarantined."""
     if path.is_dir():
         return _read_arrow(path)
-    if path.suffix == ".parquet":
+    kind = streams.data_suffix(path)
+    if kind == ".parquet":
         return _read_parquet(path)
-    if path.suffix == ".csv":
-        return _read_csv(path)
-    if path.suffix == ".json":
-        return _read_json(path)
-    return _read_jsonl(path)
+    read = {".csv": _read_csv, ".json": _read_json}.get(kind, _read_jsonl)
+    return _readable(path, lambda: read(path, limits))
 
 
-def _read_jsonl(path: Path) -> Iterator[Item]:
-    with path.open("rb") as handle:
-        for number, raw in enumerate(handle, start=1):
+def _readable(path: Path, items: Callable[[], Iterator[Item]]) -> Iterator[Item]:
+    """`items()`, with a file that cannot be read or breaks off (a damaged archive) as one error naming it."""
+    try:
+        yield from items()
+    except streams.decompression_errors() as exc:
+        raise DataError(f"{path}: cannot read ({type(exc).__name__}: {exc})") from None
+
+
+def _read_jsonl(path: Path, limits: Limits) -> Iterator[Item]:
+    with streams.open_bytes(path) as handle:
+        lines = streams.bounded_lines(handle, limits.max_record_bytes)
+        for number, raw in enumerate(lines, start=1):
             source = Source(str(path), f"line {number}")
-            if number == 1:
-                raw = raw.removeprefix(BOM)
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                text = raw.decode("utf-8", "replace")
-                yield Quarantined(
-                    source, f"not valid UTF-8 ({exc.reason} at byte {exc.start})", excerpt(text)
-                )
-                continue
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                yield Quarantined(source, f"not valid JSON ({exc.msg} at column {exc.colno})", excerpt(line))
-                continue
-            yield _as_record(source, record, line)
+            if raw is None:
+                yield Quarantined(source, limits.too_large())
+            elif item := _parse_line(source, raw.removeprefix(BOM) if number == 1 else raw, limits):
+                yield item
 
 
-def _read_json(path: Path) -> Iterator[Item]:
+def _parse_line(source: Source, raw: bytes, limits: Limits) -> Item | None:
+    """One JSON line as a record (None for a blank line); its depth is checked before it is parsed."""
+    try:
+        line = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        text = raw.decode("utf-8", "replace")
+        return Quarantined(source, f"not valid UTF-8 ({exc.reason} at byte {exc.start})", excerpt(text))
+    if not line.strip():
+        return None
+    if raw.count(b"[") + raw.count(b"{") > limits.max_depth:  # else it cannot be too deep
+        piece = next(streams.split_json(io.BytesIO(raw), limits, array=False))
+        if piece.data is None:
+            return Quarantined(source, piece.reason, excerpt(line))
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as exc:
+        return Quarantined(source, f"not valid JSON ({exc.msg} at column {exc.colno})", excerpt(line))
+    return _as_record(source, record, line)
+
+
+def _read_json(path: Path, limits: Limits) -> Iterator[Item]:
     """A top-level array streamed item by item; JSON lines in a `.json` file; or one object, one record."""
-    with path.open("rb") as handle:
+    with streams.open_bytes(path) as handle:
         head = handle.read(4096).removeprefix(BOM).lstrip()
-    if head.startswith(b"["):
-        return _read_array(path)
     if head.startswith(b"{"):
-        with path.open("rb") as handle:
-            first_line = handle.readline().removeprefix(BOM)
+        with streams.open_bytes(path) as handle:
+            first_line = next(streams.bounded_lines(handle, limits.max_record_bytes), None) or b""
         try:
-            json.loads(first_line)
-        except ValueError:
-            return _read_object(path)
-        return _read_jsonl(path)  # one object per line: JSON lines under a .json name
+            json.loads(first_line.removeprefix(BOM))
+        except (ValueError, RecursionError):
+            return _read_document(path, limits, array=False)
+        return _read_jsonl(path, limits)  # one object per line: JSON lines under a .json name
+    if head.startswith(b"["):
+        return _read_document(path, limits, array=True)
     if not head:
         return iter(())
     raise DataError(f"{path}:1: not valid JSON (expected an array of records or an object)")
 
 
-def _read_object(path: Path) -> Iterator[Item]:
-    size = path.stat().st_size
-    if size > MAX_OBJECT_BYTES:
-        raise DataError(
-            f"{path}: one JSON object of {size / 2**20:.0f} MiB is not a record; "
-            "expected an array of records or JSON lines"
-        )
-    try:
-        record = json.loads(path.read_bytes().removeprefix(BOM))
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{path}: not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg} at column {exc.colno})") from None
-    yield Source(str(path), "object"), record
-
-
-def _read_array(path: Path) -> Iterator[Item]:
-    with path.open("rb") as handle:
-        feed = _Feed(handle)
+def _read_document(path: Path, limits: Limits, array: bool) -> Iterator[Item]:
+    """Array items (`item N`) or a whole document (`object`), each split out and checked against `limits`
+    before it is parsed. A syntax error is one error naming the line and column: the items around it
+    cannot be told apart with certainty."""
+    with streams.open_bytes(path) as handle:
         try:
-            for index, value in enumerate(ijson.items(feed, "item", use_float=True)):
-                yield _as_record(Source(str(path), f"item {index}"), value, value)
-        except ijson.JSONError as exc:
-            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise DataError(f"{_locate_error(path, feed.chunk_start)}: not valid JSON ({reason})") from None
+            for piece in streams.split_json(handle, limits, array):
+                source = Source(str(path), f"item {piece.index}" if array else "object")
+                if piece.data is None:
+                    yield Quarantined(source, piece.reason, excerpt(piece.head.decode("utf-8", "replace")))
+                    continue
+                # Invalid UTF-8 becomes U+FFFD: a bad byte spoils one record (the quality checks
+                # quarantine it), not the file.
+                text = piece.data.decode("utf-8", "replace")
+                try:
+                    value = json.loads(text)
+                except json.JSONDecodeError as exc:
+                    line = piece.line + exc.lineno - 1
+                    column = exc.colno + (piece.column - 1 if exc.lineno == 1 else 0)
+                    raise DataError(f"{path}:{line}:{column}: not valid JSON ({exc.msg})") from None
+                yield _as_record(source, value, value)
+        except streams.StructureError as exc:
+            raise DataError(f"{path}:{exc.line}: not valid JSON ({exc})") from None
 
 
-def _locate_error(path: Path, chunk_start: int) -> str:
-    """`FILE:LINE:COLUMN` of a syntax error the fast parser reported without a position.
-
-    The error lies in the chunk the parser read last; a second pass parses up to that chunk at full speed
-    and then feeds the parser one byte at a time, so the last byte it took is where it failed.
-    """
-    with path.open("rb") as handle:
-        feed = _Feed(handle, slow_from=chunk_start)
-        try:
-            for _ in ijson.basic_parse(feed, use_float=True):
-                pass
-        except ijson.JSONError:
-            return f"{path}:{feed.newlines + 1}:{feed.served - feed.line_start}"
-    return f"{path} (near byte {chunk_start})"
-
-
-class _Feed:
-    """The bytes ijson reads: invalid UTF-8 replaced by U+FFFD (so a bad byte spoils one record, which the
-    quality checks quarantine, not the file), counted so that a syntax error can be placed."""
-
-    def __init__(self, handle: IO[bytes], slow_from: int | None = None) -> None:
-        self.handle = handle
-        self.slow_from = slow_from
-        self.decoder = codecs.getincrementaldecoder("utf-8")("replace")
-        self.served = self.chunk_start = self.newlines = self.line_start = 0
-        if handle.read(len(BOM)) != BOM:
-            handle.seek(0)
-
-    def read(self, size: int = -1) -> bytes:
-        if size == 0:
-            return b""
-        if self.slow_from is not None:
-            size = 1 if self.served >= self.slow_from else min(size, self.slow_from - self.served)
-        while True:
-            chunk = self.handle.read(size)
-            data = self.decoder.decode(chunk, final=not chunk).encode("utf-8")
-            if data or not chunk:
-                break  # a lone byte of a multi-byte character decodes to nothing yet: read on
-        self.chunk_start = self.served
-        self.served += len(data)
-        if (newlines := data.count(b"\n")) > 0:
-            self.newlines += newlines
-            self.line_start = self.chunk_start + data.rindex(b"\n") + 1
-        return data
-
-
-def _read_csv(path: Path) -> Iterator[Item]:
-    """Rows as {header: value}; a row whose field count differs from the header's is quarantined."""
-    csv.field_size_limit(2**31 - 1)  # responses can exceed the default 128 KiB per field
-    with path.open(encoding="utf-8-sig", errors="replace", newline="") as handle:
-        reader = csv.reader(handle)
-        header = next(reader, None)
-        end = reader.line_num
+def _read_csv(path: Path, limits: Limits) -> Iterator[Item]:
+    """Rows as {header: value}; a row whose field count differs from the header's is quarantined, and so is
+    a line or a field over the size limit (the line read past, never whole)."""
+    csv.field_size_limit(limits.max_record_bytes)
+    with io.TextIOWrapper(
+        streams.open_bytes(path), encoding="utf-8-sig", errors="replace", newline=""
+    ) as handle:
+        lines = _CsvLines(streams.bounded_lines(handle, limits.max_record_bytes))
+        reader = csv.reader(lines)
+        header: list[str] | None = None
+        end = 0
         while True:
             start = end + 1
             try:
                 row = next(reader, None)
-            except csv.Error as exc:
-                end = reader.line_num
-                yield Quarantined(Source(str(path), f"line {end}"), f"not valid CSV ({exc})")
+            except (csv.Error, _LineTooLarge) as exc:
+                end = lines.number
+                reason = limits.too_large() if isinstance(exc, _LineTooLarge) else f"not valid CSV ({exc})"
+                yield Quarantined(Source(str(path), f"line {end}"), reason)
                 continue
-            if row is None or header is None:
+            end = lines.number
+            if row is None:
                 return
-            end = reader.line_num
+            if header is None:
+                header = row
+                continue
             if not row:
                 continue  # a blank line
             source = Source(str(path), f"line {end}" if start >= end else f"lines {start}-{end}")
@@ -237,6 +225,28 @@ def _read_csv(path: Path) -> Iterator[Item]:
                 yield Quarantined(source, reason, excerpt(row))
                 continue
             yield source, dict(zip(header, row, strict=True))
+
+
+class _LineTooLarge(Exception):
+    pass
+
+
+class _CsvLines:
+    """Lines for `csv.reader`, counted; a line over the limit raises through the reader, which starts its
+    next row afresh on the line after."""
+
+    def __init__(self, lines: Iterator[str | None]) -> None:
+        self.lines, self.number = lines, 0
+
+    def __iter__(self) -> _CsvLines:
+        return self
+
+    def __next__(self) -> str:
+        line = next(self.lines)
+        self.number += 1
+        if line is None:
+            raise _LineTooLarge
+        return line
 
 
 def _read_parquet(path: Path) -> Iterator[Item]:
