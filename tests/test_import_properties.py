@@ -2,9 +2,9 @@
 
 For every importer, hypothesis writes a file that opens with one good record of the format and goes on with
 generated ones: the good record with a value replaced (wrong types, lone surrogates, huge strings, nesting
-far past any cap), a key dropped, chosen and rejected swapped, an earlier record repeated, or a line that
+past the depth cap and Python's recursion limit), a key dropped, chosen and rejected swapped, an earlier record repeated, or a line that
 is not a record at all (invalid UTF-8, not JSON, a bare value). The file is written as JSON lines, as a JSON
-array and gzipped, and imported with the format given and detected. Whatever comes in:
+array and gzipped, and imported with the format detected (and, as JSON lines, given). Whatever comes in:
 
 - no exception escapes the import;
 - every row is accounted for: rows read = kept + quarantined + duplicates, every record read gives at least
@@ -37,7 +37,7 @@ from tests.test_import_annotation_tools import PAIR_DATA, annotation, pairwise, 
 from tests.test_import_files import SAMPLES
 from tests.test_import_public_formats import COLUMNS, csv_row
 
-EXAMPLES = int(os.environ.get("RLHF_FUZZ_EXAMPLES", "12"))
+EXAMPLES = int(os.environ.get("RLHF_FUZZ_EXAMPLES", "6"))
 FIXED = "RLHF_FUZZ_RANDOM" not in os.environ  # CI: the same examples every run; the bench: fresh ones
 HEAP_LIMIT = 96 * 2**20  # the import's Python heap peak, for files of a few MiB at most
 DEEP = "\x00deep\x00"  # where the writer puts a nesting too deep to build as a Python object
@@ -58,7 +58,7 @@ json_values = st.recursive(
 )
 raw_lines = st.sampled_from(
     [b"\xff\xfe latin-1 \xe9t\xe9", b'{"chosen": "caf\xe9"}', b"{not json", b"[]", b"null", b"42",
-     b'"a string"', b"[" * 100_000 + b"]" * 100_000, b'{"a":' * 50_000 + b"1" + b"}" * 50_000]
+     b'"a string"', b"[" * 3000 + b"]" * 3000, b'{"a":' * 2000 + b"1" + b"}" * 2000]
 )  # fmt: skip
 
 
@@ -102,7 +102,7 @@ def records(draw: st.DrawFn, good: dict[str, Any]) -> bytes:
             if first in record and second in record:
                 record[first], record[second] = record[second], record[first]
     text = json.dumps(record, ensure_ascii=True)  # escapes keep lone surrogates writable, as `\ud800`
-    depth = draw(st.integers(65, 20_000))
+    depth = draw(st.integers(65, 3000))  # past the cap (64) and Python's recursion limit (1000)
     return text.replace(json.dumps(DEEP), "[" * depth + "]" * depth).encode()
 
 
@@ -151,7 +151,7 @@ def test_no_export_knocks_an_import_over(fmt: str, tmp_path_factory: pytest.Temp
         detected = fmt if fmt not in DETECTED else None
         for kind, source in _exports(folder, lines).items():
             written = len(lines) if kind != "json" else source.read_bytes().count(b"\n") - 1
-            for chosen in {fmt, detected}:
+            for chosen in {fmt, detected} if kind == "jsonl" else {detected}:
                 settings_ = ImportSettings(format=chosen, options=options, ties="keep", test_fraction=0.5)
                 _check_import(source, folder / f"out-{kind}-{chosen}", settings_, written)
 
