@@ -47,7 +47,17 @@ class PreferencesConfig(Schema):
     min_annotator_agreement: float | None = Field(None, ge=0.0, le=1.0)
     test_fraction: float = Field(0.1, ge=0.0, lt=1.0)
     split_seed: int = 0
+    max_depth: int = Field(64, ge=1, le=256, description="A record nested deeper is quarantined.")
+    max_record_bytes: int = Field(64 * 2**20, ge=1, description="A bigger record is quarantined.")
+    # format-specific choices, as `rlhf data import`'s flags (rlhf.data.importers.ImportOptions)
     column_map: dict[str, str] = Field(default_factory=dict)
+    rating_pairs: Literal["best-vs-random", "best-vs-worst", "all-above-margin"] = "best-vs-random"
+    rating_margin: float = 1.0
+    rating_key: str = "overall"
+    argilla_question: str | None = None
+    prompt_field: str | None = None
+    label_config: str | None = None
+    bucket_order: list[str] = Field(default_factory=list)
 
 
 class DataConfig(Schema):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -163,10 +163,14 @@ def prepare_data(cfg: PipelineConfig, run_dir: Path) -> tuple[dict[str, str], st
 
 def import_exports(exports: list[Path], prefs: PreferencesConfig, out_dir: Path) -> Path:
     """The configured preference exports through `rlhf data import`'s machinery, into the run."""
-    options = ImportOptions(column_map=prefs.column_map)
-    settings = ImportSettings(format=prefs.format, options=options, ties=prefs.ties, min_votes=prefs.min_votes,
-                              min_annotator_agreement=prefs.min_annotator_agreement,
-                              test_fraction=prefs.test_fraction, split_seed=prefs.split_seed)  # fmt: skip
+    given = prefs.model_dump()
+    given["bucket_order"] = tuple(given["bucket_order"])
+    try:
+        options = ImportOptions(**{f.name: given[f.name] for f in fields(ImportOptions) if f.name in given})
+        settings = ImportSettings(options=options, **{f.name: given[f.name] for f in fields(ImportSettings)
+                                                      if f.name in given and f.name != "options"})  # fmt: skip
+    except ConfigError as exc:  # the settings name their key: say where it is in the pipeline's config
+        raise ConfigError(f"data.preferences.{exc}") from None
     report = import_preferences(exports, out_dir, settings)
     if (nothing := report.nothing_kept()) is not None:
         raise DataError(nothing)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from rlhf.data.preference_dataset import load_preferences
-from rlhf.errors import DataError
+from rlhf.errors import ConfigError, DataError
 from rlhf.registry import Registry
 from tests.conftest import run_cli
 
@@ -239,3 +239,23 @@ def test_a_pipeline_whose_preference_import_keeps_nothing_stops_with_the_same_li
     ):
         import_exports([export], PreferencesConfig(), tmp_path / "prefs")
     assert (tmp_path / "prefs" / "report.md").is_file()
+
+
+def test_a_pipeline_passes_every_import_setting(tmp_path: Path) -> None:
+    """`data.preferences` takes `rlhf data import`'s settings: the same export, the same dataset."""
+    from rlhf.config import PreferencesConfig
+    from rlhf.workspace import import_exports
+
+    export, config = LABEL_STUDIO / "ranker.min.json", LABEL_STUDIO / "ranker.xml"
+    flags = ["--bucket-order", "relevant_results,biased_results", "--label-config", str(config),
+             "--ties", "keep", "--test-fraction", "0", "--max-depth", "32"]  # fmt: skip
+    done = run_cli("data", "import", str(export), "--out", str(tmp_path / "cli"), *flags)
+    assert done.returncode == 0, done.stderr[-2000:]
+    prefs = PreferencesConfig(bucket_order=["relevant_results", "biased_results"], label_config=str(config),
+                              ties="keep", test_fraction=0, max_depth=32)  # fmt: skip
+    import_exports([export], prefs, tmp_path / "pipeline")
+    manifests = [json.loads((tmp_path / out / "manifest.json").read_text()) for out in ("cli", "pipeline")]
+    assert manifests[0]["fingerprint"] == manifests[1]["fingerprint"]
+    assert manifests[0]["settings"] == manifests[1]["settings"]
+    with pytest.raises(ConfigError, match=r"^data\.preferences\.bucket_order: expected distinct"):
+        import_exports([export], PreferencesConfig(bucket_order=["a", "a"]), tmp_path / "bad")
