@@ -163,7 +163,11 @@ class Registry:
             storage.fsync_tree(staging)
             manifest = self._commit(staging, fields, entries)
         if mode == "move":
-            self._discard(source)
+            self._discard(source)  # before the hashes are cached: dropping the source's links changes ctime
+        cache = HashCache(self.root)
+        for entry in manifest.files:
+            cache.remember(self._version_dir(name, manifest.version) / entry.path, entry.sha256)
+        self._save_hashes(cache)
         return manifest
 
     def add(self, name: str, model_dir: str | Path, **options: Unpack[PublishOptions]) -> Manifest:
@@ -230,6 +234,11 @@ class Registry:
             self._write_index(index)
         return manifest
 
+    def _save_hashes(self, cache: HashCache) -> None:
+        """Under the registry lock, so that `gc` never takes the cache's temp file for a crashed writer's."""
+        with self._locked():
+            cache.save()
+
     def _versions_on_disk(self, name: str) -> builtins.list[int]:
         """Numbers of the vN directories of a model, committed or not."""
         folder = self.root / "models" / name
@@ -247,7 +256,7 @@ class Registry:
         manifest, folder = self._find(self._read_index(), ref)
         cache = HashCache(self.root)
         problems = check_version(manifest, folder, cache, full=False)
-        cache.save()
+        self._save_hashes(cache)
         if problems:
             more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
             raise IntegrityError(f"registry: {problems[0]}{more}; refusing to load {manifest.ref}")
@@ -345,7 +354,7 @@ class Registry:
             for manifest, folder in targets
             for problem in check_version(manifest, folder, cache, full=True)
         ]
-        cache.save()
+        self._save_hashes(cache)
         return problems
 
     def _find(self, index: dict[str, Any], ref: str | Reference) -> tuple[Manifest, Path]:

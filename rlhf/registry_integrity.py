@@ -58,6 +58,13 @@ class HashCache:
             self.fresh[self._key(path)] = {"stat": before, "sha256": digest}
         return digest
 
+    def remember(self, path: Path, digest: str) -> None:
+        """Cache the hash the registry computed of a file it has just published. It wrote (or took over) the
+        file in its own staging folder, where no one else writes, so no write can hide behind the stat and
+        the settling wait is not needed: the first load of a new version stats its files, and the ranks of
+        a launched stage do not each hash a model at once."""
+        self.fresh[self._key(path)] = {"stat": _stat(path), "sha256": digest}
+
     def save(self) -> None:
         """Merge the new entries into the cache file (entries of files gone are dropped); a registry that
         cannot be written is still checked, only not cached."""

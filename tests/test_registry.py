@@ -233,7 +233,13 @@ def test_names_and_aliases_are_validated_everywhere(reg: Registry, tmp_path: Pat
         reg.set_alias("m:v1", bad)
     with pytest.raises(RegistryError):
         Reference(bad, "latest")
-    assert sorted(p.name for p in reg.root.iterdir()) == [".lock", ".staging", "index.json", "models"]
+    assert sorted(p.name for p in reg.root.iterdir()) == [
+        ".hashes.json",
+        ".lock",
+        ".staging",
+        "index.json",
+        "models",
+    ]
     assert sorted(p.name for p in (reg.root / "models").iterdir()) == ["m"]
 
 
