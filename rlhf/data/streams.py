@@ -3,6 +3,11 @@ a JSON document split out by nesting depth and size before any parser builds the
 
 A record over a cap is skipped while it is scanned, never held: memory stays within the size cap and one
 read chunk whatever the input (a 400 KB array item nested 200,000 levels deep, a 100 MB line).
+
+Why by hand: the streaming parser this replaced (ijson) builds each array item in its C backend with no limit
+on depth or size (the 200,000-deep item grew it to ~23 GB), and `json.loads` recurses once a level. No parser
+we could find takes per-record caps, so the records are cut out of the bytes here (regular expressions do
+the scanning) and `json.loads` parses only those within the caps.
 """
 
 from __future__ import annotations
