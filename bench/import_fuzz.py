@@ -26,10 +26,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--examples", type=int, default=300, help="examples per format and property")
     args = parser.parse_args()
-    env = {**os.environ, "RLHF_FUZZ_EXAMPLES": str(args.examples), "RLHF_FUZZ_RANDOM": "1"}
+    env = {**os.environ, "RLHF_FUZZ_EXAMPLES": str(args.examples), "RLHF_FUZZ_RANDOM": "1",
+           "HF_DATASETS_DISABLE_PROGRESS_BARS": "1"}  # fmt: skip
     started = time.perf_counter()
     done = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_import_properties.py"],
+        [sys.executable, "-m", "pytest", "-q", "--tb=short", "-p", "no:cacheprovider",
+         "tests/test_import_properties.py"],
         cwd=REPO, env=env, capture_output=True, text=True,
     )  # fmt: skip
     seconds = time.perf_counter() - started

@@ -120,6 +120,11 @@ def _exports(tmp_path: Path, lines: list[bytes]) -> dict[str, Path]:
     return {"jsonl": jsonl, "jsonl.gz": gz, "json": array}
 
 
+def _jsonl(path: Path) -> list[dict[str, Any]]:
+    """JSON lines split at "\n" only, as JSON lines are: a string may hold U+2028 (which `splitlines` splits at)."""
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").split("\n") if line]
+
+
 def _check_import(source: Path, out: Path, settings_: ImportSettings, records_written: int) -> None:
     tracemalloc.start()
     try:
@@ -129,10 +134,10 @@ def _check_import(source: Path, out: Path, settings_: ImportSettings, records_wr
         tracemalloc.stop()
     assert report.read == report.kept + report.quarantined + report.duplicates, report.identity
     assert report.read >= records_written
-    quarantined = report.quarantine_path.read_text(encoding="utf-8").splitlines()
+    quarantined = _jsonl(report.quarantine_path)
     assert len(quarantined) == report.quarantined
-    assert all(json.loads(line)["reason"] for line in quarantined)
-    assert len(report.duplicates_path.read_text(encoding="utf-8").splitlines()) == report.duplicates
+    assert all(entry["reason"] for entry in quarantined)
+    assert len(_jsonl(report.duplicates_path)) == report.duplicates
     dataset = load_preferences(out)
     assert sum(len(split) for split in dataset.values()) == report.kept
     assert peak < HEAP_LIMIT, f"the import's heap peaked at {peak / 2**20:.0f} MiB"
