@@ -72,7 +72,9 @@ def run_dir_for(cfg: PipelineConfig, given: str | Path | None) -> Path:
     if given is None:
         return new_run_dir(cfg)
     run_dir = Path(given)
-    _check_run_dir(run_dir, cfg.name)
+    # the ranks of a launch write there at once, so whoever launched them checked
+    if rank_info().world_size == 1:
+        _check_run_dir(run_dir, cfg.name)
     run_dir.mkdir(parents=True, exist_ok=True)
     return run_dir
 
