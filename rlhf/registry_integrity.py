@@ -7,8 +7,9 @@ stat per file instead of reading every byte, while `verify` always re-hashes.
 The cache (`.hashes.json` in the registry) keys each file's last computed sha256 by its path and by what a
 write to it changes: size, mtime, ctime and inode. `os.utime` can put an mtime back but not a ctime, so a
 byte flipped in place with the mtime restored is hashed again. An entry only ever records a hash computed
-from the file, with its stat unchanged across the hashing and its last change settled (older than
-`SETTLED_NS`, so that a write in the same timestamp tick cannot hide behind an equal stat). What no stat
+from the file: by a load, with its stat unchanged across the hashing and its last change settled (older than
+`SETTLED_NS`, so that a write in the same timestamp tick cannot hide behind an equal stat), or by the publish
+that wrote it into the registry's own staging folder (`remember`). What no stat
 field shows (bit rot under the filesystem) only `verify` finds. The file is replaced atomically; two
 writers racing may lose each other's new entries, which costs a re-hash, never a wrong answer.
 Only stdlib here (no torch): the registry knows nothing of training.
