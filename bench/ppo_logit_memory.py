@@ -3,7 +3,7 @@
 vocabulary 151,936) in fp32 on one CPU process.
 
 Each variant runs in a fresh process: the model loads, then one micro-batch of left-padded prompts and
-responses goes through `rlhf.ppo.response_forward` (log-probs, entropy, values) and a backward pass of their
+responses goes through `rlhf.policy_forward.response_forward` (log-probs, entropy, values) and a backward pass of their
 sum; the peak resident memory (VmHWM, glibc told to hand freed tensors back) above the loaded model is the pass's.
 "All positions" is the same call with `keep` turned off, as the code was before.
 
@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 import rlhf.ppo_models
 from rlhf.models import load_causal_lm
-from rlhf.ppo import response_forward
+from rlhf.policy_forward import response_forward
 from rlhf.ppo_models import PolicyAndValue
 from rlhf.settings import ModelSpec
 

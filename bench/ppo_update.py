@@ -226,12 +226,13 @@ def ours_worker(models: Models, settings: Settings) -> dict[str, Any]:
     import torch
 
     torch.set_num_threads(settings.threads)
-    from rlhf.eval import generate, load_prompts, summarize
+    from rlhf.eval import generate, load_prompt_rows, load_prompts, summarize
     from rlhf.models import policy_training
     from rlhf.ppo import PPORun, PPOTrainer, ppo_accelerator
     from rlhf.ppo_models import build_models
     from rlhf.precision import LoadDtypes
-    from rlhf.settings import ModelSpec, PolicyStageConfig, PPOSpec, RolloutSpec
+    from rlhf.reward_sources import reward_terms, with_models
+    from rlhf.settings import ModelSpec, PolicyStageConfig, PPOSpec, RewardSource, RolloutSpec
 
     recipe = RECIPES[settings.recipe]
     rollout = RolloutSpec(
@@ -268,18 +269,20 @@ def ours_worker(models: Models, settings: Settings) -> dict[str, Any]:
     )
     policy_spec = ModelSpec(name=models.policy)
     accelerator = ppo_accelerator(cfg, "stages.policy")
-    built = build_models(policy_spec, ModelSpec(name=models.reward), policy_training(policy_spec, None, "policy"),
+    reward_spec = ModelSpec(name=models.reward)
+    built = build_models(policy_spec, [reward_spec], policy_training(policy_spec, None, "policy"),
                          "reward", LoadDtypes("float32", "float32"))  # fmt: skip
+    terms = reward_terms([RewardSource(model=reward_spec)], [models.reward_stats], "stages.policy")
     ends: list[float] = []  # when each update's metrics were logged: the end of the update
     with tempfile.TemporaryDirectory(prefix="ppo-update-") as tmp:
         trainer = PPOTrainer(
             PPORun(
                 cfg=cfg,
                 models=built,
-                prompts=load_prompts(models.prompts),
+                rewards=with_models(terms, built.rewards),
+                prompts=load_prompt_rows(models.prompts),
                 checkpoint_dir=Path(tmp),
                 seed=settings.seed,
-                reward_stats=models.reward_stats,
                 config_key="stages.policy",
                 accelerator=accelerator,
                 log_metrics=lambda metrics, step: ends.append(time.perf_counter()),

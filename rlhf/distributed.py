@@ -242,7 +242,7 @@ def stage_batches(stage: str, cfg: TrainStageConfig) -> tuple[int, int, str]:
     """(micro-batch per process, gradient accumulation steps, where the accumulation comes from) a stage
     trains with: its own settings for the TRL trainers, what PPO derives from its rollout for PPO."""
     key = stage_key(stage)
-    if isinstance(cfg, PolicyStageConfig) and cfg.algorithm == "ppo":
+    if isinstance(cfg, PolicyStageConfig) and cfg.online:
         batches = ppo_batches(cfg, key)
         source = (f"{key}.ppo: {batches.rollout} responses per update / {cfg.ppo.num_mini_batches} "
                   f"num_mini_batches / micro-batch {batches.micro} = {batches.accumulation}")  # fmt: skip

@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from statistics import fmean
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from rlhf.config import TrackingConfig
 from rlhf.data import synthetic
@@ -44,21 +44,34 @@ class Sample:
     response_ids: tuple[int, ...] = ()  # including the EOS when it ended with one
 
 
-def load_prompts(path: str | Path) -> list[Messages]:
-    """Prompts from JSONL rows `{"prompt": [messages]}` or `{"prompt": "text"}`."""
+@dataclass(frozen=True)
+class PromptRow:
+    """A prompt and the other fields of its row (e.g. a reference answer), which reward functions read."""
+
+    messages: Messages
+    fields: dict[str, Any]
+
+
+def load_prompt_rows(path: str | Path) -> list[PromptRow]:
+    """Prompts from JSONL rows `{"prompt": [messages], ...}` or `{"prompt": "text", ...}`, other keys kept."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: prompts file not found")
-    prompts: list[Messages] = []
+    rows: list[PromptRow] = []
     for number, row in iter_jsonl(path):
-        prompt = row.get("prompt")
+        prompt = row.pop("prompt", None)
         if isinstance(prompt, str):
-            prompts.append([{"role": "user", "content": prompt}])
+            rows.append(PromptRow([{"role": "user", "content": prompt}], row))
         elif isinstance(prompt, list) and prompt:
-            prompts.append(prompt)
+            rows.append(PromptRow(prompt, row))
         else:
             raise DataError(f"{path}:{number}: expected key 'prompt' with text or a list of messages")
-    return prompts
+    return rows
+
+
+def load_prompts(path: str | Path) -> list[Messages]:
+    """The prompts of `load_prompt_rows`, without their other fields."""
+    return [row.messages for row in load_prompt_rows(path)]
 
 
 def generate(

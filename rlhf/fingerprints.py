@@ -15,7 +15,7 @@ from typing import Any
 from rlhf.config import PipelineConfig
 from rlhf.data.files import fingerprint as file_fingerprint
 from rlhf.registry import REF_PREFIX, Registry, is_reference
-from rlhf.settings import ModelSpec, TrainStageConfig
+from rlhf.settings import ModelSpec, PolicyStageConfig, TrainStageConfig
 from rlhf.stage_table import REWARD_MODEL, latest_version_of, stage_spec
 
 # Settings that change how a stage runs, not what it produces: left out of its fingerprint.
@@ -45,11 +45,9 @@ def stage_fingerprint(
         "data": {role: data[role] for role in stage_spec(name).reads if role in data}
         | {role: content_fingerprint(path) for role, path in _own_data(stage_cfg).items()},
     }
-    if getattr(stage_cfg, "algorithm", None) == "ppo":
-        reward = stage_cfg.ppo.reward_model or ModelSpec(
-            name=inputs.get(REWARD_MODEL, latest_version_of(REWARD_MODEL))
-        )
-        payload[REWARD_MODEL] = _model_identity(reward, registry)
+    if isinstance(stage_cfg, PolicyStageConfig) and stage_cfg.online:
+        sources = stage_cfg.reward_sources(inputs.get(REWARD_MODEL, latest_version_of(REWARD_MODEL)))
+        payload[REWARD_MODEL] = [_model_identity(s.model, registry) for s in sources if s.model is not None]
     return digest(payload)
 
 

@@ -35,7 +35,7 @@ from rlhf.errors import RlhfError, StageError
 from rlhf.models import is_adapter
 from rlhf.precision import check_precision
 from rlhf.registry import REF_PREFIX, Manifest
-from rlhf.settings import TrainStageConfig
+from rlhf.settings import PolicyStageConfig, TrainStageConfig
 from rlhf.sharding import peak_memory_gib
 from rlhf.stage import RESULT_FILE, StageContext, StageResult, StageRun
 from rlhf.stage_logs import logged_to, run_logged
@@ -254,7 +254,9 @@ def launch_overrides(stage: str, stage_cfg: TrainStageConfig, prepared: Prepared
     key = stage_key(stage)
     overrides = [f"{key}.model={json.dumps(prepared.start.model_dump(mode='json', exclude_none=True))}"]
     scores_with_the_runs_reward_model = (
-        getattr(stage_cfg, "algorithm", None) == "ppo"
+        isinstance(stage_cfg, PolicyStageConfig)
+        and stage_cfg.online
+        and stage_cfg.rewards is None
         and stage_cfg.ppo.reward_model is None
         and REWARD_MODEL in prepared.inputs
     )

@@ -127,10 +127,14 @@ def provided_reward_model(cfg: PipelineConfig, shapes: Shapes) -> Shape | None:
 
 def stage_models(cfg: PipelineConfig, stage: str, shapes: Shapes) -> StageModels:
     stage_cfg, reward, start = cfg.stages.plan()[stage], None, start_shape(cfg, stage, shapes)
-    if isinstance(stage_cfg, PolicyStageConfig) and stage_cfg.algorithm == "ppo":
-        key, spec = f"{stage_key(stage)}.ppo.reward_model", stage_cfg.ppo.reward_model
-        reward = shapes.of(spec.name, key, spec.base) if spec else provided_reward_model(cfg, shapes)
-        reward = reward or shapes.of(latest_version_of(REWARD_MODEL), key)
+    if isinstance(stage_cfg, PolicyStageConfig) and stage_cfg.online:
+        # planned with the first reward model of the stage's reward (none: reward functions alone)
+        key = f"{stage_key(stage)}.rewards" if stage_cfg.rewards else f"{stage_key(stage)}.ppo.reward_model"
+        named = [s.model for s in stage_cfg.rewards or () if s.model is not None]
+        spec = named[0] if named else stage_cfg.ppo.reward_model
+        if stage_cfg.rewards is None or named:
+            reward = shapes.of(spec.name, key, spec.base) if spec else provided_reward_model(cfg, shapes)
+            reward = reward or shapes.of(latest_version_of(REWARD_MODEL), key)
     return StageModels(start, reward)
 
 
@@ -314,7 +318,8 @@ def plan_stage(
     dist = stage_distributed(cfg, stage, hardware)
     setup, notes = stage_setup(stage_cfg, dist, device)
     d, lora, policy = start.dims, stage_cfg.lora, isinstance(stage_cfg, PolicyStageConfig)
-    ppo, classifier = policy and stage_cfg.algorithm == "ppo", isinstance(stage_cfg, RewardStageConfig)
+    ppo, classifier = policy and stage_cfg.online, isinstance(stage_cfg, RewardStageConfig)
+    critic = ppo and stage_cfg.online_recipe().critic
     if dist.num_processes > hardware.gpus_per_node or dist.num_nodes > hardware.nodes:
         notes.append(f"asks for {dist.num_nodes} x {dist.num_processes} processes; the hardware has "
                      f"{hardware.nodes} x {hardware.gpus_per_node}")  # fmt: skip
@@ -333,14 +338,17 @@ def plan_stage(
     value_dims, accumulates = d, stage_cfg.gradient_accumulation_steps > 1
     logit_tokens = 0 if classifier else None  # None: at every token
     if ppo:
-        rollout, reward, batches = stage_cfg.ppo.rollout, models.reward or start, ppo_batches(stage_cfg, key)
+        rollout, reward, batches = stage_cfg.ppo.rollout, models.reward, ppo_batches(stage_cfg, key)
         tokens = batches.micro * (stage_cfg.max_length + rollout.max_new_tokens)
         logit_tokens = batches.micro * (rollout.max_new_tokens + 1)  # the response's (ppo_models.logits_kept)
         accumulates = batches.minibatch > batches.micro
         reference = 0 if new else body + adapter  # PPO's reference of an adapter start: a whole frozen copy
-        value_dims = reward.dims if reward.dims.vocab == d.vocab else d  # other tokenizers: the policy's
-        value = d.hidden + 1 if stage_cfg.ppo.value_model == "policy_head" else classifier_params(value_dims)
-        frozen = classifier_params(reward.dims) + reward.adapter
+        value_dims = reward.dims if reward and reward.dims.vocab == d.vocab else d  # else: the policy's
+        if critic:
+            value = (
+                d.hidden + 1 if stage_cfg.ppo.value_model == "policy_head" else classifier_params(value_dims)
+            )
+        frozen = classifier_params(reward.dims) + reward.adapter if reward else 0
         if stage_cfg.gradient_checkpointing and not PPO_HONOURS_CHECKPOINTING:
             notes.append("gradient_checkpointing: rlhf/ppo.py does not turn it on; planned without it")
     elif policy and not (new or stage_cfg.precompute_ref_log_probs):
@@ -348,7 +356,9 @@ def plan_stage(
     frozen = 0 if setup.offload_frozen else int(setup.share((frozen + reference) * setup.frozen_bytes, 3))
     weights, gradients, optimizer = trained_states(full + value, adapter, base, setup)
     act, act_ckpt, logits = activations(d, tokens, setup.low, logit_tokens)
-    if ppo and stage_cfg.ppo.value_model != "policy_head":  # the value model's backbone runs on the batch too
+    if (
+        critic and stage_cfg.ppo.value_model != "policy_head"
+    ):  # the value model's backbone runs on the batch too
         value_act, value_ckpt, _ = activations(value_dims, tokens, setup.low, logit_tokens=0)
         act, act_ckpt = act + value_act, act_ckpt + value_ckpt
     # Generation (PPO's rollouts, the stage's held-out sampling) in what the model computes in; ZeRO-3

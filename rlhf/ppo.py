@@ -1,7 +1,14 @@
-"""PPO for language models, the InstructGPT recipe, in one module: read it top to bottom.
+"""PPO for language models, the InstructGPT recipe, and its critic-free siblings (GRPO, RLOO, REINFORCE++), in
+one module: read it top to bottom.
 
     models -> rollout (sample, score, log-probs, values) -> rewards (KL penalty + score) and advantages (GAE)
     -> losses (clipped policy and value) -> update (epochs over minibatches) -> weight sync -> metrics -> checkpoint
+
+The critic-free algorithms (`algorithm: grpo | rloo | reinforce_pp`) run the same loop without a value model:
+several responses per prompt, advantages from the scores alone (`rlhf.critic_free_math`, which says which paper
+each follows), the KL in the reward or as a loss term; rollout, clipping, checkpoints, resume, DeepSpeed and
+metrics (logged as `policy/*`) are the ones PPO uses. The reward is a weighted sum of reward models and Python
+reward functions (`rlhf.reward_sources`).
 
 Responses come from a rollout engine (`rlhf.rollout`: generate() on the trained model, or vLLM synced after each
 update); the old log-probs are always the trainer's own, a vLLM engine's only measured against them.
@@ -41,15 +48,15 @@ import dataclasses
 import logging
 import math
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from statistics import fmean
 from typing import TYPE_CHECKING, Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from rlhf.checkpoints import (
     CHECKPOINT_PREFIX,
@@ -57,11 +64,14 @@ from rlhf.checkpoints import (
     prune_checkpoints,
     write_aside_then_rename,
 )
+from rlhf.critic_free_math import critic_free_advantages
 from rlhf.distributed import make_accelerator
 from rlhf.errors import StageError
-from rlhf.eval import Messages, Sample
+from rlhf.eval import PromptRow, Sample
+from rlhf.policy_forward import reference_logprobs, response_forward
 from rlhf.ppo_math import (
     KLController,
+    aggregate,
     explained_variance,
     gae,
     kl_estimate,
@@ -73,9 +83,9 @@ from rlhf.ppo_math import (
     truncated_is_weights,
     value_loss,
 )
-from rlhf.ppo_models import PolicyAndValue, PPOModels, logits_kept
+from rlhf.ppo_models import PolicyAndValue, PPOModels
 from rlhf.precision import resolve_precision
-from rlhf.rewards import score, score_ids
+from rlhf.reward_sources import RewardTerm, combined, metrics_of, raw_matrix
 from rlhf.rollout import (
     RolloutEngine,
     collate,
@@ -108,9 +118,9 @@ class Rollout:
     mask: Tensor  # [B, T]
     logprobs: Tensor  # [B, T] the sampling policy's
     ref_logprobs: Tensor  # [B, T]
-    values: Tensor  # [B, T]
-    raw_scores: Tensor  # [B] the reward model's
-    scores: Tensor  # [B] shaped (`shape_scores`)
+    values: Tensor  # [B, T] (0 without a critic)
+    raw_scores: Tensor  # [B, K] each reward term's raw value (`rlhf.reward_sources`)
+    scores: Tensor  # [B] combined and shaped (`shape_scores`)
     ended: Tensor  # [B] bool: the response ended with EOS
     engine_logprobs: Tensor | None  # [B, T] the rollout engine's own (vLLM), for the mismatch and `tis_cap`
     kl: Tensor = field(init=False)  # [B, T]
@@ -127,68 +137,6 @@ def ppo_accelerator(
     accumulation = ppo_batches(cfg, config_key).accumulation
     return make_accelerator(deepspeed_plugin, mixed_precision=mixed_precision,
                             gradient_accumulation_steps=accumulation)  # fmt: skip
-
-
-def reward_scores(models: PPOModels, samples: Sequence[Sample]) -> Tensor:
-    """[1][7] The reward model's raw score of each prompt + response, truncated at its first EOS: [B].
-
-    Sharing the policy's tokenizer, the reward model reads the exact token ids sampled; otherwise the
-    response text is decoded and re-encoded in the reward model's own format."""
-    if models.shared_tokenizer:
-        sequences = [s.prompt_ids + s.response_ids for s in samples]
-        raw = score_ids(models.reward, sequences, models.reward_tokenizer.pad_token_id)
-    else:
-        raw = score(models.reward, models.reward_tokenizer, [s.prompt for s in samples],
-                    [s.response for s in samples])  # fmt: skip
-    return torch.tensor(raw, dtype=torch.float32)
-
-
-def position_ids(attention: Tensor) -> Tensor:
-    """[2] Positions counted over real tokens only, so a left-padded prompt starts at position 0.
-    attention: [B, L] -> positions: [B, L]."""
-    return (attention.cumsum(-1) - 1).clamp(min=0)
-
-
-def token_logprobs(
-    logits: Tensor, tokens: Tensor, temperature: float, entropy_grad: bool = False
-) -> tuple[Tensor, Tensor]:
-    """The log-prob of each token and the entropy of each distribution, logits divided by the temperature
-    first [3]. logits: [B, T, V], tokens: [B, T] -> (logprobs: [B, T], entropy: [B, T]).
-
-    The entropy carries gradients only when asked (an entropy bonus): over a large vocabulary its graph
-    would cost as much memory as the logits again, for a number that is otherwise only logged."""
-    logp = torch.log_softmax(logits.float() / temperature, dim=-1)
-    source = logp if entropy_grad else logp.detach()
-    entropy = -(source.exp() * source).sum(-1)
-    return logp.gather(-1, tokens[..., None]).squeeze(-1), entropy
-
-
-def response_forward(model: nn.Module, ids: Tensor, attention: Tensor, context: int, temperature: float,
-                     entropy_grad: bool = False) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
-    """The policy-and-value model at the response positions.
-
-    ids, attention: [B, L] -> (logprobs: [B, T], entropy: [B, T], values: [B, T]). The logits at position i
-    predict token i + 1, so the response's T tokens are read from positions P - 1 ... L - 2 (`context` = P);
-    the value there is that of the state before each response token. Logits are computed at those positions
-    only where the model can (`logits_kept`): the prompt's would cost as much memory again.
-    """
-    keep = ids.shape[1] - context + 1  # positions P - 1 ... L - 1
-    logits, values = model(ids, attention, position_ids(attention), keep)
-    logp, entropy = token_logprobs(logits[:, -keep:-1], ids[:, context:], temperature, entropy_grad)
-    return logp, entropy, values[:, context - 1 : -1].float()
-
-
-def reference_logprobs(models: PPOModels, policy: PreTrainedModel, ids: Tensor, attention: Tensor,
-                       context: int, temperature: float) -> Tensor:  # fmt: skip
-    """The frozen reference's log-probs of the response tokens (with LoRA: the policy, adapters disabled).
-    ids, attention: [B, L] -> ref_logprobs: [B, T]."""
-    switch = policy.disable_adapter() if models.reference is None else nullcontext()
-    reference = policy if models.reference is None else models.reference
-    keep = ids.shape[1] - context + 1  # positions P - 1 ... L - 1, as in `response_forward`
-    with switch:
-        out = reference(input_ids=ids, attention_mask=attention, position_ids=position_ids(attention),
-                        **logits_kept(reference, keep))  # fmt: skip
-    return token_logprobs(out.logits[:, -keep:-1], ids[:, context:], temperature)[0]
 
 
 # ==================================================================================================
@@ -215,7 +163,8 @@ class PPOState:
     """Progress that must survive a restart beside the weights, optimizer, scheduler and RNG states."""
 
     update: int = 0
-    reward_stats: tuple[float, float] | None = None
+    # per reward term: the (mean, std) its raw values are normalized by; None: taken as they are
+    reward_stats: list[tuple[float, float] | None] = field(default_factory=list)
     history: list[dict[str, float]] = field(default_factory=list)  # one row per update, for the run report
 
     def state_dict(self) -> dict[str, Any]:
@@ -223,7 +172,7 @@ class PPOState:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.update = state["update"]
-        self.reward_stats = tuple(state["reward_stats"]) if state["reward_stats"] else None
+        self.reward_stats = [tuple(stats) if stats else None for stats in state["reward_stats"]]
         self.history = list(state.get("history", []))
 
 
@@ -233,10 +182,10 @@ class PPORun:
 
     cfg: PolicyStageConfig
     models: PPOModels
-    prompts: list[Messages]
+    rewards: list[RewardTerm]  # reward models' in the order of `models.rewards`; their stats as stored
+    prompts: list[PromptRow]
     checkpoint_dir: Path
     seed: int
-    reward_stats: tuple[float, float] | None  # the reward model's stored mean/std; None: from the 1st rollout
     config_key: str  # the stage's section, e.g. `stages.policy.ppo`, for errors in its settings
     accelerator: Accelerator  # from `ppo_accelerator`, made before the models load (ZeRO-3 loads partitioned)
     log_metrics: Callable[[dict[str, float], int], None] = lambda metrics, step: None
@@ -257,13 +206,14 @@ class PPOTrainer:
 
     def __init__(self, run: PPORun) -> None:
         self.run, self.cfg, self.spec, self.models = run, run.cfg, run.cfg.ppo, run.models
+        self.recipe = run.cfg.online_recipe()
         self.batches = batches = ppo_batches(self.cfg, self.run.config_key)
         self.accelerator = run.accelerator
         self.world = self.accelerator.num_processes
         per_update = self.spec.prompts_per_update * self.world
         for_the_epochs = max(1, math.ceil(self.cfg.num_train_epochs * len(run.prompts) / per_update))
         self.total_updates = self.cfg.max_steps if self.cfg.max_steps > 0 else for_the_epochs
-        model = PolicyAndValue(self.models.policy, self.models.value)
+        model = PolicyAndValue(self.models.policy, self.models.value, self.recipe.critic)
         trainable = [p for p in model.parameters() if p.requires_grad]
         # fused: one kernel per step instead of one per tensor (about 10% of a 40M model's update on a CPU);
         # DeepSpeed brings its own optimizer handling, so there the plain one.
@@ -279,14 +229,21 @@ class PPOTrainer:
             # ZeRO-3: gather the full weights when the policy is saved (`save_policy`)
             plugin.deepspeed_config["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] = True
         self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
-        log_held_shares("ppo", {"trained policy": model.policy, "value": model.value, "reference": self.models.reference,
-                                "reward model": self.models.reward})  # fmt: skip
+        several = len(self.models.rewards) > 1
+        rewards = {
+            f"reward model{f' {i}' if several else ''}": r.model for i, r in enumerate(self.models.rewards)
+        }
+        log_held_shares(self.cfg.algorithm, {"trained policy": model.policy, "value": model.value,
+                                             "reference": self.models.reference, **rewards})  # fmt: skip
         # the frozen models as the rollout calls them: on the device, or ZeRO-3 engines of their own
-        reference, reward = (frozen and frozen_engine(frozen, self.accelerator, run.offload_frozen_models)
-                             for frozen in (self.models.reference, self.models.reward))  # fmt: skip
-        self.models = dataclasses.replace(self.models, reference=reference, reward=reward)
+        for reward in self.models.rewards:
+            reward.model = frozen_engine(reward.model, self.accelerator, run.offload_frozen_models)
+        reference = self.models.reference
+        reference = reference and frozen_engine(reference, self.accelerator, run.offload_frozen_models)
+        self.models = dataclasses.replace(self.models, reference=reference)
         self.kl_controller = KLController(self.spec.kl_coef, self.spec.target_kl, self.spec.kl_horizon)
-        self.state = PPOState(reward_stats=run.reward_stats if self.spec.normalize_rewards else None)
+        self.state = PPOState(reward_stats=[term.stats if self.spec.normalize_rewards else None
+                                            for term in run.rewards])  # fmt: skip
         self.accelerator.register_for_checkpointing(self.scheduler, self.kl_controller, self.state)
 
     def _schedule(self, optimizer: torch.optim.Optimizer) -> Any:
@@ -309,8 +266,8 @@ class PPOTrainer:
         if not resumed_from:
             torch.manual_seed(self.run.seed + self.accelerator.process_index)  # [13] a seed per process
         self.engine = self._start_engine()  # after the resume: it starts from the checkpoint's weights
-        log.info("ppo: %d updates of %d responses per process (%d processes), %d PPO epochs x %d minibatches",
-                 self.total_updates, self.batches.rollout, self.world, self.spec.ppo_epochs,
+        log.info("%s: %d updates of %d responses per process (%d processes), %d PPO epochs x %d minibatches",
+                 self.cfg.algorithm, self.total_updates, self.batches.rollout, self.world, self.spec.ppo_epochs,
                  self.spec.num_mini_batches)  # fmt: skip
         while self.state.update < self.total_updates:
             timer = Timer()
@@ -323,14 +280,16 @@ class PPOTrainer:
             self.state.update += 1
             update = self.state.update
             self.state.history.append({"update": update, **metrics})
-            self.run.log_metrics({f"ppo/{k}": v for k, v in metrics.items()}, update)
+            self.run.log_metrics({f"policy/{k}": v for k, v in metrics.items()}, update)
             if update % self.cfg.logging_steps == 0 or update in (1, self.total_updates):
+                critic = (f", value loss {metrics['value_loss']:.4f}, expl. var {metrics['explained_variance']:.2f}"
+                          if self.recipe.critic else "")  # fmt: skip
                 log.info(
-                    "ppo update %d/%d: score %.3f, KL %.3f, entropy %.3f, clipfrac %.3f, approx KL %.4f, "
-                    "value loss %.4f, expl. var %.2f, length %.1f, no EOS %.2f, %.0f+%.0f tok/s",
-                    update, self.total_updates, metrics["score_raw_mean"], metrics["kl"],
-                    metrics["entropy"], metrics["clipfrac"], metrics["approx_kl"], metrics["value_loss"],
-                    metrics["explained_variance"], metrics["response_tokens"], metrics["no_eos_share"],
+                    "%s update %d/%d: score %.3f, KL %.3f, entropy %.3f, clipfrac %.3f, approx KL %.4f%s, "
+                    "length %.1f, no EOS %.2f, %.0f+%.0f tok/s",
+                    self.cfg.algorithm, update, self.total_updates, metrics["score_raw_mean"], metrics["kl"],
+                    metrics["entropy"], metrics["clipfrac"], metrics["approx_kl"], critic,
+                    metrics["response_tokens"], metrics["no_eos_share"],
                     metrics["rollout_tokens_per_s"], metrics["train_tokens_per_s"],
                 )  # fmt: skip
             if update % self.cfg.save_steps == 0 and update < self.total_updates:
@@ -366,7 +325,7 @@ class PPOTrainer:
     # ----------------------------------------------------------------------------------------------
     # Rollout
 
-    def prompts_for(self, update: int) -> list[Messages]:
+    def prompts_for(self, update: int) -> list[PromptRow]:
         """This process's prompts of an update: a fixed function of the seed and the update number, so a
         resumed run draws exactly what the uninterrupted one did. Each pass over the prompts is reshuffled."""
         n, per_update = len(self.run.prompts), self.spec.prompts_per_update
@@ -383,36 +342,36 @@ class PPOTrainer:
         return chosen
 
     @torch.no_grad()
-    def rollout(self, prompts: list[Messages], timer: Timer) -> tuple[Rollout, list[Sample]]:
-        """Sample responses, score them, and compute the old log-probs, reference log-probs and values."""
+    def rollout(self, prompts: list[PromptRow], timer: Timer) -> tuple[Rollout, list[Sample]]:
+        """Sample responses (`samples_per_prompt` consecutive ones per prompt: a group), score them, and
+        compute the old log-probs, reference log-probs and (with a critic) values."""
         models, spec, device = self.models, self.spec, self.accelerator.device
         temperature, chunk = spec.rollout.temperature, spec.rollout.batch_size
         with timer.phase("generation"):
-            drawn = self.engine.sample(prompts, seed=self._rollout_seed())
+            drawn = self.engine.sample([row.messages for row in prompts], seed=self._rollout_seed())
         if drawn.version != self.state.update:
             raise StageError(f"ppo: the rollout engine sampled policy version {drawn.version}, but the trainer "
                              f"is at update {self.state.update}: its weights were not synced")  # fmt: skip
         samples, policy = drawn.samples, self._policy()
         with timer.phase("scoring"):
-            raw = reward_scores(models, samples).to(device)
-            if not_finite := int((~torch.isfinite(raw)).sum()):
-                raise StageError(f"the reward model returned {not_finite} non-finite scores")
+            rows = [row for row in prompts for _ in range(spec.rollout.samples_per_prompt)]
+            raw = raw_matrix(self.run.rewards, samples, rows).to(device)
             ids, attention, context = collate(samples, models.tokenizer.pad_token_id, device)
             parts = []
             for start in range(0, len(samples), chunk):
-                rows = slice(start, start + chunk)
+                part = slice(start, start + chunk)
                 with self.accelerator.autocast():
-                    logp, _, value = response_forward(self.model, ids[rows], attention[rows], context,
+                    logp, _, value = response_forward(self.model, ids[part], attention[part], context,
                                                       temperature)  # fmt: skip
-                    ref = reference_logprobs(models, policy, ids[rows], attention[rows], context,
+                    ref = reference_logprobs(models, policy, ids[part], attention[part], context,
                                              temperature)  # fmt: skip
-                parts.append((logp, ref, value))
+                parts.append((logp, ref, torch.zeros_like(logp) if value is None else value))
         mask = attention[:, context:].float()
         # [9] nothing counted past EOS
         logprobs, ref_logprobs, values = (torch.cat(column) * mask for column in zip(*parts, strict=True))
         ended = torch.tensor([s.ended_with_eos for s in samples], device=device)
-        if self.spec.normalize_rewards and self.state.reward_stats is None:
-            self.state.reward_stats = self._first_rollout_stats(raw)
+        if self.spec.normalize_rewards:
+            self._first_rollout_stats(raw)
         batch = Rollout(
             ids=ids,
             attention=attention,
@@ -422,7 +381,7 @@ class PPOTrainer:
             ref_logprobs=ref_logprobs,
             values=values,
             raw_scores=raw,
-            scores=shape_scores(raw, ended, spec, self.state.reward_stats),
+            scores=shape_scores(combined(raw, self.run.rewards, self.state.reward_stats), ended, spec),
             ended=ended,
             engine_logprobs=engine_logprobs(drawn, mask),
         )
@@ -433,25 +392,38 @@ class PPOTrainer:
         fixed by the run's seed, update and rank, so a resumed run draws what the uninterrupted one did."""
         return (self.run.seed * 100_003 + self.state.update) * self.world + self.accelerator.process_index
 
-    def _first_rollout_stats(self, raw: Tensor) -> tuple[float, float]:
-        """[6] Without stored statistics, normalize by the scores of the first rollout (the SFT policy's
-        own outputs), over every process, and keep them for the rest of the run (checkpointed). raw: [B]."""
-        everything = self.accelerator.gather(raw)
-        stats = (float(everything.mean()), float(everything.std()))
-        log.info("ppo: the reward model stores no statistics; normalizing with the SFT policy's: "
-                 "%.3f +- %.3f", *stats)  # fmt: skip
-        return stats
+    def _first_rollout_stats(self, raw: Tensor) -> None:
+        """[6] A reward model without stored statistics is normalized by its scores of the first rollout (the
+        SFT policy's own outputs), over every process, kept for the rest of the run (checkpointed).
+        raw: [B, K]."""
+        for index, term in enumerate(self.run.rewards):
+            if term.model is None or self.state.reward_stats[index] is not None:
+                continue
+            everything = self.accelerator.gather(raw[:, index].contiguous())
+            self.state.reward_stats[index] = (float(everything.mean()), float(everything.std()))
+            log.info("%s: reward %s stores no statistics; normalizing with the SFT policy's: %.3f +- %.3f",
+                     self.cfg.algorithm, term.label, *self.state.reward_stats[index])  # fmt: skip
 
     # ----------------------------------------------------------------------------------------------
     # Rewards and advantages
 
     def advantages(self, batch: Rollout) -> None:
-        """Rewards with the KL penalty, then GAE and whitening, in place on the rollout."""
-        spec = self.spec
-        batch.kl = kl_estimate(batch.logprobs, batch.ref_logprobs, spec.kl_estimator) * batch.mask
-        batch.rewards = per_token_rewards(batch.kl, batch.scores, batch.mask, self.kl_controller.kl_coef)
+        """Rewards with the KL penalty (where the KL is in the reward), then advantages, in place on the
+        rollout: PPO's GAE over the critic's values and whitening; the critic-free algorithms' from the scores
+        of each group or the batch (`critic_free_advantages`)."""
+        spec, recipe = self.spec, self.recipe
+        batch.kl = kl_estimate(batch.logprobs, batch.ref_logprobs, recipe.kl_estimator) * batch.mask
+        kl_coef = self.kl_controller.kl_coef if recipe.kl_penalty != "loss" else 0.0
+        batch.rewards = per_token_rewards(batch.kl, batch.scores, batch.mask, kl_coef)
         if spec.whiten_rewards:
             batch.rewards = masked_whiten(batch.rewards, batch.mask, shift_mean=False)
+        if not recipe.critic:
+            batch.advantages = critic_free_advantages(
+                self.cfg.algorithm, batch.rewards, batch.mask, spec.rollout.samples_per_prompt,
+                recipe.scale_advantages, spec.gamma, lambda moments: self.accelerator.reduce(moments, "sum"),
+            )  # fmt: skip
+            batch.returns = batch.advantages  # no critic to regress on them
+            return
         batch.advantages, batch.returns = gae(batch.rewards, batch.values, batch.mask, spec.gamma, spec.lam)
         if spec.whiten_advantages:
             batch.advantages = masked_whiten(batch.advantages, batch.mask)
@@ -485,9 +457,10 @@ class PPOTrainer:
         return {key: fmean(values) for key, values in stats.items()}
 
     def _micro_batch_loss(self, batch: Rollout, rows: Tensor) -> tuple[Tensor, dict[str, float]]:
-        """[11] Clipped policy loss + vf_coef * clipped value loss - entropy_coef * entropy, one micro-batch.
+        """[11] Clipped policy loss + vf_coef * clipped value loss (with a critic) + kl_coef * KL (where the KL
+        is a loss term) - entropy_coef * entropy, one micro-batch.
         rows: [B] the micro-batch's indices into the rollout -> (loss: [], its statistics)."""
-        spec = self.spec
+        spec, recipe = self.spec, self.recipe
         mask = batch.mask[rows]
         with self.accelerator.autocast():
             logp, entropy, values = response_forward(self.model, batch.ids[rows], batch.attention[rows],
@@ -496,15 +469,24 @@ class PPOTrainer:
         tis_cap, weights = spec.rollout.tis_cap, None
         if tis_cap is not None and batch.engine_logprobs is not None:
             weights = truncated_is_weights(batch.logprobs[rows], batch.engine_logprobs[rows], tis_cap)
+        aggregation, max_tokens = recipe.loss_aggregation, spec.rollout.max_new_tokens
         pg_loss, clipfrac, approx_kl = policy_loss(logp, batch.logprobs[rows], batch.advantages[rows], mask,
-                                                   spec.cliprange, weights)  # fmt: skip
-        vf_loss, vf_clipfrac = value_loss(values, batch.values[rows], batch.returns[rows], mask,
-                                          spec.cliprange_value)  # fmt: skip
+                                                   spec.cliprange, weights, aggregation, max_tokens)  # fmt: skip
         mean_entropy = masked_mean(entropy, mask)
-        loss = pg_loss + spec.vf_coef * vf_loss - spec.entropy_coef * mean_entropy
-        stats = {"policy_loss": pg_loss.item(), "value_loss": vf_loss.item(), "clipfrac": clipfrac.item(),
-                 "value_clipfrac": vf_clipfrac.item(), "approx_kl": approx_kl.item(),
-                 "entropy": mean_entropy.item(), "loss": loss.item()}  # fmt: skip
+        loss = pg_loss - spec.entropy_coef * mean_entropy
+        stats = {"policy_loss": pg_loss.item(), "clipfrac": clipfrac.item(), "approx_kl": approx_kl.item(),
+                 "entropy": mean_entropy.item()}  # fmt: skip
+        if values is not None:
+            vf_loss, vf_clipfrac = value_loss(values, batch.values[rows], batch.returns[rows], mask,
+                                              spec.cliprange_value)  # fmt: skip
+            loss = loss + spec.vf_coef * vf_loss
+            stats |= {"value_loss": vf_loss.item(), "value_clipfrac": vf_clipfrac.item()}
+        if recipe.kl_penalty == "loss":
+            kl = kl_estimate(logp, batch.ref_logprobs[rows], recipe.kl_estimator)
+            kl_loss = aggregate(kl, mask, aggregation, max_tokens)
+            loss = loss + self.kl_controller.kl_coef * kl_loss
+            stats["kl_loss"] = kl_loss.item()
+        stats["loss"] = loss.item()
         if weights is not None:
             stats["tis_weight_mean"] = masked_mean(weights, mask).item()
         return loss, stats
@@ -517,7 +499,7 @@ class PPOTrainer:
             last = last_complete_checkpoint(self.run.checkpoint_dir)
             kept = f"last good checkpoint kept: {last}" if last else "no checkpoint was saved yet"
             raise StageError(
-                f"PPO loss became {loss.item()} in update {self.state.update + 1} (PPO epoch {epoch + 1}); {kept} "
+                f"{self.cfg.algorithm.upper()} loss became {loss.item()} in update {self.state.update + 1} (PPO epoch {epoch + 1}); {kept} "
                 "(lower the learning rate, or check the reward model's scores and stages.policy.ppo.reward_clip)"
             )
 
@@ -530,19 +512,21 @@ class PPOTrainer:
         """[14] What shows early whether PPO is healthy, averaged over processes."""
         mask = batch.mask
         local = {
-            "score_raw_mean": batch.raw_scores.mean(),
-            "score_raw_std": batch.raw_scores.std() if len(batch.raw_scores) > 1 else torch.tensor(0.0),
+            **metrics_of(batch.raw_scores, self.run.rewards),
             "score_mean": batch.scores.mean(),
             "reward_total_mean": (batch.rewards * mask).sum(-1).mean(),
             "kl": (batch.kl * mask).sum(-1).mean(),
             "no_eos_share": (~batch.ended).float().mean(),
             "response_tokens": torch.tensor(fmean(s.num_tokens for s in samples)),
-            "explained_variance": torch.tensor(explained_variance(batch.values, batch.returns, mask)),
             "advantage_mean": masked_mean(batch.advantages, mask),
-            "return_mean": masked_mean(batch.returns, mask),
-            "value_mean": masked_mean(batch.values, mask),
             **{key: torch.tensor(value) for key, value in train.items()},
         }
+        if self.recipe.critic:
+            local |= {
+                "explained_variance": torch.tensor(explained_variance(batch.values, batch.returns, mask)),
+                "return_mean": masked_mean(batch.returns, mask),
+                "value_mean": masked_mean(batch.values, mask),
+            }
         if batch.engine_logprobs is not None:  # the train/inference mismatch of the rollout engine
             gap = (batch.logprobs - batch.engine_logprobs).abs() * mask
             local["rollout_logprob_gap_mean"] = masked_mean(gap, mask)

@@ -57,15 +57,11 @@ def per_token_rewards(kl: Tensor, scores: Tensor, mask: Tensor, kl_coef: float) 
     return rewards
 
 
-def shape_scores(raw: Tensor, ended: Tensor, spec: PPOSpec, stats: tuple[float, float] | None) -> Tensor:
-    """Raw reward-model scores to the score PPO optimizes: normalized with the reward model's statistics [6],
-    scaled, clipped, and a penalty for responses that never ended with EOS [7].
-    raw: [B], ended: [B] bool -> scores: [B]."""
-    shaped = raw
-    if stats is not None:
-        mean, std = stats
-        shaped = (shaped - mean) / max(std, 1e-8)
-    shaped = shaped * spec.reward_scale
+def shape_scores(combined: Tensor, ended: Tensor, spec: PPOSpec) -> Tensor:
+    """The reward terms' combined score (each reward model's normalized [6], `rlhf.reward_sources.combined`)
+    to the score the policy optimizes: scaled, clipped, and a penalty for responses that never ended with
+    EOS [7]. combined: [B], ended: [B] bool -> scores: [B]."""
+    shaped = combined * spec.reward_scale
     if spec.reward_clip is not None:
         shaped = shaped.clamp(-spec.reward_clip, spec.reward_clip)
     if spec.missing_eos_penalty is not None:
@@ -117,6 +113,21 @@ def gae(rewards: Tensor, values: Tensor, mask: Tensor, gamma: float, lam: float)
 # Losses
 
 
+def aggregate(per_token: Tensor, mask: Tensor, how: str, max_tokens: int) -> Tensor:
+    """Per-token losses to one number: `token_mean` over every valid token (each token weighs the same),
+    `sequence_mean` over each response's tokens then over responses (GRPO: each response weighs the same),
+    `constant`: each response's sum over `max_tokens`, then the mean over responses (Dr. GRPO: no length bias).
+    per_token, mask: [B, T] -> []."""
+    if how == "token_mean":
+        return masked_mean(per_token, mask)
+    sums = (per_token * mask).sum(-1)
+    if how == "sequence_mean":
+        return (sums / mask.sum(-1).clamp(min=1)).mean()
+    if how == "constant":
+        return (sums / max_tokens).mean()
+    raise ValueError(f"unknown loss aggregation {how!r}")
+
+
 def policy_loss(
     logprobs: Tensor,
     old_logprobs: Tensor,
@@ -124,16 +135,18 @@ def policy_loss(
     mask: Tensor,
     cliprange: float,
     weights: Tensor | None = None,
+    aggregation: str = "token_mean",
+    max_tokens: int = 0,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """[11] The clipped surrogate over valid tokens, its clip fraction and approximate KL 0.5 * E[(log r)^2];
-    each token's term times `weights` when given (`truncated_is_weights`).
+    """[11] The clipped surrogate over valid tokens (averaged as `aggregate` says), its clip fraction and
+    approximate KL 0.5 * E[(log r)^2]; each token's term times `weights` when given (`truncated_is_weights`).
     logprobs, old_logprobs, advantages, mask, weights: [B, T] -> (loss: [], clipfrac: [], approx_kl: [])."""
     log_ratio = logprobs - old_logprobs
     ratio = torch.exp(log_ratio)
     unclipped = -advantages * ratio
     clipped = -advantages * ratio.clamp(1.0 - cliprange, 1.0 + cliprange)
     per_token = torch.maximum(unclipped, clipped)
-    loss = masked_mean(per_token if weights is None else per_token * weights, mask)
+    loss = aggregate(per_token if weights is None else per_token * weights, mask, aggregation, max_tokens)
     clipfrac = masked_mean((clipped > unclipped).float(), mask)
     approx_kl = 0.5 * masked_mean(log_ratio**2, mask)
     return loss, clipfrac, approx_kl

@@ -182,3 +182,16 @@ def score(
 def reward_stats(scores: Sequence[float]) -> tuple[float, float]:
     """(mean, standard deviation) of scores: what later stages need to normalize rewards to mean 0, std 1."""
     return fmean(scores), pstdev(scores)
+
+
+def gold(prompts: Sequence[Messages], completions: Sequence[str], **fields: object) -> list[float]:
+    """The built-in synthetic task's programmatic reward as a verifiable reward for the online algorithms
+    (`rewards: [{function: rlhf.rewards:gold}]`): an upper bound that needs no reward model. Its value is the
+    evaluation's gold reward of each completion (`rlhf.data.synthetic.gold_reward`)."""
+    from rlhf.data.synthetic import gold_reward
+    from rlhf.eval import last_user_text
+
+    return [
+        gold_reward(last_user_text(prompt), completion)
+        for prompt, completion in zip(prompts, completions, strict=True)
+    ]

@@ -8,6 +8,7 @@ a suggestion instead of being silently ignored after an hour of training. The pi
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -253,7 +254,15 @@ class PPOSpec(Schema):
     kl_coef: float = Field(
         0.05, ge=0.0, description="beta of the per-token KL penalty (the start, if adaptive)."
     )
-    kl_estimator: Literal["k1", "k3"] = "k1"
+    kl_estimator: Literal["k1", "k3"] | None = Field(
+        None,
+        description="None: the algorithm's own (k3 for grpo, whose KL is a loss term; k1 for the others).",
+    )
+    kl_penalty: Literal["reward", "loss"] | None = Field(
+        None,
+        description="Where the KL to the reference acts: in the reward (ppo, rloo, reinforce_pp) or as a loss "
+        "term (grpo); None: the algorithm's own.",
+    )
     target_kl: float | None = Field(
         None, gt=0.0, description="Set: adapt kl_coef toward this KL per response (Ziegler et al.)."
     )
@@ -274,12 +283,56 @@ class PPOSpec(Schema):
     cliprange_value: float = Field(0.2, gt=0.0)
     vf_coef: float = Field(0.1, ge=0.0)
     entropy_coef: float = Field(0.0, ge=0.0)
+    loss_aggregation: Literal["token_mean", "sequence_mean", "constant"] | None = Field(
+        None,
+        description="How per-token losses become one: token_mean over every valid token of the minibatch "
+        "(ppo, rloo, reinforce_pp), sequence_mean per response then over responses (grpo), constant: each "
+        "response's sum over max_new_tokens (Dr. GRPO); None: the algorithm's own.",
+    )
+    scale_advantages: bool = Field(
+        True, description="grpo: divide each group's centred scores by their std; off with Dr. GRPO."
+    )
+    dr_grpo: bool = Field(
+        False,
+        description="grpo: Dr. GRPO (Liu et al. 2025): no std scaling of the advantages, no length normalization "
+        "(loss_aggregation: constant).",
+    )
+    group_baseline: bool = Field(
+        False,
+        description="reinforce_pp: REINFORCE++-baseline, each score minus its group's mean before the batch "
+        "normalization (needs samples_per_prompt >= 2).",
+    )
+
+
+class RewardSource(Schema):
+    """One term of a policy stage's reward: a reward model, or a Python function by import path, weighted."""
+
+    model: ModelSpec | None = Field(None, description="A reward model (registry ref, directory, ...).")
+    function: str | None = Field(
+        None,
+        description="`package.module:function` called with prompts (messages), completions (text) and each "
+        "prompt row's extra fields as keyword lists; returns one float per completion.",
+    )
+    weight: float = 1.0
+
+    @model_validator(mode="after")
+    def _one_source(self) -> RewardSource:
+        if (self.model is None) == (self.function is None):
+            raise ValueError("name exactly one of `model` (a reward model) or `function` (module:function)")
+        if self.function is not None and not FUNCTION_PATH.fullmatch(self.function):
+            raise ValueError(f"function {self.function!r}: expected an import path `package.module:function`")
+        return self
+
+
+FUNCTION_PATH = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*")
+ONLINE_ALGORITHMS = ("ppo", "grpo", "rloo", "reinforce_pp")  # sample the policy, score, update: `rlhf.ppo`
+GROUP_ALGORITHMS = ("grpo", "rloo")  # their baseline is the other responses to the same prompt
 
 
 class PolicyStageConfig(TrainStageConfig):
     """Stage 3: optimization of the SFT policy: DPO on TRL's DPOTrainer, or our own PPO (`rlhf.ppo`)."""
 
-    algorithm: Literal["dpo", "ppo"] = "dpo"
+    algorithm: Literal["dpo", "ppo", "grpo", "rloo", "reinforce_pp"] = "dpo"
     learning_rate: float = Field(1e-6, gt=0.0)
     dataset: str | None = Field(
         None, description="A preference dataset directory; default: the imported data."
@@ -290,8 +343,68 @@ class PolicyStageConfig(TrainStageConfig):
     )
     precompute_ref_log_probs: bool = False
     max_length: int = Field(512, gt=0)
-    ppo: PPOSpec = Field(default_factory=PPOSpec)
+    ppo: PPOSpec = Field(
+        default_factory=PPOSpec,
+        description="The online algorithms' section (ppo, grpo, rloo, reinforce_pp): rollout, KL, clipping, epochs.",
+    )
+    rewards: list[RewardSource] | None = Field(
+        None,
+        description="The online algorithms' reward: a weighted sum of reward models and reward functions; "
+        "None: the one reward model of ppo.reward_model (default: the pipeline's).",
+    )
     evaluation: GenerationSpec | None = Field(default_factory=GenerationSpec)
+
+    @property
+    def online(self) -> bool:
+        """Trained on its own samples (`rlhf.ppo`), not on a fixed dataset (the TRL trainers)."""
+        return self.algorithm in ONLINE_ALGORITHMS
+
+    @model_validator(mode="after")
+    def _online_settings(self) -> PolicyStageConfig:
+        spec = self.ppo
+        if self.rewards is not None and (not self.rewards or spec.reward_model is not None):
+            raise ValueError("rewards: list one source at least, and leave ppo.reward_model unset beside it")
+        groups = self.algorithm in GROUP_ALGORITHMS or (
+            self.algorithm == "reinforce_pp" and spec.group_baseline
+        )
+        if groups and spec.rollout.samples_per_prompt < 2:
+            raise ValueError(
+                f"algorithm {self.algorithm}: its baseline is the other responses to the same prompt; set "
+                "ppo.rollout.samples_per_prompt >= 2"
+            )
+        return self
+
+    def online_recipe(self) -> OnlineRecipe:
+        """The online settings left to the algorithm (None in `ppo:`), resolved as its paper has them."""
+        spec, grpo = self.ppo, self.algorithm == "grpo"
+        aggregation = spec.loss_aggregation or (
+            ("constant" if spec.dr_grpo else "sequence_mean") if grpo else "token_mean"
+        )
+        return OnlineRecipe(
+            kl_estimator=spec.kl_estimator or ("k3" if grpo else "k1"),
+            kl_penalty=spec.kl_penalty or ("loss" if grpo else "reward"),
+            loss_aggregation=aggregation,
+            scale_advantages=spec.scale_advantages and not spec.dr_grpo,
+            critic=self.algorithm == "ppo",
+        )
+
+    def reward_sources(self, default_reward_model: str) -> list[RewardSource]:
+        """What an online algorithm's reward is made of; without `rewards`, one reward model of weight 1:
+        ppo.reward_model, else `default_reward_model` (the pipeline's, or the registry's latest)."""
+        return self.rewards or [
+            RewardSource(model=self.ppo.reward_model or ModelSpec(name=default_reward_model))
+        ]
+
+
+@dataclass(frozen=True)
+class OnlineRecipe:
+    """An online algorithm's settings with the algorithm's own defaults filled in (`online_recipe`)."""
+
+    kl_estimator: str  # k1 | k3
+    kl_penalty: str  # reward | loss
+    loss_aggregation: str  # token_mean | sequence_mean | constant
+    scale_advantages: bool  # grpo: divide by the group's std
+    critic: bool  # a value model and GAE (ppo), else advantages from scores alone
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,7 @@
 """Stage 3: optimization of the SFT policy. `algorithm: dpo` runs TRL's DPOTrainer on the preference pairs;
-`algorithm: ppo` runs our PPO (`rlhf.ppo`) against the reward model on the preference data's prompts.
+the online algorithms (`ppo`, and the critic-free `grpo`, `rloo`, `reinforce_pp`) run `rlhf.ppo` on the policy's
+own samples of the preference data's (or a prompts file's) prompts, scored by reward models and reward
+functions (`rewards:`).
 
 The policy starts from the stage's model (in a pipeline: the `sft-policy` version) and is trained on the
 imported preference dataset; ties carry no preference and are dropped (counted). The reference is that
@@ -28,11 +30,11 @@ from typing import TYPE_CHECKING
 from rlhf.data.preference_dataset import load_preferences
 from rlhf.distributed import deepspeed_plugin
 from rlhf.errors import DataError
-from rlhf.eval import load_prompts
+from rlhf.eval import PromptRow, load_prompt_rows
 from rlhf.launch import stage_main
 from rlhf.models import is_adapter, load_causal_lm, policy_training
 from rlhf.precision import mixed_precision
-from rlhf.settings import ModelSpec, PolicyStageConfig
+from rlhf.settings import ONLINE_ALGORITHMS, PolicyStageConfig, RewardSource
 from rlhf.stage import ResolvedModel, StageContext, StageResult
 from rlhf.stage_table import REWARD_MODEL, latest_version_of, stage_key
 from rlhf.training import (
@@ -218,61 +220,70 @@ def drop_reference_adapter(model: PreTrainedModel) -> None:
 # PPO
 
 
-def reward_model_for(
+def reward_models_for(
     cfg: PolicyStageConfig, ctx: StageContext
-) -> tuple[ResolvedModel, tuple[float, float] | None]:
-    """The reward model PPO optimizes against (the stage's own, else the pipeline's, else the registry's
-    latest) and the score statistics stored with it, when it has them."""
-    default = ctx.inputs.get(REWARD_MODEL, latest_version_of(REWARD_MODEL))
-    spec = cfg.ppo.reward_model or ModelSpec(name=default)
-    reward = resolve_model(spec, rank_folder(ctx.run_dir), ctx.seed, ctx.registry)
-    stats = None
-    if reward.ref:
-        metrics = ctx.registry.manifest(reward.ref).metrics
-        if "reward_mean" in metrics and "reward_std" in metrics:
-            stats = (metrics["reward_mean"], metrics["reward_std"])
-    return reward, stats
+) -> tuple[list[RewardSource], list[ResolvedModel], list[tuple[float, float] | None]]:
+    """The reward an online algorithm optimizes (`rewards`, else the stage's reward model, else the pipeline's,
+    else the registry's latest): its sources, the reward models among them resolved, and the score statistics
+    stored with each, when it has them."""
+    sources = cfg.reward_sources(ctx.inputs.get(REWARD_MODEL, latest_version_of(REWARD_MODEL)))
+    resolved, stats = [], []
+    for source in sources:
+        if source.model is None:
+            continue
+        reward = resolve_model(source.model, rank_folder(ctx.run_dir), ctx.seed, ctx.registry)
+        metrics = ctx.registry.manifest(reward.ref).metrics if reward.ref else {}
+        resolved.append(reward)
+        stored = {"reward_mean", "reward_std"} <= metrics.keys()
+        stats.append((metrics["reward_mean"], metrics["reward_std"]) if stored else None)
+    return sources, resolved, stats
 
 
-def training_prompts(cfg: PolicyStageConfig, ctx: StageContext) -> list[Messages]:
-    """The prompts PPO samples: a prompts file when configured, else each distinct prompt of the preference
-    data's training split (what the annotators were asked), in the data's order."""
+def training_prompts(cfg: PolicyStageConfig, ctx: StageContext) -> list[PromptRow]:
+    """The prompts an online algorithm samples: a prompts file when configured (its rows' other fields go to
+    the reward functions), else each distinct prompt of the preference data's training split (what the
+    annotators were asked), in the data's order."""
     if cfg.ppo.prompts:
-        return load_prompts(ctx.data("ppo_prompts", cfg.ppo.prompts))
+        return load_prompt_rows(ctx.data("ppo_prompts", cfg.ppo.prompts))
     path = ctx.data("preferences", cfg.dataset)
     seen: dict[str, Messages] = {}
     for prompt in load_preferences(Path(path))["train"]["prompt"]:
         seen.setdefault(json.dumps(prompt, sort_keys=True), prompt)
     if not seen:
-        raise DataError(f"{path}: no training prompts for PPO")
-    return list(seen.values())
+        raise DataError(f"{path}: no training prompts for {cfg.algorithm}")
+    return [PromptRow(prompt, {}) for prompt in seen.values()]
 
 
-def run_ppo(cfg: PolicyStageConfig, ctx: StageContext) -> Trained:
+def run_online(cfg: PolicyStageConfig, ctx: StageContext) -> Trained:
+    """PPO, GRPO, RLOO or REINFORCE++ (`rlhf.ppo`): sample the policy, score it, update it."""
     from rlhf.ppo import PPORun, PPOTrainer, ppo_accelerator
     from rlhf.ppo_models import build_models
+    from rlhf.reward_sources import reward_terms, with_models
     from rlhf.rollout import check_engine_available, generation_ready
 
-    check_engine_available(cfg.ppo.rollout, f"{stage_key(ctx.stage)}.ppo")  # before any model loads
-    reward, stats = reward_model_for(cfg, ctx)
+    key = stage_key(ctx.stage)
+    check_engine_available(cfg.ppo.rollout, f"{key}.ppo")  # before any model loads
+    sources, reward_models, stats = reward_models_for(cfg, ctx)
+    terms = reward_terms(sources, stats, key)  # imports the reward functions: before any model loads
     prompts = training_prompts(cfg, ctx)
     training = policy_training(ctx.model, cfg.lora, ctx.stage)
     plugin = deepspeed_plugin(ctx.distributed)
-    accelerator = ppo_accelerator(cfg, stage_key(ctx.stage), plugin, mixed_precision(cfg.precision))
-    models = build_models(ctx.model, reward.spec, training, cfg.ppo.value_model, stage_dtypes(cfg, ctx))
-    log.info("%s: PPO against %s (%s), %d training prompts, reference: the SFT model, %s", ctx.stage,
-             reward.ref or reward.spec.name,
-             f"scores normalized by {stats[0]:.3f} +- {stats[1]:.3f}" if stats else "no stored statistics",
-             len(prompts), training.reference)  # fmt: skip
+    accelerator = ppo_accelerator(cfg, key, plugin, mixed_precision(cfg.precision))
+    value_model = cfg.ppo.value_model if cfg.online_recipe().critic else None
+    models = build_models(ctx.model, [r.spec for r in reward_models], training, value_model,
+                          stage_dtypes(cfg, ctx))  # fmt: skip
+    log.info("%s: %s against %s, %d training prompts, reference: the SFT model, %s", ctx.stage,
+             cfg.algorithm.upper(), describe_rewards(sources, reward_models, stats), len(prompts),
+             training.reference)  # fmt: skip
     trainer = PPOTrainer(
         PPORun(
             cfg=cfg,
             models=models,
+            rewards=with_models(terms, models.rewards),
             prompts=prompts,
             checkpoint_dir=ctx.checkpoint_dir,
             seed=ctx.seed,
-            reward_stats=stats,
-            config_key=stage_key(ctx.stage),
+            config_key=key,
             accelerator=accelerator,
             log_metrics=ctx.tracker.log if ctx.tracker else lambda metrics, step: None,
             offload_frozen_models=ctx.distributed.offload_frozen_models,
@@ -283,20 +294,46 @@ def run_ppo(cfg: PolicyStageConfig, ctx: StageContext) -> Trained:
     output = save_output(ctx, trainer.accelerator, trainer.save_policy, models.tokenizer)
     metrics: dict[str, float] = {"prompts": len(prompts), "steps": outcome.updates,
                                  "resumed_from_step": outcome.resumed_from}  # fmt: skip
-    for key in ("score_raw_mean", "kl", "kl_coef", "entropy", "no_eos_share", "response_tokens",
-                "explained_variance"):  # fmt: skip
-        if values := [row[key] for row in outcome.history]:
-            metrics |= {f"ppo_{key}_first": values[0], f"ppo_{key}_last": values[-1]}
-    parents = [reward.ref] if reward.ref else []
+    for name in ("score_raw_mean", "kl", "kl_coef", "entropy", "no_eos_share", "response_tokens",
+                 "explained_variance"):  # fmt: skip
+        if values := [row[name] for row in outcome.history if name in row]:
+            metrics |= {
+                f"{cfg.algorithm}_{name}_first": values[0],
+                f"{cfg.algorithm}_{name}_last": values[-1],
+            }
+    parents = [r.ref for r in reward_models if r.ref]
     ready = partial(generation_ready, trainer.accelerator, trainer.model)
     return Trained(outcome.policy, models.tokenizer, output, metrics, parents, ready)
+
+
+def describe_rewards(
+    sources: list[RewardSource], reward_models: list[ResolvedModel], stats: list[tuple[float, float] | None]
+) -> str:
+    """The reward's terms for the log: each reward model (with its normalization) or function, and weight."""
+    models = iter(zip(reward_models, stats, strict=True))
+    parts = []
+    for source in sources:
+        if source.function is not None:
+            parts.append(f"{source.function} x {source.weight:g}")
+            continue
+        reward, model_stats = next(models)
+        normal = (
+            f"normalized by {model_stats[0]:.3f} +- {model_stats[1]:.3f}"
+            if model_stats
+            else "no stored statistics"
+        )
+        parts.append(f"{reward.ref or reward.spec.name} ({normal}) x {source.weight:g}")
+    return " + ".join(parts)
 
 
 # --------------------------------------------------------------------------------------------------
 # The stage
 
 
-ALGORITHMS: dict[str, Callable[[PolicyStageConfig, StageContext], Trained]] = {"dpo": run_dpo, "ppo": run_ppo}
+ALGORITHMS: dict[str, Callable[[PolicyStageConfig, StageContext], Trained]] = {
+    "dpo": run_dpo,
+    **dict.fromkeys(ONLINE_ALGORITHMS, run_online),
+}
 
 
 def run(cfg: PolicyStageConfig, ctx: StageContext) -> StageResult:

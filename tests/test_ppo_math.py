@@ -11,7 +11,7 @@ import torch
 
 from rlhf.eval import generate, response_logprobs
 from rlhf.models import load_causal_lm
-from rlhf.ppo import position_ids, response_forward, token_logprobs
+from rlhf.policy_forward import position_ids, response_forward, token_logprobs
 from rlhf.ppo_math import (
     KLController,
     explained_variance,
@@ -25,6 +25,7 @@ from rlhf.ppo_math import (
     value_loss,
 )
 from rlhf.ppo_models import PolicyAndValue, logits_kept
+from rlhf.reward_sources import RewardTerm, combined
 from rlhf.rollout import collate
 from rlhf.settings import GenerationSpec, ModelSpec, PPOSpec
 
@@ -146,9 +147,10 @@ def test_scores_normalized_scaled_clipped_and_penalized_without_eos() -> None:
     raw, ended = torch.tensor([1.0, 3.0, 101.0]), torch.tensor([True, False, True])
     spec = PPOSpec(reward_scale=2.0, reward_clip=3.0, missing_eos_penalty=1.0)
     # (raw - 1) / 2 * 2 = 0, 2, 100 -> clipped at 3 -> minus 1 where no EOS
-    assert shape_scores(raw, ended, spec, (1.0, 2.0)).tolist() == pytest.approx([0.0, 1.0, 3.0])
+    normalized = combined(raw[:, None], [RewardTerm("reward_model", 1.0)], [(1.0, 2.0)])
+    assert shape_scores(normalized, ended, spec).tolist() == pytest.approx([0.0, 1.0, 3.0])
     plain = PPOSpec(reward_clip=None, missing_eos_penalty=None)
-    assert shape_scores(raw, ended, plain, None).tolist() == pytest.approx([1.0, 3.0, 101.0])
+    assert shape_scores(raw, ended, plain).tolist() == pytest.approx([1.0, 3.0, 101.0])
 
 
 def test_kl_controller_fixed_and_adaptive() -> None:

