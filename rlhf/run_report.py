@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from rlhf import atomic
 from rlhf.config import TrackingConfig
+from rlhf.settings import ONLINE_ALGORITHMS
 from rlhf.stage import HISTORY_FILE, RESULT_FILE
 from rlhf.stage_table import REWARD_MODEL, STAGES, stage_position, stage_spec
 from rlhf.tracking import Tracker
@@ -43,8 +44,12 @@ HEADLINE = {
     "accuracy_gold": "accuracy vs gold",
     "reward_accuracy": "implicit reward accuracy",
     "reward_margin": "implicit reward margin",
-    "ppo_score_raw_mean": "RM score",
-    "ppo_kl": "KL",
+    # the online algorithms' rollouts: the reward they optimize (reward models and functions), and the KL
+    **{
+        f"{algorithm}_{key}": label
+        for algorithm in ONLINE_ALGORITHMS
+        for key, label in (("score_raw_mean", "rollout score"), ("kl", "KL"))
+    },
     "gold_reward": "gold reward",
     "eos_share": "ends with EOS",
     "response_tokens": "response tokens",
@@ -93,11 +98,12 @@ PANELS = (
 )
 
 # Panels of the reward-against-KL figure: title, evaluation metric (policy_<m> / reference_<m>), and the
-# PPO history key drawn as the training trajectory on it (None: PPO logs no such score).
+# online algorithms' history key drawn as the training trajectory on it (None: they log no such score).
 KL_PANELS = (("gold reward", "gold_reward", None), ("reward-model score", "rm_score", "score_raw_mean"))
 KL_NOTE = (
-    "Points: each policy sampled on the held-out prompts, the SFT policy at KL 0. Lines: PPO's training "
-    "rollouts, scored by the reward model it optimizes, with its rollout settings."
+    "Points: each policy stage (DPO, KTO, PPO, GRPO, RLOO, ...) sampled on the held-out prompts, the SFT "
+    "policy at KL 0. Lines: the online algorithms' training rollouts, scored by the reward they optimize (reward "
+    "models and reward functions), with their rollout settings."
 )
 
 

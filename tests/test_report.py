@@ -131,7 +131,7 @@ def test_finished_run_report_has_every_figure_linked_and_the_stages_metrics(fini
         assert f"`{ref}`" in text
     assert "| sft | `sft-policy:v1` | 32 s | train loss 4.1 → 1.2, eval loss 1.3," in text
     assert "accuracy vs majority 0.8, accuracy vs gold 0.9" in text
-    assert "RM score -0.2 → 0.9, KL 0 → 2.1" in text
+    assert "rollout score -0.2 → 0.9, KL 0 → 2.1" in text
     assert "| policy-ppo | 2.3 | 0.6 | 0.41 | 0.62 | 1.1 | 0.1 | 0.66 |" in text  # KL, gold, RM columns
     assert "Base model: `tiny-llama`" in text and "did not finish" not in text
     assert not list(finished_run.glob("*.tmp"))
