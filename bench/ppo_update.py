@@ -324,7 +324,8 @@ def main(argv: list[str] | None = None) -> int:
     from trl_venv import ensure_trl_venv
 
     trl_python = ensure_trl_venv(REPO) if "trl" in args.sides else None
-    settings = Settings(**{f.name: getattr(args, f.name) for f in fields(Settings)})
+    # engine: no flag here (bench/rollout_engine.py sets it); the default, hf
+    settings = Settings(**{f.name: getattr(args, f.name) for f in fields(Settings) if hasattr(args, f.name)})
     seeds = [args.seed + repeat for repeat in range(args.repeats)]
     report: dict[str, Any] = {"settings": asdict(settings), "models": {}}
     with tempfile.TemporaryDirectory(prefix="ppo-update-work-") as tmp:
