@@ -46,17 +46,32 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
+from policy_runs import (
+    GOLD_COLUMNS,
+    MEMORY_COLUMNS,
+    REPO,
+    TIME_COLUMN,
+    Models,
+    add_common_arguments,
+    alternating,
+    comparison_table,
+    spawn,
+    start_gold,
+    steady_median,
+    summarize_runs,
+    timed_stage,
+    train_ours,
+    worker_command,
+)
+
 QUICKSTART = REPO / "configs" / "quickstart.yaml"
 BASELINE = REPO / "bench" / "trl_ppo_baseline.py"
 SIDES = ("ours", "trl")
@@ -95,19 +110,6 @@ class Settings:
     recipe: str
     seed: int = 0
     engine: str = "hf"  # ours' rollout engine (bench/rollout_engine.py compares hf and vllm)
-
-
-@dataclass(frozen=True)
-class Models:
-    """The models and prompt files both sides read."""
-
-    policy: str
-    reward: str
-    prompts: str
-    eval_prompts: str
-    reward_stats: tuple[float, float] | None  # the reward model's stored score mean/std, if any
-    gold: bool  # trained task models: the gold reward means something
-    setup_s: float  # seconds the set-up took when it ran (0 when reused)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -186,162 +188,31 @@ def setup_small(work: Path) -> Models:
     )
 
 
-def start_gold(models: Models, settings: Settings, seeds: list[int]) -> dict[str, float]:
-    """Gold reward and EOS share of the SFT start, sampled as the trained policies are (median over seeds)."""
-    import torch
-
-    from rlhf.eval import generate, load_prompts, summarize
-    from rlhf.models import load_causal_lm
-    from rlhf.settings import ModelSpec
-
-    torch.set_num_threads(settings.threads)
-    model, tokenizer = load_causal_lm(ModelSpec(name=models.policy))
-    spec = eval_spec(settings)
-    runs = [
-        summarize(generate(model, tokenizer, load_prompts(models.eval_prompts), spec, seed), "synthetic")
-        for seed in seeds
-    ]
-    return {key: statistics.median(run[key] for run in runs) for key in ("gold_reward", "eos_share")}
-
-
-def eval_spec(settings: Settings) -> Any:
-    from rlhf.settings import GenerationSpec
-
-    return GenerationSpec(
-        max_new_tokens=settings.max_new_tokens,
-        temperature=settings.temperature,
-        top_k=0,
-        top_p=1.0,
-        samples_per_prompt=settings.eval_samples,
-        batch_size=64,
-    )
-
-
 # --------------------------------------------------------------------------------------------------
 # Workers: one timed run each, in its own process
 
 
 def ours_worker(models: Models, settings: Settings) -> dict[str, Any]:
-    """`rlhf.ppo.PPOTrainer` for `settings.updates` updates, then the trained policy sampled and scored."""
-    import torch
+    """`rlhf.ppo.PPOTrainer` (PPO) for `settings.updates` updates, then the trained policy sampled and scored."""
+    from rlhf.settings import ModelSpec, RewardSource
 
-    torch.set_num_threads(settings.threads)
-    from rlhf.eval import generate, load_prompt_rows, load_prompts, summarize
-    from rlhf.models import policy_training
-    from rlhf.ppo import PPORun, PPOTrainer, ppo_accelerator
-    from rlhf.ppo_models import build_models
-    from rlhf.precision import LoadDtypes
-    from rlhf.reward_sources import reward_terms, with_models
-    from rlhf.settings import ModelSpec, PolicyStageConfig, PPOSpec, RewardSource, RolloutSpec
-
-    recipe = RECIPES[settings.recipe]
-    rollout = RolloutSpec(
-        max_new_tokens=settings.max_new_tokens,
-        temperature=settings.temperature,
-        top_k=0,
-        top_p=1.0,
-        samples_per_prompt=1,
-        batch_size=settings.batch,
-        engine=settings.engine,
-    )
-    cfg = PolicyStageConfig(
-        algorithm="ppo",
-        learning_rate=settings.learning_rate,
-        max_steps=settings.updates,
-        per_device_train_batch_size=settings.batch // settings.mini_batches,  # one micro-batch per minibatch
-        lr_scheduler_type="linear",
-        warmup_steps=0,
-        save_steps=10**9,
-        logging_steps=10**9,
-        max_grad_norm=recipe["max_grad_norm"],
-        evaluation=None,
-        ppo=PPOSpec(
-            prompts_per_update=settings.batch,
-            rollout=rollout,
-            ppo_epochs=settings.ppo_epochs,
-            num_mini_batches=settings.mini_batches,
-            kl_coef=settings.kl_coef,
-            value_model="reward",
-            missing_eos_penalty=settings.missing_eos_penalty,
-            normalize_rewards=recipe["normalize_rewards"],
-            reward_clip=recipe["reward_clip"],
-        ),
-    )
-    policy_spec = ModelSpec(name=models.policy)
-    accelerator = ppo_accelerator(cfg, "stages.policy")
-    reward_spec = ModelSpec(name=models.reward)
-    built = build_models(policy_spec, [reward_spec], policy_training(policy_spec, None, "policy"),
-                         "reward", LoadDtypes("float32", "float32"))  # fmt: skip
-    terms = reward_terms([RewardSource(model=reward_spec)], [models.reward_stats], "stages.policy")
-    ends: list[float] = []  # when each update's metrics were logged: the end of the update
-    with tempfile.TemporaryDirectory(prefix="ppo-update-") as tmp:
-        trainer = PPOTrainer(
-            PPORun(
-                cfg=cfg,
-                models=built,
-                rewards=with_models(terms, built.rewards),
-                prompts=load_prompt_rows(models.prompts),
-                checkpoint_dir=Path(tmp),
-                seed=settings.seed,
-                config_key="stages.policy",
-                accelerator=accelerator,
-                log_metrics=lambda metrics, step: ends.append(time.perf_counter()),
-            )
-        )
-        loaded_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-        cuda = torch.cuda.is_available()
-        if cuda:
-            torch.cuda.reset_peak_memory_stats()
-        started = time.perf_counter()
-        outcome = trainer.train()
-        peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        cuda_peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else None
-    wall = [b - a for a, b in zip([started, *ends], ends, strict=False)]
+    s, recipe = settings, RECIPES[settings.recipe]
+    rollout = {"max_new_tokens": s.max_new_tokens, "temperature": s.temperature, "samples_per_prompt": 1,
+               "batch_size": s.batch, "engine": s.engine}  # fmt: skip
+    ppo = {"prompts_per_update": s.batch, "ppo_epochs": s.ppo_epochs, "num_mini_batches": s.mini_batches,
+           "kl_coef": s.kl_coef, "value_model": "reward", "missing_eos_penalty": s.missing_eos_penalty,
+           "normalize_rewards": recipe["normalize_rewards"], "reward_clip": recipe["reward_clip"]}  # fmt: skip
+    cfg = timed_stage("ppo", s.updates, s.learning_rate, recipe["max_grad_norm"], rollout, ppo)
+    reward = RewardSource(model=ModelSpec(name=models.reward))
+    outcome, figures = train_ours(cfg, [reward], [models.reward_stats], models, settings)
     history = outcome.history
-    scores = {}
-    if models.gold:
-        samples = generate(
-            outcome.policy,
-            built.tokenizer,
-            load_prompts(models.eval_prompts),
-            eval_spec(settings),
-            seed=settings.seed,
-        )
-        scores = summarize(samples, "synthetic")
     steady = history[1:] or history  # update 1 is warm-up
-
-    def median(key: str) -> float:
-        return statistics.median(row[key] for row in steady)
-
     return {
-        "seconds_per_update": wall,
-        "median_seconds_per_update": statistics.median(wall[1:] or wall),
-        **{key: median(key) for key in HISTORY_KEYS},
-        "peak_rss_mib": round(peak_rss, 1),
-        "peak_rss_before_train_mib": round(loaded_rss, 1),
-        "cuda_peak_mib": None if cuda_peak is None else round(cuda_peak, 1),
-        "gold_reward": scores.get("gold_reward"),
-        "eos_share": scores.get("eos_share"),
+        **figures,
+        **{key: statistics.median(row[key] for row in steady) for key in HISTORY_KEYS},
         "score_raw_last": history[-1]["score_raw_mean"],
         "kl_last": history[-1]["kl"],
-        "device": str(trainer.accelerator.device),
-        "policy_parameters": sum(p.numel() for p in outcome.policy.parameters()),
     }
-
-
-def worker_command(kind: str, payload: dict[str, Any], out: Path) -> list[str]:
-    """This script as a worker of `kind` (ours, setup, start) in a fresh process of the project's python."""
-    return [sys.executable, __file__, "--worker", kind, "--json-args", json.dumps(payload), "--out", str(out)]
-
-
-def spawn(cmd: list[str], what: str) -> Any:
-    """Run a worker that writes its JSON result to the path after `--out`; its log is shown if it fails."""
-    out = Path(cmd[cmd.index("--out") + 1])
-    done = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
-    if done.returncode != 0:
-        sys.stderr.write(done.stdout[-4000:] + done.stderr[-8000:])
-        raise SystemExit(f"{what} failed (exit {done.returncode})")
-    return json.loads(out.read_text(encoding="utf-8"))
 
 
 def run_side(side: str, models: Models, settings: Settings, trl_python: Path | None) -> dict[str, Any]:
@@ -349,7 +220,9 @@ def run_side(side: str, models: Models, settings: Settings, trl_python: Path | N
     with tempfile.TemporaryDirectory(prefix="ppo-update-") as tmp:
         out = Path(tmp) / "result.json"
         if side == "ours":
-            cmd = worker_command("ours", {"models": asdict(models), "settings": asdict(settings)}, out)
+            cmd = worker_command(
+                __file__, "ours", {"models": asdict(models), "settings": asdict(settings)}, out
+            )
         else:
             s = settings
             flags = {"policy": models.policy, "reward": models.reward, "prompts": models.prompts,
@@ -362,8 +235,7 @@ def run_side(side: str, models: Models, settings: Settings, trl_python: Path | N
             cmd = [str(trl_python), str(BASELINE), *(a for k, v in flags.items() for a in (f"--{k}", str(v)))]
         result = spawn(cmd, f"{side} run")
     if side == "trl":  # the same steady-state median as ours (updates 2..N), and ours' field names
-        seconds = result["seconds_per_update"]
-        result["median_seconds_per_update"] = statistics.median(seconds[1:] or seconds)
+        result["median_seconds_per_update"] = steady_median(result["seconds_per_update"])
         result["device"] = result["settings"]["device"]
         result["policy_parameters"] = result["settings"]["policy_parameters"]
         if not models.gold:
@@ -375,70 +247,32 @@ def run_side(side: str, models: Models, settings: Settings, trl_python: Path | N
 # Report
 
 
-def summarize_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """Median over runs of every numeric figure (None where a run has none)."""
-    keys = [
-        k for k, v in runs[0].items() if v is None or (isinstance(v, int | float) and not isinstance(v, bool))
-    ]
-    summary: dict[str, Any] = {"device": runs[0]["device"]}
-    for key in keys:
-        values = [run[key] for run in runs if run.get(key) is not None]
-        summary[key] = statistics.median(values) if values else None
-    return summary
-
-
-COLUMNS = [  # title, result key, format; ours' phases and tokens/s have no trl counterpart
-    ("s / update", "median_seconds_per_update", ".3f"),
+COLUMNS = [  # ours' phases and tokens/s have no trl counterpart
+    TIME_COLUMN,
     ("generation s", "generation_s", ".3f"),
     ("scoring s", "scoring_s", ".3f"),
     ("training s", "training_s", ".3f"),
     ("rollout tok/s", "rollout_tokens_per_s", ",.0f"),
     ("train tok/s", "train_tokens_per_s", ",.0f"),
-    ("peak RSS MiB", "peak_rss_mib", ",.0f"),
-    ("RSS loaded MiB", "peak_rss_before_train_mib", ",.0f"),
-    ("CUDA peak MiB", "cuda_peak_mib", ",.0f"),
-    ("gold reward", "gold_reward", ".3f"),
-    ("EOS share", "eos_share", ".2f"),
+    *MEMORY_COLUMNS,
+    *GOLD_COLUMNS,
 ]
-RATIOS = ("median_seconds_per_update", "peak_rss_mib", "peak_rss_before_train_mib", "cuda_peak_mib")
 
 
 def table(model: str, settings: Settings, medians: dict[str, dict[str, Any]], start: dict[str, float] | None,
           repeats: int) -> str:  # fmt: skip
-    """One markdown table: the SFT start's gold reward, a row per side, ours/trl ratios (gold: difference)."""
-    first = next(iter(medians.values()))
-    on_gpu = any(m.get("cuda_peak_mib") for m in medians.values())
-    columns = [c for c in COLUMNS if c[1] != "cuda_peak_mib" or on_gpu]
-
-    def row(name: str, cells: dict[str, str]) -> str:
-        return "| " + " | ".join([name, *(cells.get(key, "—") for _, key, _ in columns)]) + " |"
-
-    def shown(m: dict[str, Any]) -> dict[str, str]:
-        return {key: format(m[key], fmt) for _, key, fmt in columns if m.get(key) is not None}
-
-    s, size = settings, first["policy_parameters"] / 1e6
-    lines = [
-        f"PPO update, {model} model ({size:.2f}M parameters) on {first['device']}: "
+    """The PPO comparison as `comparison_table` shows it, titled with the model and settings."""
+    s, first = settings, next(iter(medians.values()))
+    title = (
+        f"PPO update, {model} model ({first['policy_parameters'] / 1e6:.2f}M parameters) on {first['device']}: "
         f"{s.batch} prompts x 1 response, {s.max_new_tokens} new tokens, {s.ppo_epochs} PPO epochs x "
         f"{s.mini_batches} minibatches, {s.updates} updates, recipe {s.recipe}; median of {repeats} runs "
-        "(each: the median over updates 2..N)",
-        "",
-        "| implementation | " + " | ".join(title for title, _, _ in columns) + " |",
-        "|---" + "|---:" * len(columns) + "|",
-    ]
-    if start is not None:
-        lines.append(row("SFT start", shown(start)))
-    for side, m in medians.items():
-        lines.append(row("ours (rlhf.ppo)" if side == "ours" else "trl 1.12.0", shown(m)))
-    if set(medians) == set(SIDES):
-        ours, trl = medians["ours"], medians["trl"]
-        cells = {key: f"{ours[key] / trl[key]:.2f}x" for key in RATIOS if ours.get(key) and trl.get(key)}
-        if ours.get("gold_reward") is not None and trl.get("gold_reward") is not None:
-            cells["gold_reward"] = f"{ours['gold_reward'] - trl['gold_reward']:+.3f}"
-        lines.append(row("ours / trl", cells))
+        "(each: the median over updates 2..N)"
+    )
+    text = comparison_table(title, COLUMNS, medians, {"ours": "ours (rlhf.ppo)", "trl": "trl 1.12.0"}, start)
     if start is None:
-        lines.append("\nGold reward: not reported (random-init models, nothing trained).")
-    return "\n".join(lines)
+        text += "\n\nGold reward: not reported (random-init models, nothing trained)."
+    return text
 
 
 # --------------------------------------------------------------------------------------------------
@@ -449,8 +283,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--model", choices=("tiny", "small"), nargs="+", default=["tiny"])
-    parser.add_argument("--sides", choices=SIDES, nargs="+", default=list(SIDES))
-    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--updates", type=int, default=20)
     parser.add_argument("--batch", type=int, default=64, help="prompts per update (one response each)")
     parser.add_argument("--mini-batches", type=int, default=2)
@@ -460,22 +292,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--kl-coef", type=float, default=0.05)
     parser.add_argument("--learning-rate", type=float, default=2e-4)
     parser.add_argument("--missing-eos-penalty", type=float, default=1.0)
-    parser.add_argument("--eval-samples", type=int, default=8, help="samples per held-out prompt")
     parser.add_argument("--recipe", choices=list(RECIPES), default="matched")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads, every process")
-    parser.add_argument("--work", type=Path, help="keep the set-up here and reuse it (default: a temp dir)")
-    parser.add_argument(
-        "--setup-override",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override for the tiny set-up's pipeline config, e.g. stages.sft.max_steps=50",
-    )
-    parser.add_argument("--json", type=Path, help="also write every run and the medians here")
-    parser.add_argument("--worker", choices=["ours", "setup", "start"], help=argparse.SUPPRESS)
-    parser.add_argument("--json-args", help=argparse.SUPPRESS)
-    parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
+    add_common_arguments(parser, SIDES, ["ours", "setup", "start"])
     args = parser.parse_args(argv)
     if args.batch % args.mini_batches:
         parser.error("--batch must be a multiple of --mini-batches")
@@ -506,7 +324,8 @@ def main(argv: list[str] | None = None) -> int:
     from trl_venv import ensure_trl_venv
 
     trl_python = ensure_trl_venv(REPO) if "trl" in args.sides else None
-    settings = Settings(**{f.name: getattr(args, f.name) for f in fields(Settings)})
+    # engine: no flag here (bench/rollout_engine.py sets it); the default, hf
+    settings = Settings(**{f.name: getattr(args, f.name) for f in fields(Settings) if hasattr(args, f.name)})
     seeds = [args.seed + repeat for repeat in range(args.repeats)]
     report: dict[str, Any] = {"settings": asdict(settings), "models": {}}
     with tempfile.TemporaryDirectory(prefix="ppo-update-work-") as tmp:
@@ -519,27 +338,25 @@ def main(argv: list[str] | None = None) -> int:
                 "threads": args.threads,
                 "overrides": args.setup_override,
             }
-            models = Models(**spawn(worker_command("setup", setup, work / f"{model}-setup.json"), "set-up"))
+            models = Models(
+                **spawn(worker_command(__file__, "setup", setup, work / f"{model}-setup.json"), "set-up")
+            )
             print(
                 f"{model}: set-up {models.setup_s:.0f} s ({'reused' if not models.setup_s else 'built'})",
                 file=sys.stderr,
             )
-            runs: dict[str, list[dict[str, Any]]] = {side: [] for side in args.sides}
-            for repeat, seed in enumerate(seeds):  # interleaved: load drift hits both sides alike
-                for side in args.sides:
-                    each = Settings(**{**asdict(settings), "seed": seed})
-                    runs[side].append(run_side(side, models, each, trl_python))
-                    print(
-                        f"{model} repeat {repeat + 1}/{args.repeats} {side}: "
-                        f"{runs[side][-1]['median_seconds_per_update']:.3f} s/update, "
-                        f"gold {runs[side][-1].get('gold_reward')}",
-                        file=sys.stderr,
-                    )
+
+            def run(side: str, seed: int, models: Models = models) -> dict[str, Any]:
+                return run_side(side, models, replace(settings, seed=seed), trl_python)
+
+            runs = alternating(args.sides, seeds, run, model)
             medians = {side: summarize_runs(side_runs) for side, side_runs in runs.items()}
             start = None
             if models.gold:  # the SFT start sampled as the trained policies are
                 payload = {"models": asdict(models), "settings": asdict(settings), "seeds": seeds}
-                start = spawn(worker_command("start", payload, work / "start.json"), "SFT start evaluation")
+                start = spawn(
+                    worker_command(__file__, "start", payload, work / "start.json"), "SFT start evaluation"
+                )
             print("\n" + table(model, settings, medians, start, args.repeats) + "\n")
             report["models"][model] = {
                 "setup": asdict(models),
