@@ -15,8 +15,11 @@ def words(prompts: Sequence[Messages], completions: Sequence[str], **fields: obj
 def says_the_answer(
     prompts: Sequence[Messages], completions: Sequence[str], answer: Sequence[str], **_: object
 ) -> list[float]:
-    """1 where the completion contains the row's `answer` field."""
-    return [float(expected in text) for expected, text in zip(answer, completions, strict=True)]
+    """1 where the completion contains the row's `answer` field (0 for a row without one)."""
+    return [
+        float(expected is not None and expected in text)
+        for expected, text in zip(answer, completions, strict=True)
+    ]
 
 
 def fails_on_five(prompts: Sequence[Messages], completions: Sequence[str], **fields: object) -> list[float]:

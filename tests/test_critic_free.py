@@ -66,6 +66,27 @@ def test_each_algorithm_raises_the_gold_reward_over_sft(
     assert history[-1]["policy/score_raw_mean"] > history[0]["policy/score_raw_mean"]
 
 
+@pytest.mark.slow
+def test_ppo_takes_a_weighted_sum_of_a_reward_model_and_a_function(
+    online_config_file: Path, online_trained: dict[str, float]
+) -> None:
+    rewards = "[{model: 'registry:reward-model:v1'}, {function: 'tests.reward_fixtures:words', weight: 0.5}]"
+    overrides = ["tracking=wandb", "stages.policy.max_steps=3", "stages.policy.evaluation=null",
+                 "stages.policy.num_threads=1", "stages.policy.ppo.prompts_per_update=16",
+                 "stages.policy.per_device_train_batch_size=8", f"stages.policy.rewards={rewards}"]  # fmt: skip
+    run_dir = online_config_file.parent / "run-ppo-rewards"
+    result = run_standalone("policy", policy.run, str(online_config_file), overrides, str(run_dir))
+    manifest = Registry(online_config_file.parent / "registry").manifest(result.ref)
+    assert manifest.parents == ["sft-policy:v1", "reward-model:v1"]
+    run = read_offline_run(next((run_dir / "wandb").glob("offline-run-*")))
+    history = [row for row in run["history"] if "policy/kl" in row]
+    assert len(history) == 3 and "policy/value_loss" in history[-1]  # PPO keeps its critic
+    for row in history:  # the weighted raw sum of the reward model's score and the function's word count
+        combined = row["policy/score_reward_model_mean"] + 0.5 * row["policy/score_words_mean"]
+        assert row["policy/score_raw_mean"] == pytest.approx(combined, abs=1e-4)
+        assert row["policy/score_words_mean"] == pytest.approx(row["policy/response_tokens"], rel=0.5)
+
+
 def test_a_reward_function_that_raises_names_itself_and_the_sample(tmp_path: Path) -> None:
     config = pipeline_config(
         tmp_path,

@@ -4,12 +4,14 @@ the one-line errors a broken reward function gets (naming the function and the s
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
 from rlhf.data.synthetic import gold_reward
 from rlhf.errors import ConfigError, StageError
-from rlhf.eval import PromptRow, Sample
+from rlhf.eval import PromptRow, Sample, load_prompt_rows
 from rlhf.reward_sources import combined, load_reward_function, metrics_of, raw_matrix, reward_terms
 from rlhf.rewards import gold
 from rlhf.settings import RewardSource
@@ -79,3 +81,16 @@ def test_errors_inside_a_function_name_it_and_the_sample() -> None:
         raw_matrix(_terms("tests.reward_fixtures:returns_text"), samples, rows)
     with pytest.raises(StageError, match="returned 1 values for 3 completions"):
         raw_matrix(_terms("tests.reward_fixtures:returns_too_few"), samples, rows)
+
+
+def test_prompt_rows_keep_their_other_fields_for_the_functions(tmp_path: Path) -> None:
+    path = tmp_path / "prompts.jsonl"
+    path.write_text(
+        '{"prompt": "name two animals", "answer": "cat"}\n{"prompt": [{"role": "user", "content": "x"}]}\n'
+    )
+    rows = load_prompt_rows(path)
+    assert rows[0] == PromptRow([{"role": "user", "content": "name two animals"}], {"answer": "cat"})
+    assert rows[1].fields == {}
+    samples = [Sample(row.messages, "a cat", True, 2) for row in rows]
+    values = raw_matrix(_terms("tests.reward_fixtures:says_the_answer"), samples, rows)
+    assert values[:, 0].tolist() == [1.0, 0.0]  # the second row has no answer: the function got None for it
