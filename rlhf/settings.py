@@ -276,21 +276,35 @@ class PPOSpec(Schema):
     entropy_coef: float = Field(0.0, ge=0.0)
 
 
-class PolicyStageConfig(TrainStageConfig):
-    """Stage 3: optimization of the SFT policy: DPO on TRL's DPOTrainer, or our own PPO (`rlhf.ppo`)."""
+class KTOSpec(Schema):
+    """KTO's own settings (`algorithm: kto`, TRL's KTOTrainer); the stage's `beta` is KTO's beta too.
 
-    algorithm: Literal["dpo", "ppo"] = "dpo"
+    The KTO paper (Ethayarajh et al., 2024) advises weights such that desirable_weight x desirable examples
+    over undesirable_weight x undesirable examples lies in [1, 4/3]: raise `desirable_weight` when thumbs up
+    are the rarer label."""
+
+    desirable_weight: float = Field(1.0, gt=0.0, description="Loss weight of desirable examples.")
+    undesirable_weight: float = Field(1.0, gt=0.0, description="Loss weight of undesirable examples.")
+    loss_type: Literal["kto", "apo_zero_unpaired"] = "kto"
+
+
+class PolicyStageConfig(TrainStageConfig):
+    """Stage 3: optimization of the SFT policy: DPO or KTO on TRL's trainers, or our own PPO (`rlhf.ppo`)."""
+
+    algorithm: Literal["dpo", "kto", "ppo"] = "dpo"
     learning_rate: float = Field(1e-6, gt=0.0)
     dataset: str | None = Field(
-        None, description="A preference dataset directory; default: the imported data."
+        None,
+        description="An imported dataset directory (kto: an unpaired one); default: the pipeline's imported data.",
     )
-    beta: float = Field(0.1, gt=0.0, description="DPO's beta.")
+    beta: float = Field(0.1, gt=0.0, description="DPO's and KTO's beta.")
     loss_type: list[str] = Field(
         default_factory=lambda: ["sigmoid"], description="TRL DPO loss types, combinable."
     )
     precompute_ref_log_probs: bool = False
     max_length: int = Field(512, gt=0)
     ppo: PPOSpec = Field(default_factory=PPOSpec)
+    kto: KTOSpec = Field(default_factory=KTOSpec)
     evaluation: GenerationSpec | None = Field(default_factory=GenerationSpec)
 
 
