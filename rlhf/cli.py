@@ -186,6 +186,22 @@ def _add_data_commands(commands: argparse._SubParsersAction, common: argparse.Ar
         "--bucket-order", metavar="BEST,...,WORST", default="",
         help="Label Studio: Ranker buckets, best first (without it buckets are categories, not ranked)",
     )  # fmt: skip
+    imp.add_argument(
+        "--kind", choices=["auto", "preferences", "unpaired"], default="auto",
+        help="preferences (pairs, rankings) or unpaired (thumbs, ratings of one completion, for KTO); "
+        "auto: unpaired when the first file's first records are judged single completions",
+    )  # fmt: skip
+    imp.add_argument(
+        "--desirable-rating", type=float, default=4.0, help="unpaired: a rating at or above this is desirable"
+    )
+    imp.add_argument(
+        "--undesirable-rating", type=float, default=2.0,
+        help="unpaired: a rating at or below this is undesirable (between: neutral, no label)",
+    )  # fmt: skip
+    imp.add_argument(
+        "--thumbs", action="append", default=[], metavar="LABEL=desirable|undesirable",
+        help="unpaired: a thumbs label and what it means, repeated (replaces the built-in 👍/👎, good/bad, ... map)",
+    )  # fmt: skip
     imp.add_argument("--registry", help="registry directory, for a --tokenizer given as a registry ref")
     imp.set_defaults(handler=_import)
 
@@ -454,15 +470,18 @@ def _synth(args: argparse.Namespace) -> None:
 
 
 def _import(args: argparse.Namespace) -> None:
-    from rlhf.data.importers import ImportOptions
+    from rlhf.data.importers import UNPAIRED, ImportOptions
     from rlhf.data.preferences import ImportSettings, import_preferences
+    from rlhf.data.unpaired import detect_kind, import_unpaired, thumbs_mapping
 
     column_map = dict(item.partition("=")[::2] for item in args.map)
     bucket_order = tuple(name.strip() for name in args.bucket_order.split(",")) if args.bucket_order else ()
     options = ImportOptions(column_map=column_map, rating_pairs=args.rating_pairs, rating_margin=args.rating_margin,
                             rating_key=args.rating_key, argilla_question=args.argilla_question,
                             prompt_field=args.prompt_field, label_config=args.label_config,
-                            bucket_order=bucket_order)  # fmt: skip
+                            bucket_order=bucket_order, desirable_rating=args.desirable_rating,
+                            undesirable_rating=args.undesirable_rating,
+                            thumbs_labels=thumbs_mapping(args.thumbs, "--thumbs"))  # fmt: skip
     settings = ImportSettings(
         format=args.format, options=options, ties=args.ties, min_votes=args.min_votes,
         min_annotator_agreement=args.min_agreement, max_tokens=args.max_tokens,
@@ -470,10 +489,13 @@ def _import(args: argparse.Namespace) -> None:
         max_record_bytes=int(args.max_record_mb * 2**20),
     )  # fmt: skip
     count_tokens = _token_counter(args.tokenizer, args.registry) if args.tokenizer else None
-    report = import_preferences([Path(s) for s in args.sources], Path(args.out), settings, count_tokens)
+    sources = [Path(s) for s in args.sources]
+    unpaired = args.kind == "unpaired" or (args.kind == "auto" and detect_kind(sources, settings) is UNPAIRED)
+    importer = import_unpaired if unpaired else import_preferences
+    report = importer(sources, Path(args.out), settings, count_tokens)
     if (nothing := report.nothing_kept()) is not None:
         raise DataError(nothing)  # the outputs stay for inspection
-    print(report.identity)
+    print(f"{'unpaired' if unpaired else 'preferences'}: {report.identity}")
     print(f"train {report.train}, test {report.test}; quarantine: {report.quarantine_path}")
     print(f"dataset {report.out_dir} (fingerprint {report.fingerprint[:12]}); report: {report.report_path}")
 

@@ -11,7 +11,7 @@ import difflib
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
@@ -32,17 +32,18 @@ from rlhf.settings import (  # noqa: F401
     Schema,
     ppo_batches,
 )
-from rlhf.stage_table import SECTION_TAGS, StagesConfig
+from rlhf.stage_table import SECTION_TAGS, StagesConfig, stage_key
 
 SyntheticData = pydantic_dataclass(SynthConfig, frozen=True, config=ConfigDict(extra="forbid"))
 
 
-class PreferencesConfig(Schema):
-    """Preference exports to import (see `rlhf data import`); the synthetic task's export is added to `files`."""
+class ImportConfig(Schema):
+    """What every import of annotators' exports takes (see `rlhf data import`)."""
+
+    kind: ClassVar[str]  # the section's name under `data`, the kind of data it imports
 
     files: list[str] = Field(default_factory=list)
     format: str | None = None
-    ties: Literal["drop", "keep"] = "drop"
     min_votes: int = Field(1, ge=1)
     min_annotator_agreement: float | None = Field(None, ge=0.0, le=1.0)
     test_fraction: float = Field(0.1, ge=0.0, lt=1.0)
@@ -50,12 +51,34 @@ class PreferencesConfig(Schema):
     max_depth: int = Field(64, ge=1, le=256, description="A record nested deeper is quarantined.")
     max_record_bytes: int = Field(64 * 2**20, ge=1, description="A bigger record is quarantined.")
     # format-specific choices, as `rlhf data import`'s flags (rlhf.data.importers.ImportOptions)
+    argilla_question: str | None = None
+    prompt_field: str | None = None
+
+
+class UnpairedConfig(ImportConfig):
+    """Unpaired judgements (thumbs, ratings of one completion) to import for KTO (`rlhf data import --kind
+    unpaired`); the synthetic task's thumbs export is added to `files` when a policy stage runs KTO."""
+
+    kind: ClassVar[str] = "unpaired"
+
+    desirable_rating: float = Field(4.0, description="A rating at or above this is desirable.")
+    undesirable_rating: float = Field(2.0, description="At or below this undesirable; between: neutral.")
+    thumbs_labels: dict[str, bool] = Field(
+        default_factory=dict,
+        description="Thumbs label -> desirable; replaces the built-in 👍/👎, good/bad map.",
+    )
+
+
+class PreferencesConfig(ImportConfig):
+    """Preference exports to import (see `rlhf data import`); the synthetic task's export is added to `files`."""
+
+    kind: ClassVar[str] = "preferences"
+
+    ties: Literal["drop", "keep"] = "drop"
     column_map: dict[str, str] = Field(default_factory=dict)
     rating_pairs: Literal["best-vs-random", "best-vs-worst", "all-above-margin"] = "best-vs-random"
     rating_margin: float = 1.0
     rating_key: str = "overall"
-    argilla_question: str | None = None
-    prompt_field: str | None = None
     label_config: str | None = None
     bucket_order: list[str] = Field(default_factory=list)
 
@@ -68,6 +91,7 @@ class DataConfig(Schema):
     sft_eval: str | None = None
     eval_prompts: str | None = None
     preferences: PreferencesConfig = Field(default_factory=PreferencesConfig)
+    unpaired: UnpairedConfig = Field(default_factory=UnpairedConfig)
 
 
 class TrackingConfig(Schema):
@@ -112,6 +136,18 @@ class PipelineConfig(Schema):
         if not self.stages.plan() and not self.stages.taken():
             names = ", ".join(StagesConfig.model_fields)
             raise ValueError(f"stages: no stage configured; expected at least one of {names}")
+        return self
+
+    @model_validator(mode="after")
+    def _kto_has_unpaired_data(self) -> PipelineConfig:
+        """KTO trains on unpaired judgements only: without any, the stage would fail after SFT had trained."""
+        for name, stage in self.stages.plan().items():
+            given = self.data.unpaired.files or self.data.synthetic is not None
+            if getattr(stage, "algorithm", None) == "kto" and not (given or stage.dataset):
+                raise ValueError(
+                    f"{stage_key(name)}: algorithm kto needs unpaired data (thumbs or ratings of single "
+                    "completions): set data.unpaired.files, data.synthetic, or the stage's dataset"
+                )
         return self
 
     def distributed_for(self, stage: str) -> DistributedConfig:

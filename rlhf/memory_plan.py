@@ -332,7 +332,8 @@ def plan_stage(
     body = classifier_params(d) if classifier else causal_params(d)
     head = d.hidden + (d.kind == "encoder") if classifier and new else 0
     full, adapter, base = (head, own + new, body) if own or new else (body, 0, 0)
-    # Sequences per micro-batch: a preference pair is two (chosen, rejected); PPO's micro-batch is its own
+    # Sequences per micro-batch: a preference pair is two (chosen, rejected), a KTO example too (its completion
+    # and the mismatched one of its KL estimate); PPO's micro-batch is its own
     tokens = stage_cfg.per_device_train_batch_size * stage_cfg.max_length * (2 if classifier or policy else 1)
     value = reference = frozen = 0
     value_dims, accumulates = d, stage_cfg.gradient_accumulation_steps > 1
@@ -478,7 +479,7 @@ def candidate_changes(cfg: PipelineConfig, planned: StagePlan) -> list[list[Chan
         changes.append([((f"{key}.distributed.zero_stage=3",), 2)])
     if ppo and not cfg.distributed_for(planned.stage).offload_frozen_models:
         changes.append([((f"{key}.distributed.offload_frozen_models=true",), 2)])
-    if planned.kind == "dpo" and not stage_cfg.precompute_ref_log_probs:
+    if planned.kind in ("dpo", "kto") and not stage_cfg.precompute_ref_log_probs:
         changes.append([((f"{key}.precompute_ref_log_probs=true",), 1)])
     batch, steps = stage_cfg.per_device_train_batch_size, stage_cfg.gradient_accumulation_steps
     changes.append([((f"{key}.per_device_train_batch_size={batch >> n}",

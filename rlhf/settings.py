@@ -329,15 +329,29 @@ ONLINE_ALGORITHMS = ("ppo", "grpo", "rloo", "reinforce_pp")  # sample the policy
 GROUP_ALGORITHMS = ("grpo", "rloo")  # their baseline is the other responses to the same prompt
 
 
-class PolicyStageConfig(TrainStageConfig):
-    """Stage 3: optimization of the SFT policy: DPO on TRL's DPOTrainer, or our own PPO (`rlhf.ppo`)."""
+class KTOSpec(Schema):
+    """KTO's own settings (`algorithm: kto`, TRL's KTOTrainer); the stage's `beta` is KTO's beta too.
 
-    algorithm: Literal["dpo", "ppo", "grpo", "rloo", "reinforce_pp"] = "dpo"
+    The KTO paper (Ethayarajh et al., 2024) advises weights such that desirable_weight x desirable examples
+    over undesirable_weight x undesirable examples lies in [1, 4/3]: raise `desirable_weight` when thumbs up
+    are the rarer label."""
+
+    desirable_weight: float = Field(1.0, gt=0.0, description="Loss weight of desirable examples.")
+    undesirable_weight: float = Field(1.0, gt=0.0, description="Loss weight of undesirable examples.")
+    loss_type: Literal["kto", "apo_zero_unpaired"] = "kto"
+
+
+class PolicyStageConfig(TrainStageConfig):
+    """Stage 3: optimization of the SFT policy: DPO or KTO on TRL's trainers, or an online algorithm on our
+    own `rlhf.ppo` (PPO, GRPO, RLOO, REINFORCE++)."""
+
+    algorithm: Literal["dpo", "kto", "ppo", "grpo", "rloo", "reinforce_pp"] = "dpo"
     learning_rate: float = Field(1e-6, gt=0.0)
     dataset: str | None = Field(
-        None, description="A preference dataset directory; default: the imported data."
+        None,
+        description="An imported dataset directory (kto: an unpaired one); default: the pipeline's imported data.",
     )
-    beta: float = Field(0.1, gt=0.0, description="DPO's beta.")
+    beta: float = Field(0.1, gt=0.0, description="DPO's and KTO's beta.")
     loss_type: list[str] = Field(
         default_factory=lambda: ["sigmoid"], description="TRL DPO loss types, combinable."
     )
@@ -352,6 +366,7 @@ class PolicyStageConfig(TrainStageConfig):
         description="The online algorithms' reward: a weighted sum of reward models and reward functions; "
         "None: the one reward model of ppo.reward_model (default: the pipeline's).",
     )
+    kto: KTOSpec = Field(default_factory=KTOSpec)
     evaluation: GenerationSpec | None = Field(default_factory=GenerationSpec)
 
     @property

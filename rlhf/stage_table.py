@@ -46,7 +46,8 @@ STAGES: tuple[StageSpec, ...] = (
     StageSpec(name="reward", program="stages.reward", config=RewardStageConfig, publishes_as="reward-model",
               starts_from="sft", reads=("preferences",), provides=REWARD_MODEL),
     StageSpec(name="policy", program="stages.policy", config=PolicyStageConfig, publishes_as="policy",
-              starts_from="sft", reads=("preferences", "eval_prompts"), named_by="algorithm", evaluated=True),
+              starts_from="sft", reads=("preferences", "unpaired", "eval_prompts"), named_by="algorithm",
+              evaluated=True),
 )  # fmt: skip
 _BY_NAME = {spec.name: spec for spec in STAGES}
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -19,10 +20,11 @@ import yaml
 
 from rlhf.architectures import is_builtin_spec
 from rlhf.builtin_models import materialize
-from rlhf.config import PipelineConfig, PreferencesConfig
+from rlhf.config import ImportConfig, PipelineConfig
 from rlhf.data.importers import ImportOptions
-from rlhf.data.preferences import ImportSettings, import_preferences
+from rlhf.data.preferences import ImportReport, ImportSettings, import_preferences
 from rlhf.data.synthetic import write_synthetic_task
+from rlhf.data.unpaired import import_unpaired
 from rlhf.distributed import is_first_node, node_rank, rank_info
 from rlhf.errors import ConfigError, DataError
 from rlhf.models import registry_model
@@ -124,7 +126,11 @@ STAGE_DATA_KEYS = ("dataset", "eval_dataset", "ppo.prompts")
 def check_data_files(cfg: PipelineConfig, stages: list[str] | None = None) -> None:
     """Every data file the config names exists: checked before anything is built (the synthetic task, the
     base model, the run directory), so a typo costs no minutes. `stages`: whose own files (default: all)."""
-    named = {f"data.preferences.files[{i}]": path for i, path in enumerate(cfg.data.preferences.files)}
+    named = {
+        f"data.{kind}.files[{i}]": path
+        for kind in ("preferences", "unpaired")
+        for i, path in enumerate(getattr(cfg.data, kind).files)
+    }
     named |= {f"data.{role}": getattr(cfg.data, role) for role in ("sft_train", "sft_eval", "eval_prompts")}
     for name, stage_cfg in cfg.stages.plan().items():
         if stages is not None and name not in stages:
@@ -142,15 +148,20 @@ def check_data_files(cfg: PipelineConfig, stages: list[str] | None = None) -> No
 def prepare_data(cfg: PipelineConfig, run_dir: Path) -> tuple[dict[str, str], str | None]:
     """Resolve the pipeline's data section to file locations; write the synthetic task if asked.
 
-    Returns (inputs, task): explicit files win over the synthetic task's files.
+    Returns (inputs, task): explicit files win over the synthetic task's files. The synthetic task's thumbs
+    (unpaired judgements) are imported only for a pipeline with a KTO stage, which alone reads them.
     """
     inputs: dict[str, str] = {}
     task = None
     exports = [Path(path) for path in cfg.data.preferences.files]
+    unpaired = [Path(path) for path in cfg.data.unpaired.files]
     if cfg.data.synthetic is not None:
         files = write_synthetic_task(run_dir / "data" / "synthetic", cfg.data.synthetic)
-        inputs.update({role: str(path) for role, path in files.items() if role != "preferences"})
+        imported = ("preferences", "unpaired")
+        inputs.update({role: str(path) for role, path in files.items() if role not in imported})
         exports.append(files["preferences"])
+        if any(getattr(stage, "algorithm", None) == "kto" for stage in cfg.stages.plan().values()):
+            unpaired.append(files["unpaired"])
         task = "synthetic"
     for role in ("sft_train", "sft_eval", "eval_prompts"):
         value = getattr(cfg.data, role)
@@ -160,23 +171,34 @@ def prepare_data(cfg: PipelineConfig, run_dir: Path) -> tuple[dict[str, str], st
         inputs["preferences"] = str(
             import_exports(exports, cfg.data.preferences, run_dir / "data" / "preferences")
         )
+    if unpaired:
+        inputs["unpaired"] = str(import_exports(unpaired, cfg.data.unpaired, run_dir / "data" / "unpaired"))
     return inputs, task
 
 
-def import_exports(exports: list[Path], prefs: PreferencesConfig, out_dir: Path) -> Path:
-    """The configured preference exports through `rlhf data import`'s machinery, into the run."""
-    given = prefs.model_dump()
-    given["bucket_order"] = tuple(given["bucket_order"])
+IMPORTERS: dict[str, Callable[[list[Path], Path, ImportSettings], ImportReport]] = {
+    "preferences": import_preferences,
+    "unpaired": import_unpaired,
+}
+
+
+def import_exports(exports: list[Path], section: ImportConfig, out_dir: Path) -> Path:
+    """The exports configured by a `data` section (`data.preferences`, `data.unpaired`) through `rlhf data
+    import`'s machinery, into the run."""
+    kind = section.kind
+    given = section.model_dump()
+    if "bucket_order" in given:
+        given["bucket_order"] = tuple(given["bucket_order"])
     try:
         options = ImportOptions(**{f.name: given[f.name] for f in fields(ImportOptions) if f.name in given})
         settings = ImportSettings(options=options, **{f.name: given[f.name] for f in fields(ImportSettings)
                                                       if f.name in given and f.name != "options"})  # fmt: skip
     except ConfigError as exc:  # the settings name their key: say where it is in the pipeline's config
-        raise ConfigError(f"data.preferences.{exc}") from None
-    report = import_preferences(exports, out_dir, settings)
+        raise ConfigError(f"data.{kind}.{exc}") from None
+    report = IMPORTERS[kind](exports, out_dir, settings)
     if (nothing := report.nothing_kept()) is not None:
         raise DataError(nothing)
-    log.info("preferences: %s (report: %s)", report.identity, report.report_path)
+    log.info("%s: %s (report: %s)", kind, report.identity, report.report_path)
     return out_dir
 
 

@@ -1,4 +1,5 @@
 """Stage 3: optimization of the SFT policy. `algorithm: dpo` runs TRL's DPOTrainer on the preference pairs;
+`algorithm: kto` TRL's KTOTrainer on the unpaired judgements (thumbs, ratings: `rlhf.data.unpaired`);
 the online algorithms (`ppo`, and the critic-free `grpo`, `rloo`, `reinforce_pp`) run `rlhf.ppo` on the policy's
 own samples of the preference data's (or a prompts file's) prompts, scored by reward models and reward
 functions (`rewards:`).
@@ -28,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rlhf.data.preference_dataset import load_preferences
+from rlhf.data.unpaired import kto_examples
 from rlhf.distributed import deepspeed_plugin
 from rlhf.errors import DataError
 from rlhf.eval import PromptRow, load_prompt_rows
@@ -50,7 +52,7 @@ from rlhf.workspace import rank_folder, resolve_model
 if TYPE_CHECKING:
     from datasets import Dataset, DatasetDict
     from peft import LoraConfig
-    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer
     from trl import DPOTrainer
 
 log = logging.getLogger(__spec__.name)  # not __name__: that is "__main__" under `python -m`
@@ -66,6 +68,17 @@ TRAINER_METRICS = {
     "eval_loss": "eval_loss",
     "eval_rewards/margins": "eval_reward_margin",
     "eval_rewards/accuracies": "eval_reward_accuracy",
+}
+# KTOTrainer's logged names -> ours: its "chosen" / "rejected" are the desirable / undesirable examples
+KTO_METRICS = {
+    "loss": "train_loss",
+    "kl": "kto_kl",
+    "rewards/chosen": "reward_desirable",
+    "rewards/rejected": "reward_undesirable",
+    "rewards/margins": "reward_margin",
+    "eval_loss": "eval_loss",
+    "eval_kl": "eval_kto_kl",
+    "eval_rewards/margins": "eval_reward_margin",
 }
 
 
@@ -177,25 +190,40 @@ def build_dpo_trainer(cfg: PolicyStageConfig, ctx: StageContext, pairs: DatasetD
     reference as a DeepSpeed engine of its own, sharded at ZeRO-3 (`trl.models.prepare_deepspeed`)."""
     from trl import DPOConfig, DPOTrainer
 
-    has_eval = len(pairs["test"]) > 0
-    args = DPOConfig(
+    return offline_trainer(DPOTrainer, DPOConfig, cfg, ctx, pairs, f"DPO ({'+'.join(cfg.loss_type)}",
+                           loss_type=list(cfg.loss_type))  # fmt: skip
+
+
+def offline_trainer(
+    trainer_class: type[Trainer],
+    config_class: type,
+    cfg: PolicyStageConfig,
+    ctx: StageContext,
+    data: DatasetDict,
+    name: str,
+    **settings: object,
+) -> Trainer:
+    """A configured TRL trainer on fixed data against a reference (DPO, KTO): our shared trainer arguments
+    first (under ZeRO-3 their DeepSpeed config makes every model load partitioned), then the SFT policy, its
+    reference (`load_start`) and the data. TRL runs the reference as a DeepSpeed engine of its own, sharded
+    at ZeRO-3 (`trl.models.prepare_deepspeed`). `settings`: the algorithm's own config keys."""
+    has_eval = len(data["test"]) > 0
+    args = config_class(
         **trainer_arguments(cfg, ctx, evaluates=has_eval),
         eval_on_start=has_eval,
         beta=cfg.beta,
-        loss_type=list(cfg.loss_type),
         precompute_ref_log_probs=cfg.precompute_ref_log_probs,
         max_length=cfg.max_length,
+        **settings,
     )
     start = load_start(cfg, ctx)
-    log.info(
-        "%s: DPO (%s, beta=%g), reference: %s", ctx.stage, "+".join(cfg.loss_type), cfg.beta, start.reference
-    )
-    return DPOTrainer(
+    log.info("%s: %s, beta=%g), reference: %s", ctx.stage, name, cfg.beta, start.reference)
+    return trainer_class(
         model=start.model,
         ref_model=start.ref_model,
         args=args,
-        train_dataset=pairs["train"],
-        eval_dataset=pairs["test"] if has_eval else None,
+        train_dataset=data["train"],
+        eval_dataset=data["test"] if has_eval else None,
         processing_class=start.tokenizer,
         peft_config=start.peft_config,
     )
@@ -207,6 +235,19 @@ def run_dpo(cfg: PolicyStageConfig, ctx: StageContext) -> Trained:
     given = {"train": counts["pairs_train"], "eval": counts["pairs_eval"]}
     counts.update(length_counts(trainer, given, cfg.max_length))
     output, metrics = train_and_save(trainer, ctx, TRAINER_METRICS, before_save=drop_reference_adapter)
+    return Trained(trainer.model, trainer.processing_class, output, counts | metrics)
+
+
+def run_kto(cfg: PolicyStageConfig, ctx: StageContext) -> Trained:
+    """KTO on the imported unpaired judgements, from the SFT policy against the same reference as DPO."""
+    from trl import KTOConfig, KTOTrainer
+
+    examples, counts = kto_examples(Path(ctx.data("unpaired", cfg.dataset)))
+    spec = cfg.kto
+    trainer = offline_trainer(KTOTrainer, KTOConfig, cfg, ctx, examples, f"KTO ({spec.loss_type}",
+                              loss_type=spec.loss_type, desirable_weight=spec.desirable_weight,
+                              undesirable_weight=spec.undesirable_weight)  # fmt: skip
+    output, metrics = train_and_save(trainer, ctx, KTO_METRICS, before_save=drop_reference_adapter)
     return Trained(trainer.model, trainer.processing_class, output, counts | metrics)
 
 
@@ -332,6 +373,7 @@ def describe_rewards(
 
 ALGORITHMS: dict[str, Callable[[PolicyStageConfig, StageContext], Trained]] = {
     "dpo": run_dpo,
+    "kto": run_kto,
     **dict.fromkeys(ONLINE_ALGORITHMS, run_online),
 }
 

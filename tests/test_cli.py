@@ -136,10 +136,11 @@ def test_debug_shows_the_traceback(config_file: Path, tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_the_quickstart_pipeline_end_to_end_at_small_size(tmp_path: Path) -> None:
-    """Every stage chained through the registry (DPO and PPO side by side), and the closing evaluations."""
+    """Every stage chained through the registry (DPO, PPO and KTO side by side), and the closing evaluations."""
     small = ["data.synthetic.num_sft_train=1500", "data.synthetic.num_preference_tasks=300",
              "stages.sft.num_train_epochs=1", "stages.reward.num_train_epochs=1",
              "stages.policy.dpo.num_train_epochs=1", "stages.policy.ppo.max_steps=3",
+             "stages.policy.kto.max_steps=3", "data.synthetic.num_thumbs_tasks=300",
              "evaluation.samples_per_prompt=1", f"registry={tmp_path / 'registry'}", f"runs_dir={tmp_path / 'runs'}",
              "tracking=none"]  # fmt: skip
     done = rlhf("run", str(REPO / "configs" / "quickstart.yaml"), *small, "--run-dir", str(tmp_path / "run"))
@@ -149,8 +150,10 @@ def test_the_quickstart_pipeline_end_to_end_at_small_size(tmp_path: Path) -> Non
         "reward: published reward-model:v1",
         "policy-dpo: published policy:v1",
         "policy-ppo: published policy:v2",
+        "policy-kto: published policy:v3",
         "policy-dpo vs SFT: gold_win_rate",
         "policy-ppo vs SFT: gold_win_rate",
+        "policy-kto vs SFT: gold_win_rate",
     ):
         assert line in done.stdout
     table = done.stdout[: done.stdout.index("policy-dpo vs SFT")]
@@ -164,6 +167,9 @@ def test_the_quickstart_pipeline_end_to_end_at_small_size(tmp_path: Path) -> Non
     assert ppo.parents == ["sft-policy:v1", "reward-model:v1"] and ppo.stage == "policy-ppo"
     assert ppo.config["algorithm"] == "ppo" and ppo.metrics["steps"] == 3
     assert {d["name"] for d in dpo.datasets} == {"preferences"}
+    kto = registry.manifest("policy:v3")
+    assert kto.parents == ["sft-policy:v1"] and kto.config["algorithm"] == "kto" and kto.metrics["steps"] == 3
+    assert {d["name"] for d in kto.datasets} == {"unpaired"}
     assert dpo.extra["evaluation"]["models"] == {"policy": "policy:v1", "reference": "sft-policy:v1",
                                                  "judge": "reward-model:v1"}  # fmt: skip
     assert ppo.extra["evaluation"]["models"]["policy"] == "policy:v2"

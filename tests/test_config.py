@@ -30,8 +30,8 @@ def test_quickstart_config_is_valid() -> None:
     assert cfg.stages.sft is not None and cfg.stages.sft.learning_rate == pytest.approx(3e-3)
     assert cfg.data.synthetic is not None
     plan = cfg.stages.plan()
-    assert list(plan) == ["sft", "reward", "policy-dpo", "policy-ppo"]
-    assert plan["policy-dpo"].algorithm == "dpo" and plan["policy-ppo"].algorithm == "ppo"
+    assert list(plan) == ["sft", "reward", "policy-dpo", "policy-ppo", "policy-kto"]
+    assert [plan[f"policy-{name}"].algorithm for name in ("dpo", "ppo", "kto")] == ["dpo", "ppo", "kto"]
 
 
 NAMED_POLICIES = """

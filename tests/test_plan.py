@@ -328,8 +328,10 @@ def test_plan_json_of_the_quickstart() -> None:
     done = run_cli("plan", "configs/quickstart.yaml", "--json")
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
-    assert result["format"] == 1 and result["fits"] is True and result["summary"].startswith("plan: 4 stages")
-    assert [s["stage"] for s in result["stages"]] == ["sft", "reward", "policy-dpo", "policy-ppo", "evaluate"]
+    assert result["format"] == 1 and result["fits"] is True and result["summary"].startswith("plan: 5 stages")
+    assert [s["stage"] for s in result["stages"]] == [
+        "sft", "reward", "policy-dpo", "policy-ppo", "policy-kto", "evaluate"
+    ]  # fmt: skip
     for stage in result["stages"]:
         sizes = stage["bytes"]
         assert sizes["total"] == sizes["runtime"] + max(sizes["training_phase"], sizes["generation_phase"])

@@ -134,10 +134,10 @@ def test_same_seed_same_bytes_other_seed_differs(tmp_path: Path) -> None:
     first = write_synthetic_task(tmp_path / "a", SMALL)
     second = write_synthetic_task(tmp_path / "b", SMALL)
     other = write_synthetic_task(tmp_path / "c", SynthConfig(**{**SMALL.__dict__, "seed": 1}))
-    assert set(first) == {"sft_train", "sft_eval", "eval_prompts", "preferences", "manifest"}
+    assert set(first) == {"sft_train", "sft_eval", "eval_prompts", "preferences", "unpaired", "manifest"}
     for role in first:
         assert first[role].read_bytes() == second[role].read_bytes(), role
-    for role in ("sft_train", "sft_eval", "preferences"):
+    for role in ("sft_train", "sft_eval", "preferences", "unpaired"):
         assert first[role].read_bytes() != other[role].read_bytes(), role
 
 
@@ -155,7 +155,7 @@ def test_manifest_matches_the_files(default_task: dict[str, Path]) -> None:
     for role, entry in manifest["files"].items():
         data = default_task[role].read_bytes()
         assert hashlib.sha256(data).hexdigest() == entry["sha256"]
-        records = json.loads(data) if role == "preferences" else data.decode().splitlines()
+        records = json.loads(data) if role in ("preferences", "unpaired") else data.decode().splitlines()
         assert len(records) == entry["records"]
 
 

@@ -1,4 +1,4 @@
-"""report.md: an import's manifest for a person."""
+"""report.md: an import's manifest for a person (preference or unpaired data)."""
 
 from __future__ import annotations
 
@@ -18,30 +18,58 @@ MERGING = (
     "not counted. Each duplicate is listed with the row of the comparison it belongs to (or where that "
     "comparison was quarantined)."
 )
+UNPAIRED_MERGING = (
+    "Same prompt and the same completion, in any file of the import, are one judged completion, and each "
+    "record of it is a vote on it: the votes of all its records are merged and decide the label by strict "
+    "majority (a tie, or a neutral majority from middle ratings, is quarantined: KTO needs a label). The row "
+    "stands where its first record was read; each later record is a **merged vote**. A named annotator counts "
+    "once per completion (their first vote). A **normalized** duplicate matches only after casefolding and "
+    "collapsing whitespace: its texts differ, so its vote is not counted."
+)
+# per dataset format: title, what a row is, how records merge
+_KINDS = {
+    "rlhf-preferences": (
+        "Preference data import",
+        "Rows are comparisons: each pair an importer read, plus each record it could not read.",
+        MERGING,
+    ),
+    "rlhf-unpaired": (
+        "Unpaired data import",
+        "Rows are judged completions: each completion an importer read with its thumbs or ratings, plus each "
+        "record it could not read. Votes: desirable, undesirable, or neutral (a middle rating).",
+        UNPAIRED_MERGING,
+    ),
+}
 
 
 def render_report(manifest: dict[str, Any]) -> str:
     """report.md: the manifest for a person."""
     counts, agreement = manifest["counts"], manifest["agreement"]
+    title, rows, merging = _KINDS[manifest["format"]]
+    units = "judgements" if "desirable" in counts else "comparisons"
+    if "desirable" in counts:
+        of_which = f"{counts['desirable']} desirable, {counts['undesirable']} undesirable"
+    else:
+        of_which = f"{counts['ties_kept']} ties"
     lines = [
-        "# Preference data import",
+        f"# {title}",
         "",
         f"**rows read = kept + quarantined + duplicates: {counts['read']} = {counts['kept']} + "
         f"{counts['quarantined']} + {counts['duplicates']}**",
         "",
         f"- kept: {counts['train']} train + {counts['test']} test "
         f"(test fraction {manifest['settings']['test_fraction']}, split seed {manifest['settings']['split_seed']}), "
-        f"of which {counts['ties_kept']} ties",
+        f"of which {of_which}",
         f"- fingerprint: `{manifest['fingerprint']}`",
         "",
-        "Rows are comparisons: each pair an importer read, plus each record it could not read.",
+        rows,
         "",
         "## Sources",
         "",
-        "| file | format | records | comparisons | sha256 |",
+        f"| file | format | records | {units} | sha256 |",
         "|---|---|---:|---:|---|",
         *(
-            f"| {s['file']} | {s['format'] or '-'} | {s['records']} | {s['comparisons']} | `{s['sha256'][:16]}` |"
+            f"| {s['file']} | {s['format'] or '-'} | {s['records']} | {s[units]} | `{s['sha256'][:16]}` |"
             for s in manifest["sources"]
         ),
         "",
@@ -53,9 +81,9 @@ def render_report(manifest: dict[str, Any]) -> str:
         "",
         *_table(["kind", "rows"], counts["duplicates_by_kind"].items()),
         "",
-        MERGING,
+        merging,
         "",
-        f"- comparisons seen in more than one record (votes merged): {counts['merged']}",
+        f"- {units} seen in more than one record (votes merged): {counts['merged']}",
         f"- **conflicts** among them: {counts['conflicts']} (their merged votes, those that count, are not "
         "unanimous: one record chose a, another b or a tie)",
         "",

@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from rlhf.data.aggregate import oriented
-from rlhf.data.records import Comparison, Source, Vote
+from rlhf.data.records import Comparison, Judged, Source, Vote
 
 
 class PendingComparisons:
@@ -85,3 +85,35 @@ def row_of(handle: int) -> int:
 def _intern(annotator: str | None) -> str | None:
     """One string per annotator name, however many of their votes are held."""
     return None if annotator is None else sys.intern(annotator)
+
+
+class PendingJudged(PendingComparisons):
+    """Unpaired judgements set aside the same way: one completion has no order to turn votes to, so a
+    handle is its row shifted left once (low bit 0) and later records' votes count as they are."""
+
+    def handle(self, judged: Judged) -> int:  # type: ignore[override]
+        return self._rows << 1
+
+    def add(self, judged: Judged, test: bool) -> None:  # type: ignore[override]
+        votes = [(vote.annotator, vote.choice) for vote in judged.votes]
+        row = (judged.prompt, judged.completion, votes, judged.source.file, judged.source.row, test)
+        self._file.write(pickle.dumps(row, pickle.HIGHEST_PROTOCOL))
+        self._rows += 1
+
+    def join(self, handle: int, judged: Judged) -> None:  # type: ignore[override]
+        votes = [Vote(_intern(vote.annotator), vote.choice) for vote in judged.votes]
+        self._later.setdefault(row_of(handle), []).extend(votes)
+
+    def comparisons(self) -> Iterator[tuple[int, Judged, bool, bool]]:  # type: ignore[override]
+        """(row, judged completion with all its records' votes, in the test split, seen in more than one
+        record), in first-seen order."""
+        with self._path.open("rb") as stored:
+            for row in range(self._rows):
+                prompt, completion, votes, file, source_row, test = pickle.load(stored)
+                votes = [Vote(annotator, choice) for annotator, choice in votes] + self._later.get(row, [])
+                yield (
+                    row,
+                    Judged(prompt, completion, votes, Source(file, source_row)),
+                    test,
+                    row in self._later,
+                )

@@ -20,7 +20,7 @@ import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -41,12 +41,12 @@ MANIFEST, REPORT, QUARANTINE, DUPLICATES = (
 DATASET_FORMAT, DATASET_VERSION = "rlhf-preferences", 1
 BATCH_ROWS = 4096
 
-_MESSAGES = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
+MESSAGES = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
 SCHEMA = pa.schema(
     [
-        ("prompt", _MESSAGES),
-        ("chosen", _MESSAGES),
-        ("rejected", _MESSAGES),
+        ("prompt", MESSAGES),
+        ("chosen", MESSAGES),
+        ("rejected", MESSAGES),
         ("margin", pa.float64()),
         ("tie", pa.bool_()),
         ("annotators", pa.list_(pa.string())),
@@ -56,11 +56,15 @@ SCHEMA = pa.schema(
     ]
 )
 
-_FIELDS = operator.attrgetter(*SCHEMA.names)  # a PreferenceRecord as a row in schema order
-
 
 def load_preferences(out_dir: Path) -> DatasetDict:
-    """The train and test splits of an imported dataset, checked against the manifest's fingerprint."""
+    """The train and test splits of an imported preference dataset, checked against its fingerprint."""
+    return load_imported(out_dir, DATASET_FORMAT)
+
+
+def load_imported(out_dir: Path, dataset_format: str) -> DatasetDict:
+    """The train and test splits of an imported dataset of `dataset_format` (preference, unpaired), checked
+    against the manifest's fingerprint."""
     from datasets import Dataset, DatasetDict
 
     out_dir = Path(out_dir)
@@ -68,7 +72,9 @@ def load_preferences(out_dir: Path) -> DatasetDict:
         manifest = json.loads((out_dir / MANIFEST).read_text(encoding="utf-8"))
         files = {split: [out_dir / name for name in manifest["files"][split]] for split in SPLITS}
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise DataError(f"{out_dir}: not an imported preference dataset ({exc})") from None
+        raise DataError(f"{out_dir}: not an imported {dataset_format} dataset ({exc})") from None
+    if manifest.get("format") != dataset_format:
+        raise DataError(f"{out_dir}: an imported {manifest.get('format')} dataset, expected {dataset_format}")
     if fingerprint(out_dir, manifest["files"]) != manifest["fingerprint"]:
         raise DataError(f"{out_dir}: data files do not match the manifest's fingerprint; re-run the import")
     splits = {}
@@ -100,17 +106,20 @@ def fingerprint(out_dir: Path, files: dict[str, list[str]]) -> str:
 
 
 class SplitWriter:
-    """One split's parquet file, written a batch of rows at a time."""
+    """One split's parquet file, written a batch of rows at a time: records (`PreferenceRecord`, or another
+    kind's) whose attributes are the schema's columns."""
 
     NAME = "data.parquet"
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, schema: pa.Schema = SCHEMA) -> None:
         directory.mkdir()
-        self._writer = pq.ParquetWriter(directory / self.NAME, SCHEMA)
-        self._pending: list[PreferenceRecord] = []
+        self._schema = schema
+        self._fields = operator.attrgetter(*schema.names)  # a record as a row in schema order
+        self._writer = pq.ParquetWriter(directory / self.NAME, schema)
+        self._pending: list[Any] = []
         self.rows = 0
 
-    def add(self, record: PreferenceRecord) -> None:
+    def add(self, record: PreferenceRecord | Any) -> None:
         self._pending.append(record)
         self.rows += 1
         if len(self._pending) >= BATCH_ROWS:
@@ -118,9 +127,10 @@ class SplitWriter:
 
     def flush(self) -> None:
         if self._pending:
-            columns = zip(*map(_FIELDS, self._pending), strict=True)
-            columns = [pa.array(values, type=f.type) for values, f in zip(columns, SCHEMA, strict=True)]
-            self._writer.write_batch(pa.record_batch(columns, schema=SCHEMA))
+            columns = zip(*map(self._fields, self._pending), strict=True)
+            schema = self._schema
+            columns = [pa.array(values, type=f.type) for values, f in zip(columns, schema, strict=True)]
+            self._writer.write_batch(pa.record_batch(columns, schema=schema))
             self._pending = []
 
     def close(self) -> None:
@@ -131,7 +141,7 @@ class SplitWriter:
 
 
 @contextlib.contextmanager
-def staged_dataset_dir(out_dir: Path) -> Iterator[Path]:
+def staged_dataset_dir(out_dir: Path, kind: str = "preference") -> Iterator[Path]:
     """A fresh directory beside `out_dir`, renamed to it on success and removed on failure.
 
     A previous import at `out_dir` is replaced; any other non-empty directory is refused, so that an import
@@ -140,7 +150,7 @@ def staged_dataset_dir(out_dir: Path) -> Iterator[Path]:
     if out_dir.exists() and not (
         out_dir.is_dir() and (not any(out_dir.iterdir()) or (out_dir / MANIFEST).is_file())
     ):
-        raise DataError(f"{out_dir}: exists and is not an imported preference dataset; choose another output")
+        raise DataError(f"{out_dir}: exists and is not an imported {kind} dataset; choose another output")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_builds(out_dir)
     build = out_dir.parent / f".{out_dir.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.partial"

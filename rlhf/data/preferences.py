@@ -32,7 +32,7 @@ from typing import IO, Any
 from rlhf.data import quality, readers
 from rlhf.data.aggregate import Agreement, AgreementTracker, Ties, aggregate, counted_votes
 from rlhf.data.import_report import render_report
-from rlhf.data.importers import ImportOptions, get_importer
+from rlhf.data.importers import PREFERENCES, ImportOptions, Kind, get_importer
 from rlhf.data.pending import PendingComparisons, row_of
 from rlhf.data.preference_dataset import (
     DATASET_FORMAT,
@@ -41,13 +41,14 @@ from rlhf.data.preference_dataset import (
     MANIFEST,
     QUARANTINE,
     REPORT,
+    SCHEMA,
     SPLITS,
     SplitWriter,
     fingerprint,
     split_of,
     staged_dataset_dir,
 )
-from rlhf.data.records import Comparison, Quarantined
+from rlhf.data.records import Comparison, Quarantined, Vote
 from rlhf.data.streams import Limits
 from rlhf.data.units import file_units, raw_excerpt
 from rlhf.errors import ConfigError, DataError
@@ -122,6 +123,26 @@ class ImportReport:
     by_reason: dict[str, int]  # most frequent first
     excluded_annotators: tuple[str, ...]
 
+    @classmethod
+    def of(cls, out_dir: Path, manifest: dict[str, Any], excluded: frozenset[str]) -> ImportReport:
+        """The report of an import that wrote `manifest` into `out_dir`."""
+        counts = manifest["counts"]
+        return cls(
+            out_dir=out_dir,
+            fingerprint=manifest["fingerprint"],
+            read=counts["read"],
+            kept=counts["kept"],
+            quarantined=counts["quarantined"],
+            duplicates=counts["duplicates"],
+            train=counts["train"],
+            test=counts["test"],
+            ties_kept=counts.get("ties_kept", 0),
+            merged=counts["merged"],
+            conflicts=counts["conflicts"],
+            by_reason=counts["by_reason"],
+            excluded_annotators=tuple(sorted(excluded)),
+        )
+
     @property
     def identity(self) -> str:
         return (
@@ -164,51 +185,52 @@ def import_preferences(
 ) -> ImportReport:
     """Import `sources` (files or directories) into the preference dataset `out_dir`, replacing a previous
     one there. `count_tokens` (the target tokenizer's) is needed when `settings.max_tokens` is set."""
+    return run_import(sources, Path(out_dir), settings, count_tokens, _Run)
+
+
+def run_import(
+    sources: Sequence[Path],
+    out_dir: Path,
+    settings: ImportSettings,
+    count_tokens: Callable[[str], int] | None,
+    run_class: type[_Run],
+) -> ImportReport:
+    """An import of `run_class`'s kind (preferences, or `rlhf.data.unpaired`'s judgements): read every
+    source, vote, and write the dataset into a staging folder renamed to `out_dir`."""
+    kind = run_class.kind
     if settings.max_tokens is not None and count_tokens is None:
         raise ConfigError("max_tokens: set, but no tokenizer was given to count tokens with")
     if settings.format is not None:
-        get_importer(settings.format)  # an unknown name fails before any reading
+        get_importer(settings.format, kind)  # an unknown name fails before any reading
     units = [(Path(source), readers.data_files(Path(source))) for source in sources]
     if not units:
         raise DataError("no sources to import")
-    with staged_dataset_dir(Path(out_dir)) as build:
-        run = _Run(build, settings, count_tokens)
+    with staged_dataset_dir(out_dir, run_class.describes) as build:
+        run = run_class(build, settings, count_tokens)
         try:
-            sources_json = []
-            for item in _stream(units, settings, sources_json):
+            sources_json: list[dict[str, Any]] = []
+            for item in stream_units(units, settings, sources_json, kind):
                 run.add(item)
             run.vote()
         finally:
             run.close()
         manifest = run.finish(sources_json)
-    counts = manifest["counts"]
-    return ImportReport(
-        out_dir=Path(out_dir),
-        fingerprint=manifest["fingerprint"],
-        read=counts["read"],
-        kept=counts["kept"],
-        quarantined=counts["quarantined"],
-        duplicates=counts["duplicates"],
-        train=counts["train"],
-        test=counts["test"],
-        ties_kept=counts["ties_kept"],
-        merged=counts["merged"],
-        conflicts=counts["conflicts"],
-        by_reason=counts["by_reason"],
-        excluded_annotators=tuple(sorted(run.excluded)),
-    )
+    return ImportReport.of(out_dir, manifest, run.excluded)
 
 
-def _stream(
-    units: list[tuple[Path, list[Path]]], settings: ImportSettings, sources_json: list[dict[str, Any]]
-) -> Iterator[Comparison | Quarantined]:
+def stream_units(
+    units: list[tuple[Path, list[Path]]],
+    settings: ImportSettings,
+    sources_json: list[dict[str, Any]],
+    kind: Kind = PREFERENCES,
+) -> Iterator[Any]:
     """Every unit of the identity from every source, in order, recording each file in `sources_json`."""
     for source, files in units:
         produced = 0
         for path in files:
-            entry = {"file": str(path), "sha256": "", "format": None, "records": 0, "comparisons": 0}
+            entry = {"file": str(path), "sha256": "", "format": None, "records": 0, kind.units: 0}
             sources_json.append(entry)
-            for item in file_units(path, settings.format, settings.options, settings.limits, entry):
+            for item in file_units(path, settings.format, settings.options, settings.limits, entry, kind):
                 produced += 1
                 yield item
         if not produced:
@@ -216,8 +238,17 @@ def _stream(
 
 
 class _Run:
-    """The state of one import: the reading pass sets comparisons aside (`add`), the voting pass decides and
-    writes them (`vote`), and `finish` writes what was left out and the manifest."""
+    """The state of one import: the reading pass sets units aside (`add`), the voting pass decides and
+    writes them (`vote`), and `finish` writes what was left out and the manifest.
+
+    The hooks (`_check`, `_keys`, `_decide`, `_counts` and the class attributes) are what a kind of data
+    does its own way; `rlhf.data.unpaired` overrides them for unpaired judgements."""
+
+    kind: Kind = PREFERENCES
+    describes = "preference"  # for messages: "not an imported preference dataset"
+    dataset_format = DATASET_FORMAT
+    schema = SCHEMA
+    pending_class: type[PendingComparisons] = PendingComparisons
 
     def __init__(
         self, directory: Path, settings: ImportSettings, count_tokens: Callable[[str], int] | None
@@ -227,10 +258,10 @@ class _Run:
         self.count_tokens = count_tokens
         self.excluded: frozenset[str] = frozenset()
         self.first_pass: Agreement | None = None
-        self.pending = PendingComparisons(directory / ".pending")
-        self.writers = {split: SplitWriter(directory / split) for split in SPLITS}
-        self.quarantine = _jsonl(directory / QUARANTINE)
-        self.spool = _jsonl(directory / (DUPLICATES + ".partial"))
+        self.pending = self.pending_class(directory / ".pending")
+        self.writers = {split: SplitWriter(directory / split, self.schema) for split in SPLITS}
+        self.quarantine = jsonl_file(directory / QUARANTINE)
+        self.spool = jsonl_file(directory / (DUPLICATES + ".partial"))
         self.index = quality.DuplicateIndex()
         self.agreement = AgreementTracker()
         self.repeated: set[int] = set()  # pending rows that a duplicate points to
@@ -239,19 +270,37 @@ class _Run:
         self.by_reason: Counter[str] = Counter()
         self.duplicates: Counter[str] = Counter()
 
-    def add(self, item: Comparison | Quarantined) -> None:
-        """One unit of the reading pass: quarantined, set aside as a new comparison, or a duplicate (a
-        record of a comparison already seen counts as a vote there)."""
+    def _check(self, item: Any) -> str | None:
+        """Why a unit cannot be trained on (`quality`), or None."""
+        return quality.check(item, self.count_tokens, self.settings.max_tokens)
+
+    def _keys(self, item: Any) -> quality.RowKeys:
+        return quality.row_keys(item.prompt, item.response_a, item.response_b)
+
+    def _raw(self, item: Any) -> str:
+        return _raw_comparison(item)
+
+    def _decide(self, unit: Any, votes: list[Vote]) -> Any:
+        """The record the counted votes make, or the reason for the quarantine."""
+        return aggregate(unit, votes, self.settings.ties, self.settings.min_votes)
+
+    def _counts(self) -> dict[str, Any]:
+        """The kind's own counts in the manifest."""
+        return {"ties_kept": self.ties_kept}
+
+    def add(self, item: Any) -> None:
+        """One unit of the reading pass: quarantined, set aside as a new unit, or a duplicate (a record of a
+        unit already seen counts as a vote there)."""
         self.read += 1
         if self.read % PROGRESS_EVERY == 0:
             log.info("import: %d rows read", self.read)
         if isinstance(item, Quarantined):
             self._quarantine(item)
             return
-        if reason := quality.check(item, self.count_tokens, self.settings.max_tokens):
-            self._quarantine(Quarantined(item.source, reason, _raw_comparison(item)))
+        if reason := self._check(item):
+            self._quarantine(Quarantined(item.source, reason, self._raw(item)))
             return
-        keys = quality.row_keys(item.prompt, item.response_a, item.response_b)
+        keys = self._keys(item)
         repeat = self.index.first(keys, self.pending.handle(item))
         if repeat is None:
             split = split_of(keys.prompt, self.settings.split_seed, self.settings.test_fraction)
@@ -264,43 +313,43 @@ class _Run:
         self.duplicates[kind] += 1
         self.repeated.add(row_of(handle))
         entry = {"source_file": item.source.file, "source_row": item.source.row, "kind": kind}
-        self.spool.write(_dumps({**entry, "pending": row_of(handle)}))
+        self.spool.write(jsonl_line({**entry, "pending": row_of(handle)}))
 
     def vote(self) -> None:
-        """The voting pass: each comparison, with the votes of all its records, kept or quarantined."""
+        """The voting pass: each unit, with the votes of all its records, kept or quarantined."""
         self.pending.close()
         threshold = self.settings.min_annotator_agreement
         if threshold is not None:
             tracker = AgreementTracker()
-            for _, comparison, _, _ in self.pending.comparisons():
-                tracker.add(counted_votes(comparison.votes, frozenset()))
+            for _, unit, _, _ in self.pending.comparisons():
+                tracker.add(counted_votes(unit.votes, frozenset()))
             self.first_pass = tracker.result()
             self.excluded = self.first_pass.below(threshold)
-        for row, comparison, test, merged in self.pending.comparisons():
+        for row, unit, test, merged in self.pending.comparisons():
             if (row + 1) % PROGRESS_EVERY == 0:
-                log.info("import: %d comparisons decided", row + 1)
-            votes = counted_votes(comparison.votes, self.excluded)
+                log.info("import: %d %s decided", row + 1, self.kind.units)
+            votes = counted_votes(unit.votes, self.excluded)
             self.agreement.add(votes)
             self.merged += merged
             self.conflicts += merged and len({vote.choice for vote in votes}) > 1
-            record = aggregate(comparison, votes, self.settings.ties, self.settings.min_votes)
+            record = self._decide(unit, votes)
             if isinstance(record, str):
-                self._quarantine(Quarantined(comparison.source, record, _raw_comparison(comparison)))
+                self._quarantine(Quarantined(unit.source, record, self._raw(unit)))
                 outcome: dict[str, Any] = {"quarantined": record}
             else:
                 split = SPLITS[test]
                 outcome = {"split": split, "row": self.writers[split].rows}
-                self.ties_kept += record.tie
+                self.ties_kept += getattr(record, "tie", False)
                 self.writers[split].add(record)
             if row in self.repeated:
-                source = comparison.source
+                source = unit.source
                 self.originals[row] = {**outcome, "source_file": source.file, "source_row": source.row}
         self.pending.remove()
 
     def _quarantine(self, item: Quarantined) -> None:
         self.by_reason[quality.category(item.reason)] += 1
         entry = {"source_file": item.source.file, "source_row": item.source.row, "reason": item.reason}
-        self.quarantine.write(_dumps({**entry, "raw": item.raw}))
+        self.quarantine.write(jsonl_line({**entry, "raw": item.raw}))
 
     def close(self) -> None:
         for writer in self.writers.values():
@@ -323,7 +372,7 @@ class _Run:
             entry["sha256"] = readers.sha256_of(Path(entry["file"]))
         final = self.agreement.result()
         manifest = {
-            "format": DATASET_FORMAT,
+            "format": self.dataset_format,
             "format_version": DATASET_VERSION,
             "fingerprint": fingerprint(self.directory, files),
             "files": files,
@@ -334,7 +383,7 @@ class _Run:
                 "duplicates": duplicates,
                 "train": self.writers["train"].rows,
                 "test": self.writers["test"].rows,
-                "ties_kept": self.ties_kept,
+                **self._counts(),
                 "merged": self.merged,
                 "conflicts": self.conflicts,
                 "by_reason": dict(self.by_reason.most_common()),
@@ -364,20 +413,20 @@ class _Run:
         """duplicates.jsonl: each duplicate with the row of its comparison (in the dataset, or quarantined)
         and that row's source."""
         spool = self.directory / (DUPLICATES + ".partial")
-        with spool.open(encoding="utf-8") as lines, _jsonl(self.directory / DUPLICATES) as out:
+        with spool.open(encoding="utf-8") as lines, jsonl_file(self.directory / DUPLICATES) as out:
             for line in lines:
                 entry = json.loads(line)
                 of = self.originals[entry.pop("pending")]
-                out.write(_dumps({**entry, "duplicate_of": of}))
+                out.write(jsonl_line({**entry, "duplicate_of": of}))
         spool.unlink()
 
 
-def _jsonl(path: Path) -> IO[str]:
+def jsonl_file(path: Path) -> IO[str]:
     # backslashreplace: a lone surrogate in a bad row comes out as a JSON escape instead of an error
     return path.open("w", encoding="utf-8", errors="backslashreplace")
 
 
-def _dumps(entry: dict[str, Any]) -> str:
+def jsonl_line(entry: dict[str, Any]) -> str:
     return json.dumps(entry, ensure_ascii=False) + "\n"
 
 

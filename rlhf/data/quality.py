@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from rlhf.data.records import Comparison, Message
+from rlhf.data.records import Comparison, Message, Vote
 
 CHOICES = ("a", "b", "tie")
 # U+FFFD (a decoder gave up), a lone surrogate (bytes smuggled through), or mojibake: UTF-8 read as
@@ -40,23 +40,42 @@ def check(
     """Why `comparison` cannot be trained on, or None. Over-length needs both a counter and a limit."""
     if reason := malformed(comparison):
         return reason
-    prompt = prompt_text(comparison.prompt)
     texts = {"response a": comparison.response_a, "response b": comparison.response_b}
-    if not prompt.strip():
+    if reason := empty_text(comparison.prompt, texts):
+        return reason
+    if comparison.response_a.split() == comparison.response_b.split():
+        return "chosen identical to rejected"
+    return text_problem(comparison.prompt, texts, _labels(comparison), count_tokens, max_tokens)
+
+
+def empty_text(prompt: list[Message], texts: dict[str, str]) -> str | None:
+    """An empty prompt or response (named in `texts`), which nothing can be learned from."""
+    if not prompt_text(prompt).strip():
         return "empty prompt"
     for name, text in texts.items():
         if not text.strip():
             return f"empty response ({name})"
-    if comparison.response_a.split() == comparison.response_b.split():
-        return "chosen identical to rejected"
-    for name, text in [("prompt", prompt), *texts.items()]:
+    return None
+
+
+def text_problem(
+    prompt: list[Message],
+    texts: dict[str, str],
+    labels: list[tuple[str, str]],
+    count_tokens: Callable[[str], int] | None,
+    max_tokens: int | None,
+) -> str | None:
+    """Bad encoding in the prompt, the responses (`texts`, by name) or the written labels (roles, annotator
+    ids), or prompt + a response over `max_tokens`: what both kinds of data check alike."""
+    prompt_string = prompt_text(prompt)
+    for name, text in [("prompt", prompt_string), *texts.items()]:
         if reason := bad_encoding(text):
             return f"bad encoding: {reason} in {name}"
-    for name, text in _labels(comparison):
+    for name, text in labels:
         if SURROGATE.search(text):
             return f"bad encoding: lone surrogate in {name}"
     if count_tokens is not None and max_tokens is not None:
-        prompt_tokens = count_tokens(prompt)
+        prompt_tokens = count_tokens(prompt_string)
         for name, text in texts.items():
             total = prompt_tokens + count_tokens(text)
             if total > max_tokens:
@@ -85,9 +104,13 @@ def malformed(comparison: Comparison) -> str | None:
 
 
 def _labels(comparison: Comparison) -> list[tuple[str, str]]:
+    return written_labels(comparison.prompt, comparison.votes)
+
+
+def written_labels(prompt: list[Message], votes: list[Vote]) -> list[tuple[str, str]]:
     """The written strings besides the texts: message roles and annotator ids."""
-    roles = [(f"prompt message {i} role", m["role"]) for i, m in enumerate(comparison.prompt)]
-    names = [("annotator id", vote.annotator) for vote in comparison.votes if vote.annotator is not None]
+    roles = [(f"prompt message {i} role", m["role"]) for i, m in enumerate(prompt)]
+    names = [("annotator id", vote.annotator) for vote in votes if vote.annotator is not None]
     return roles + names
 
 
@@ -133,13 +156,22 @@ class RowKeys:
 
 def row_keys(prompt: list[Message], a: str, b: str) -> RowKeys:
     """Keys of (prompt, {a, b}): the order of the two responses does not matter."""
-    exact = _digest([m["role"] for m in prompt], [m["content"] for m in prompt], sorted((a, b)))
+    return _keys(prompt, sorted((a, b)), sorted((normalize(a), normalize(b))))
+
+
+def completion_keys(prompt: list[Message], completion: str) -> RowKeys:
+    """Keys of (prompt, completion): an unpaired judgement's row."""
+    return _keys(prompt, [completion], [normalize(completion)])
+
+
+def _keys(prompt: list[Message], texts: list[str], normalized_texts: list[str]) -> RowKeys:
+    exact = _digest([m["role"] for m in prompt], [m["content"] for m in prompt], texts)
     roles = [normalize(m["role"]) for m in prompt]
     contents = [normalize(m["content"]) for m in prompt]
     normalized_prompt = "\x1e".join(
         f"{role}\x1f{content}" for role, content in zip(roles, contents, strict=True)
     )
-    normalized = _digest(roles, contents, sorted((normalize(a), normalize(b))))
+    normalized = _digest(roles, contents, normalized_texts)
     return RowKeys(exact, normalized, normalized_prompt)
 
 

@@ -1,9 +1,11 @@
-"""Canonical preference data: what every importer yields and what the reward and DPO stages read.
+"""Canonical preference and unpaired data: what every importer yields and what the policy and reward stages read.
 
 Importers turn an export into `Comparison`s (one pair of responses to one prompt, with every vote it got)
 or `Quarantined` rows (with the reason and where they came from). Aggregation then turns comparisons into
 `PreferenceRecord`s: chosen vs. rejected after the annotators' majority, in TRL's conversational
-preference form (prompt as messages, chosen and rejected as one assistant message each).
+preference form (prompt as messages, chosen and rejected as one assistant message each). Unpaired importers
+turn thumbs and ratings into `Judged` completions, aggregated into `UnpairedRecord`s (TRL's unpaired form:
+prompt, completion, label).
 """
 
 from __future__ import annotations
@@ -48,6 +50,18 @@ class Comparison:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass
+class Judged:
+    """One completion of one prompt and every unpaired judgement it received (thumbs, a rating), before
+    aggregation. A judgement is a `Vote` whose choice reads "a" desirable, "b" undesirable and "tie" neither
+    (a middle rating), so majority and agreement are the pairwise votes' code."""
+
+    prompt: list[Message]
+    completion: str
+    votes: list[Vote]
+    source: Source
+
+
 @dataclass(frozen=True)
 class Quarantined:
     """A row that could not become a comparison, kept with the reason so nothing is silently lost."""
@@ -78,6 +92,19 @@ class PreferenceRecord:
     @property
     def rejected_text(self) -> str:
         return self.rejected[-1]["content"]
+
+
+@dataclass
+class UnpairedRecord:
+    """A training-ready unpaired example (one row of the canonical unpaired dataset), TRL's KTO form."""
+
+    prompt: list[Message]
+    completion: list[Message]
+    label: bool  # desirable
+    annotators: list[str]
+    votes: list[str]  # per annotator, in `annotators` order: "desirable" | "undesirable" | "neutral"
+    source_file: str
+    source_row: str
 
 
 def assistant(text: str) -> list[Message]:

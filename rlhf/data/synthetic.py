@@ -4,7 +4,7 @@ It lets the pipeline show that it *aligns* a tiny random-init model on a CPU in 
 are deliberately mediocre (about half their words right), so SFT learns the format and preference
 optimization has room to raise a gold reward that anyone can recompute exactly. The preference data comes as
 a simulated Label Studio export with noisy, skipping and undecided annotators, so the real import path is
-exercised too.
+exercised too; the same annotators also judge single responses thumbs up or down (unpaired data, for KTO).
 
 Stdlib only and deterministic for a seed: string-seeded `random.Random` streams and sha256, never Python's
 salted `hash`, never the wall clock.
@@ -18,16 +18,15 @@ import json
 import os
 import random
 import shutil
-import string
 import tempfile
-import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from rlhf.data import synthetic_labelstudio as ls
 from rlhf.errors import ConfigError, DataError
 
 CATEGORIES: dict[str, tuple[str, ...]] = {
@@ -57,10 +56,10 @@ _CATEGORY_SETS = {category: frozenset(items) for category, items in CATEGORIES.i
 # Preference candidates draw their share of right words from this range, so that most pairs differ in
 # quality and carry a signal, while both sides stay plausible outputs of a mediocre SFT policy.
 _CANDIDATE_CORRECT_PROB = (0.1, 0.9)
-_PROJECT_ID = 1
-_PAIRWISE_TAG = "comparison"  # <Pairwise name="comparison" toName="answer1,answer2"/>
-_BASE_TIME = datetime(2025, 1, 6, 9, 0, tzinfo=UTC)
-_REGION_ID_CHARS = string.ascii_letters + string.digits + "_-"
+# <Pairwise name="comparison" toName="answer1,answer2"/>: the Pairwise control is its own object tag
+_PAIRWISE = ("pairwise", "comparison", "comparison")
+# <Choices name="thumbs" toName="response" choice="single"><Choice value="👍"/><Choice value="👎"/></Choices>
+_THUMBS = ("choices", "thumbs", "response")
 
 
 @dataclass(frozen=True)
@@ -166,9 +165,11 @@ class SynthConfig:
     annotations_per_task: int = 3
     tie_margin: float = 0.1  # gold difference below which an annotator sees no clear winner
     skip_prob: float = 0.05  # chance that an annotator skips (cancels) a task
+    num_thumbs_tasks: int = 2000  # single responses judged thumbs up / down (unpaired data, for KTO)
+    thumbs_threshold: float = 0.7  # gold reward from which a response deserves a thumbs up
 
     def __post_init__(self) -> None:
-        for key in ("num_sft_train", "num_sft_eval", "num_preference_tasks"):
+        for key in ("num_sft_train", "num_sft_eval", "num_preference_tasks", "num_thumbs_tasks"):
             _require(getattr(self, key) >= 1, key, "an integer >= 1", getattr(self, key))
         heldout = _heldout_count(self.heldout_fraction)
         _require(
@@ -177,7 +178,7 @@ class SynthConfig:
             f"null or between 1 and the {heldout} held-out prompts",
             self.num_eval_prompts,
         )
-        for key in ("demo_correct_prob", "demo_exact_length_prob", "tie_margin"):
+        for key in ("demo_correct_prob", "demo_exact_length_prob", "tie_margin", "thumbs_threshold"):
             _require(0 <= getattr(self, key) <= 1, key, "in [0, 1]", getattr(self, key))
         _require(0 <= self.skip_prob < 1, "skip_prob", "in [0, 1)", self.skip_prob)
         _require(
@@ -266,131 +267,72 @@ def _judgement(
     return False, "left" if left_better else "right"
 
 
-def _completed_by(annotator: int) -> int | dict[str, Any]:
-    """Label Studio writes `completed_by` as a user id or as a user object depending on version and export
-    path; half the simulated annotators get each form so an importer has to take both."""
-    user_id = annotator + 1
-    if annotator % 2 == 0:
-        return user_id
-    return {
-        "id": user_id,
-        "email": f"annotator{user_id}@example.com",
-        "first_name": "Annotator",
-        "last_name": str(user_id),
-    }
+Judge = Callable[[int], tuple[bool, tuple[tuple[str, str, str], dict[str, Any]] | None]]
 
 
-def _timestamp(moment: datetime) -> str:
-    """Label Studio's timestamp form, e.g. 2021-03-09T22:16:08.728353Z."""
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def _annotation(
-    rng: random.Random,
+def _project(
     cfg: SynthConfig,
-    annotator: int,
-    margin: float,
-    ids: tuple[int, int],
-    imported: datetime,
-) -> dict[str, Any]:
-    """One Label Studio annotation of a pairwise task; `ids` is (annotation id, task id)."""
-    cancelled, selected = _judgement(rng, cfg, annotator, margin)
-    submitted = imported + timedelta(seconds=rng.uniform(600, 14 * 86400))
-    lead_time = round(rng.uniform(3.0, 90.0), 3)
-    result = []
-    if selected is not None:
-        region_id = "".join(rng.choices(_REGION_ID_CHARS, k=10))
-        result.append(
-            {
-                "id": region_id,
-                "from_name": _PAIRWISE_TAG,
-                "to_name": _PAIRWISE_TAG,  # the Pairwise control is its own object tag
-                "type": "pairwise",
-                "value": {"selected": selected},
-                "origin": "manual",
-            }
-        )
-    annotation_id, task_id = ids
-    return {
-        "id": annotation_id,
-        "completed_by": _completed_by(annotator),
-        "result": result,
-        "was_cancelled": cancelled,
-        "ground_truth": False,
-        "created_at": _timestamp(submitted),
-        "updated_at": _timestamp(submitted + timedelta(microseconds=rng.randrange(1, 1000))),
-        "draft_created_at": _timestamp(submitted - timedelta(seconds=lead_time)),
-        "lead_time": lead_time,
-        "prediction": {},
-        "result_count": len(result),
-        "unique_id": str(uuid.UUID(int=rng.getrandbits(128), version=4)),
-        "import_id": None,
-        "last_action": None,
-        "bulk_created": False,
-        "task": task_id,
-        "project": _PROJECT_ID,
-        "updated_by": annotator + 1,
-        "parent_prediction": None,
-        "parent_annotation": None,
-        "last_created_by": None,
-    }
-
-
-def _ls_task(
-    task_id: int, data: dict[str, str], annotations: list[dict[str, Any]], created: datetime
-) -> dict:
-    """One task as Label Studio's JSON export writes it (counters as LS keeps them: cancelled apart)."""
-    last = max(annotations, key=lambda annotation: annotation["updated_at"])
-    cancelled = sum(annotation["was_cancelled"] for annotation in annotations)
-    return {
-        "id": task_id,
-        "annotations": annotations,
-        "file_upload": "preference-pairs.json",
-        "drafts": [],
-        "predictions": [],
-        "data": data,
-        "meta": {},
-        "created_at": _timestamp(created),
-        "updated_at": last["updated_at"],
-        "allow_skip": True,
-        "inner_id": task_id,
-        "total_annotations": len(annotations) - cancelled,
-        "cancelled_annotations": cancelled,
-        "total_predictions": 0,
-        "comment_count": 0,
-        "unresolved_comment_count": 0,
-        "last_comment_updated_at": None,
-        "project": _PROJECT_ID,
-        "updated_by": last["updated_by"],
-        "comment_authors": [],
-    }
+    stream: str,
+    count: int,
+    upload: str,
+    draw: Callable[[random.Random], tuple[dict, Judge]],
+) -> list[dict[str, Any]]:
+    """A simulated Label Studio project of `count` tasks: `draw` makes a task's data and its judge, which
+    gives each of `annotations_per_task` annotators' (cancelled, result as (control, value) or None)."""
+    rng = random.Random(f"{cfg.seed}:{stream}")
+    imported = ls.BASE_TIME + timedelta(days=rng.randrange(365), seconds=rng.randrange(86400))
+    tasks = []
+    annotation_id = 0
+    for task_id in range(1, count + 1):
+        data, judge = draw(rng)
+        annotations = []
+        for annotator in rng.sample(range(len(cfg.annotator_noise)), cfg.annotations_per_task):
+            annotation_id += 1
+            cancelled, judged = judge(annotator)
+            ids = (annotation_id, task_id)
+            annotations.append(ls.annotation(rng, annotator, judged, cancelled, ids, imported))
+        created = imported + timedelta(milliseconds=task_id)
+        tasks.append(ls.task(task_id, data, annotations, created, upload))
+    return tasks
 
 
 def _preference_tasks(cfg: SynthConfig, prompts: list[str]) -> list[dict[str, Any]]:
     """A simulated Label Studio pairwise project: left is answer1, right is answer2."""
-    rng = random.Random(f"{cfg.seed}:preferences")
-    imported = _BASE_TIME + timedelta(days=rng.randrange(365), seconds=rng.randrange(86400))
-    tasks = []
-    annotation_id = 0
-    for task_id in range(1, cfg.num_preference_tasks + 1):
+
+    def draw(rng: random.Random) -> tuple[dict, Judge]:
         prompt = rng.choice(prompts)
         answer1, answer2 = _candidate_pair(rng, parse_prompt(prompt), cfg.demo_exact_length_prob)
         margin = gold_reward(prompt, answer1) - gold_reward(prompt, answer2)
-        annotations = []
-        for annotator in rng.sample(range(len(cfg.annotator_noise)), cfg.annotations_per_task):
-            annotation_id += 1
-            annotations.append(_annotation(rng, cfg, annotator, margin, (annotation_id, task_id), imported))
-        data = {"prompt": prompt, "answer1": answer1, "answer2": answer2}
-        tasks.append(_ls_task(task_id, data, annotations, imported + timedelta(milliseconds=task_id)))
-    return tasks
+
+        def judge(annotator: int) -> tuple[bool, Any]:
+            cancelled, selected = _judgement(rng, cfg, annotator, margin)
+            return cancelled, None if selected is None else (_PAIRWISE, {"selected": selected})
+
+        return {"prompt": prompt, "answer1": answer1, "answer2": answer2}, judge
+
+    return _project(cfg, "preferences", cfg.num_preference_tasks, "preference-pairs.json", draw)
 
 
-def _annotation_counts(tasks: list[dict[str, Any]]) -> dict[str, int]:
-    """How the simulated annotators behaved, for the manifest."""
-    annotations = [annotation for task in tasks for annotation in task["annotations"]]
-    cancelled = sum(annotation["was_cancelled"] for annotation in annotations)
-    voted = sum(bool(annotation["result"]) for annotation in annotations)
-    return {"cancelled": cancelled, "no_preference": len(annotations) - cancelled - voted, "voted": voted}
+def _thumbs_tasks(cfg: SynthConfig, prompts: list[str]) -> list[dict[str, Any]]:
+    """A simulated Label Studio thumbs project: one response per task, drawn like a preference candidate,
+    judged 👍 when its gold reward reaches `thumbs_threshold`, else 👎, by the same noisy, skipping
+    annotators (each flips their thumb with their noise rate)."""
+
+    def draw(rng: random.Random) -> tuple[dict, Judge]:
+        prompt = rng.choice(prompts)
+        response = sample_response(rng, parse_prompt(prompt), rng.uniform(*_CANDIDATE_CORRECT_PROB),
+                                   cfg.demo_exact_length_prob)  # fmt: skip
+        good = gold_reward(prompt, response) >= cfg.thumbs_threshold
+
+        def judge(annotator: int) -> tuple[bool, Any]:
+            if rng.random() < cfg.skip_prob:
+                return True, None
+            up = good != (rng.random() < cfg.annotator_noise[annotator])
+            return False, (_THUMBS, {"choices": ["👍" if up else "👎"]})
+
+        return {"prompt": prompt, "response": response}, judge
+
+    return _project(cfg, "thumbs", cfg.num_thumbs_tasks, "thumbs.json", draw)
 
 
 def _jsonl(records: list[dict[str, Any]]) -> str:
@@ -446,7 +388,8 @@ _DEFAULT_CONFIG = SynthConfig()
 def write_synthetic_task(out_dir: str | Path, cfg: SynthConfig = _DEFAULT_CONFIG) -> dict[str, Path]:
     """Write the whole synthetic task into `out_dir` atomically; the same seed gives the same bytes.
 
-    Returns the final path of each file by role: sft_train, sft_eval, eval_prompts, preferences, manifest.
+    Returns the final path of each file by role: sft_train, sft_eval, eval_prompts, preferences, unpaired
+    (the thumbs export), manifest.
     """
     out = Path(out_dir)
     heldout = heldout_prompts(cfg.seed, cfg.heldout_fraction)
@@ -455,11 +398,13 @@ def write_synthetic_task(out_dir: str | Path, cfg: SynthConfig = _DEFAULT_CONFIG
     sft_eval = _sft_records(random.Random(f"{cfg.seed}:sft_eval"), cfg, train_prompts, cfg.num_sft_eval)
     eval_prompts = _eval_records(cfg, heldout)
     preferences = _preference_tasks(cfg, train_prompts)
+    thumbs = _thumbs_tasks(cfg, train_prompts)
     files = {
         "sft_train": ("sft_train.jsonl", _jsonl(sft_train), len(sft_train)),
         "sft_eval": ("sft_eval.jsonl", _jsonl(sft_eval), len(sft_eval)),
         "eval_prompts": ("eval_prompts.jsonl", _jsonl(eval_prompts), len(eval_prompts)),
         "preferences": ("preferences_labelstudio.json", json.dumps(preferences) + "\n", len(preferences)),
+        "unpaired": ("thumbs_labelstudio.json", json.dumps(thumbs) + "\n", len(thumbs)),
     }
     with _atomic_dir(out) as staging:
         manifest_files = {
@@ -474,7 +419,8 @@ def write_synthetic_task(out_dir: str | Path, cfg: SynthConfig = _DEFAULT_CONFIG
             "config": dataclasses.asdict(cfg),
             "prompts": {"total": len(_PROMPTS), "heldout": len(heldout), "train": len(train_prompts)},
             "files": manifest_files,
-            "annotations": _annotation_counts(preferences),
+            "annotations": ls.annotation_counts(preferences),
+            "thumbs_annotations": ls.annotation_counts(thumbs),
         }
         _write(staging / "task.json", json.dumps(manifest, indent=2) + "\n")
     return {role: out / name for role, (name, _, _) in files.items()} | {"manifest": out / "task.json"}

@@ -13,9 +13,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from rlhf.data import importers, readers
-from rlhf.data.importers import BadRow, Importer, ImportOptions, detect, get_importer
-from rlhf.data.records import Comparison, Quarantined, Source, excerpt
+from rlhf.data import readers
+from rlhf.data.importers import PREFERENCES, BadRow, Importer, ImportOptions, Kind, detect, get_importer
+from rlhf.data.records import Quarantined, Source, excerpt
 from rlhf.data.streams import Limits
 from rlhf.errors import DataError, RlhfError
 
@@ -24,15 +24,21 @@ DETECT_RECORDS, DETECT_ITEMS = 16, 256
 
 
 def file_units(
-    path: Path, fmt: str | None, options: ImportOptions, limits: Limits, entry: dict[str, Any]
-) -> Iterator[Comparison | Quarantined]:
-    """The comparisons of one file's records; a record that yields none (or fails) is one quarantined unit.
+    path: Path,
+    fmt: str | None,
+    options: ImportOptions,
+    limits: Limits,
+    entry: dict[str, Any],
+    kind: Kind = PREFERENCES,
+) -> Iterator[Any]:
+    """The units of `kind` (comparisons, judgements) of one file's records; a record that yields none (or
+    fails) is one quarantined unit.
 
     The format is told from the first few readable records (`_importer_for`), held until it is known; bad
     ones among them are quarantined like any later row."""
     records = readers.read_records(path, limits)
     head = _head(records)
-    importer = _importer_for(head, fmt, options)
+    importer = _importer_for(head, fmt, options, kind)
     entry["format"] = importer.name if importer else None
     for item in itertools.chain(head, records):
         entry["records"] += 1
@@ -40,8 +46,8 @@ def file_units(
             yield item
             continue
         assert importer is not None  # a readable record in the head chose one
-        for out in record_units(importer, *item, options):
-            entry["comparisons"] += isinstance(out, Comparison)
+        for out in record_units(importer, *item, options, kind):
+            entry[kind.units] += isinstance(out, kind.unit)
             yield out
 
 
@@ -57,24 +63,26 @@ def _head(records: Iterator[readers.Item]) -> list[readers.Item]:
     return head
 
 
-def _importer_for(head: list[readers.Item], fmt: str | None, options: ImportOptions) -> Importer | None:
+def _importer_for(
+    head: list[readers.Item], fmt: str | None, options: ImportOptions, kind: Kind
+) -> Importer | None:
     """The importer for a file whose first items are `head`: `fmt` if some readable record fits
     it, else the format of the first record an importer claims. Refused (one line): a file that opens with
     an unreadable record and has no record that fits, or a file with no readable record at all (unless
     every item was over a limit: then there is nothing to choose for, and None)."""
     readable = [item for item in head if not isinstance(item, Quarantined)]
     if fmt:
-        importer = get_importer(fmt)
+        importer = get_importer(fmt, kind)
         if any(importer.sniff(record) for _, record in readable) or any(
-            isinstance(out, Comparison)
+            isinstance(out, kind.unit)
             for source, record in readable
-            for out in record_units(importer, source, record, options)
+            for out in record_units(importer, source, record, options, kind)
         ):
             return importer
     else:
         for source, record in readable:
-            if any(get_importer(name).sniff(record) for name in importers.FORMATS):
-                return detect(record, readers.location(source))
+            if any(get_importer(name, kind).sniff(record) for name in kind.formats):
+                return detect(record, readers.location(source), kind)
     unreadable = [item for item in head if isinstance(item, Quarantined) and not readers.over_limit(item)]
     if unreadable and (not readable or head[0] is unreadable[0]):
         raise DataError(f"{readers.location(unreadable[0].source)}: {unreadable[0].reason}")
@@ -82,7 +90,7 @@ def _importer_for(head: list[readers.Item], fmt: str | None, options: ImportOpti
         return None
     source, record = readable[0]
     if fmt:
-        why = record_units(importer, source, record, options)[0]  # no comparisons: a Quarantined
+        why = record_units(importer, source, record, options, kind)[0]  # no units: a Quarantined
         reason = why.reason if isinstance(why, Quarantined) else ""
         raise DataError(f"{readers.location(source)}: not in the '{fmt}' format ({reason})")
     keys = ", ".join(sorted(record))
@@ -93,11 +101,15 @@ def _importer_for(head: list[readers.Item], fmt: str | None, options: ImportOpti
 
 
 def record_units(
-    importer: Importer, source: Source, record: readers.Record, options: ImportOptions
-) -> list[Comparison | Quarantined]:
-    """One record's units of the identity: its comparisons, or the one reason it yields none."""
+    importer: Importer,
+    source: Source,
+    record: readers.Record,
+    options: ImportOptions,
+    kind: Kind = PREFERENCES,
+) -> list[Any]:
+    """One record's units of the identity: its comparisons (or judgements), or the one reason it yields none."""
     try:
-        produced = list(importer.comparisons(record, source, options))
+        produced = list(getattr(importer, kind.method)(record, source, options))
     except BadRow as exc:
         return [Quarantined(source, str(exc) or "bad row", raw_excerpt(record))]
     except RlhfError:
@@ -105,12 +117,11 @@ def record_units(
     except Exception as exc:  # an importer bug must cost a row, not the import
         return [Quarantined(source, f"importer error: {type(exc).__name__}: {exc}", raw_excerpt(record))]
     if not produced:
-        return [
-            Quarantined(source, "no comparisons: the record holds no pair to compare", raw_excerpt(record))
-        ]
+        what = "no pair to compare" if kind is PREFERENCES else "no judged completion"
+        return [Quarantined(source, f"no {kind.units}: the record holds {what}", raw_excerpt(record))]
     return [
         out
-        if isinstance(out, Comparison | Quarantined)
+        if isinstance(out, kind.unit | Quarantined)
         else Quarantined(source, f"importer error: yielded a {type(out).__name__}", raw_excerpt(record))
         for out in produced
     ]

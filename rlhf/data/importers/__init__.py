@@ -6,7 +6,8 @@ raises `BadRow` for a record it cannot use; the machinery quarantines that recor
 source location, so a format module holds only the knowledge of its format.
 
 Formats are looked up by name and their modules imported on demand, so adding a format is adding a module
-and a line in `FORMATS`.
+and a line in `FORMATS`. Unpaired judgements (thumbs, ratings of one completion) are a data kind of their own:
+their importers (`UNPAIRED_FORMATS`) yield `Judged` completions from `judgements` instead of comparisons.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
-from rlhf.data.records import Comparison, Source
+from rlhf.data.records import Comparison, Judged, Source
 from rlhf.errors import ConfigError, DataError
 
 # name -> module defining `IMPORTER`; the order is the auto-detection order (most specific first).
@@ -31,6 +32,40 @@ FORMATS: dict[str, str] = {
     "trl": "rlhf.data.importers.trl",
     "mapped": "rlhf.data.importers.mapped",
 }
+
+UNPAIRED_FORMATS: dict[str, str] = {
+    "labelstudio": "rlhf.data.importers.labelstudio_unpaired",
+    "argilla": "rlhf.data.importers.argilla_unpaired",
+}
+# Thumbs labels (normalized: casefolded, '_' and '-' as spaces) -> desirable; `ImportOptions.thumbs_labels`
+# replaces this mapping.
+THUMBS_LABELS: dict[str, bool] = {
+    **dict.fromkeys(("👍", "👍🏻", "thumbs up", "thumbsup", "up", "good", "desirable", "positive", "yes",
+                     "acceptable", "helpful"), True),
+    **dict.fromkeys(("👎", "👎🏻", "thumbs down", "thumbsdown", "down", "bad", "undesirable", "negative", "no",
+                     "unacceptable", "unhelpful"), False),
+}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Kind:
+    """A kind of imported data: its formats, the importer method that yields its units, and the unit type."""
+
+    name: str
+    table: str  # the name of this module's format table, looked up when used (so it can be extended)
+    method: str
+    unit: type
+    units: str  # what its units are called in counts and messages
+
+    @property
+    def formats(self) -> Mapping[str, str]:
+        """Format name -> module, in auto-detection order."""
+        return globals()[self.table]
+
+
+PREFERENCES = Kind("preferences", "FORMATS", "comparisons", Comparison, "comparisons")
+UNPAIRED = Kind("unpaired", "UNPAIRED_FORMATS", "judgements", Judged, "judgements")
+KINDS = {kind.name: kind for kind in (PREFERENCES, UNPAIRED)}
 
 
 class BadRow(Exception):
@@ -55,9 +90,20 @@ class ImportOptions:
     # Label Studio Ranker buckets, best first: buckets are often categories, so they rank only when named here
     bucket_order: tuple[str, ...] = ()
     seed: int = 0  # for choices that need randomness (best-vs-random)
+    # unpaired ratings: at least `desirable_rating` is desirable, at most `undesirable_rating` undesirable,
+    # between them neither (that annotator's judgement is neutral)
+    desirable_rating: float = 4.0
+    undesirable_rating: float = 2.0
+    # unpaired thumbs: label -> desirable, replacing `THUMBS_LABELS` when given
+    thumbs_labels: Mapping[str, bool] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        """A bad bucket order or labeling config is one line before any record is read."""
+        """A bad bucket order, rating threshold or labeling config is one line before any record is read."""
+        if self.undesirable_rating >= self.desirable_rating:
+            raise ConfigError(
+                f"undesirable_rating: expected below desirable_rating ({self.desirable_rating}), "
+                f"got {self.undesirable_rating}"
+            )
         if len(set(self.bucket_order)) != len(self.bucket_order) or not all(self.bucket_order):
             raise ConfigError(f"bucket_order: expected distinct bucket names, got {list(self.bucket_order)}")
         if self.label_config is None:
@@ -89,16 +135,17 @@ class Importer(Protocol):
         ...
 
 
-def get_importer(name: str) -> Importer:
+def get_importer(name: str, kind: Kind = PREFERENCES) -> Importer:
     """The importer of a format by name; an unknown name is a one-line error listing the known ones."""
-    if name not in FORMATS:
-        raise DataError(f"unknown format '{name}'; known formats: {', '.join(FORMATS)}")
-    return importlib.import_module(FORMATS[name]).IMPORTER
+    if name not in kind.formats:
+        known = f"known {kind.name} formats" if kind is not PREFERENCES else "known formats"
+        raise DataError(f"unknown format '{name}'; {known}: {', '.join(kind.formats)}")
+    return importlib.import_module(kind.formats[name]).IMPORTER
 
 
-def detect(record: Mapping[str, Any], where: str) -> Importer:
+def detect(record: Mapping[str, Any], where: str, kind: Kind = PREFERENCES) -> Importer:
     """The one format whose `sniff` accepts the first record; none or several is a clear error."""
-    matches = [get_importer(name) for name in FORMATS if get_importer(name).sniff(record)]
+    matches = [get_importer(name, kind) for name in kind.formats if get_importer(name, kind).sniff(record)]
     if len(matches) == 1:
         return matches[0]
     keys = ", ".join(sorted(record)) if isinstance(record, Mapping) else type(record).__name__
