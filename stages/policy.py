@@ -190,7 +190,7 @@ def build_dpo_trainer(cfg: PolicyStageConfig, ctx: StageContext, pairs: DatasetD
     reference as a DeepSpeed engine of its own, sharded at ZeRO-3 (`trl.models.prepare_deepspeed`)."""
     from trl import DPOConfig, DPOTrainer
 
-    return offline_trainer(DPOTrainer, DPOConfig, cfg, ctx, pairs, f"DPO ({'+'.join(cfg.loss_type)}",
+    return offline_trainer(DPOTrainer, DPOConfig, cfg, ctx, pairs, f"DPO ({'+'.join(cfg.loss_type)})",
                            loss_type=list(cfg.loss_type))  # fmt: skip
 
 
@@ -217,7 +217,7 @@ def offline_trainer(
         **settings,
     )
     start = load_start(cfg, ctx)
-    log.info("%s: %s, beta=%g), reference: %s", ctx.stage, name, cfg.beta, start.reference)
+    log.info("%s: %s, beta=%g, reference: %s", ctx.stage, name, cfg.beta, start.reference)
     return trainer_class(
         model=start.model,
         ref_model=start.ref_model,
@@ -244,7 +244,7 @@ def run_kto(cfg: PolicyStageConfig, ctx: StageContext) -> Trained:
 
     examples, counts = kto_examples(Path(ctx.data("unpaired", cfg.dataset)))
     spec = cfg.kto
-    trainer = offline_trainer(KTOTrainer, KTOConfig, cfg, ctx, examples, f"KTO ({spec.loss_type}",
+    trainer = offline_trainer(KTOTrainer, KTOConfig, cfg, ctx, examples, f"KTO ({spec.loss_type})",
                               loss_type=spec.loss_type, desirable_weight=spec.desirable_weight,
                               undesirable_weight=spec.undesirable_weight)  # fmt: skip
     output, metrics = train_and_save(trainer, ctx, KTO_METRICS, before_save=drop_reference_adapter)
