@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -18,6 +20,7 @@ os.environ["TOKENIZERS_PARALLELISM"] = "false"
 os.environ.pop("WANDB_API_KEY", None)
 # A safety net: a test that forgets to name its registry never writes into the working tree's ./registry.
 os.environ["RLHF_REGISTRY"] = tempfile.mkdtemp(prefix="rlhf-test-registry-")
+atexit.register(shutil.rmtree, os.environ["RLHF_REGISTRY"], ignore_errors=True)
 
 REPO = Path(__file__).resolve().parents[1]
 # The online algorithms' tests (test_ppo, test_critic_free) start from one SFT policy and reward model, trained
