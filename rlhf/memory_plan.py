@@ -43,6 +43,7 @@ from rlhf.precision import check_offload, zero_stage_of
 from rlhf.registry import default_registry_path
 from rlhf.settings import (
     DistributedConfig,
+    ModelSpec,
     PolicyStageConfig,
     RewardStageConfig,
     TrainStageConfig,
@@ -84,10 +85,11 @@ EVALUATION = "evaluate"  # the pipeline's name for its closing evaluation step (
 
 @dataclass(frozen=True)
 class StageModels:
-    """The models a stage holds, sized: its start, and for PPO its reward model."""
+    """The models a stage holds, sized: its start, and for an online stage each reward model of its reward (the
+    first also sizes PPO's critic, which starts from it)."""
 
     start: Shape
-    reward: Shape | None = None
+    rewards: tuple[Shape, ...] = ()
 
 
 def start_shape(cfg: PipelineConfig, stage: str, shapes: Shapes) -> Shape:
@@ -126,16 +128,21 @@ def provided_reward_model(cfg: PipelineConfig, shapes: Shapes) -> Shape | None:
 
 
 def stage_models(cfg: PipelineConfig, stage: str, shapes: Shapes) -> StageModels:
-    stage_cfg, reward, start = cfg.stages.plan()[stage], None, start_shape(cfg, stage, shapes)
-    if isinstance(stage_cfg, PolicyStageConfig) and stage_cfg.online:
-        # planned with the first reward model of the stage's reward (none: reward functions alone)
-        key = f"{stage_key(stage)}.rewards" if stage_cfg.rewards else f"{stage_key(stage)}.ppo.reward_model"
-        named = [s.model for s in stage_cfg.rewards or () if s.model is not None]
-        spec = named[0] if named else stage_cfg.ppo.reward_model
-        if stage_cfg.rewards is None or named:
-            reward = shapes.of(spec.name, key, spec.base) if spec else provided_reward_model(cfg, shapes)
-            reward = reward or shapes.of(latest_version_of(REWARD_MODEL), key)
-    return StageModels(start, reward)
+    stage_cfg, start = cfg.stages.plan()[stage], start_shape(cfg, stage, shapes)
+    if not (isinstance(stage_cfg, PolicyStageConfig) and stage_cfg.online):
+        return StageModels(start)
+    if stage_cfg.rewards is None:  # the one reward model of ppo.reward_model (default: the pipeline's)
+        key = f"{stage_key(stage)}.ppo.reward_model"
+        return StageModels(start, (reward_shape(cfg, stage_cfg.ppo.reward_model, key, shapes),))
+    key = f"{stage_key(stage)}.rewards"  # every reward model listed; reward functions hold no memory
+    return StageModels(start, tuple(reward_shape(cfg, source.model, key, shapes)
+                                    for source in stage_cfg.rewards if source.model is not None))  # fmt: skip
+
+
+def reward_shape(cfg: PipelineConfig, spec: ModelSpec | None, key: str, shapes: Shapes) -> Shape:
+    """A reward model sized: the one named, else the one this config provides, else the registry's latest."""
+    shape = shapes.of(spec.name, key, spec.base) if spec else provided_reward_model(cfg, shapes)
+    return shape or shapes.of(latest_version_of(REWARD_MODEL), key)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -160,7 +167,7 @@ class Components:
     weights: int = 0  # the trained model's (a LoRA base included)
     gradients: int = 0
     optimizer_states: int = 0  # fp32 master weights and Adam moments
-    frozen_models: int = 0  # reference, reward model
+    frozen_models: int = 0  # reference, reward models
     activations: int = 0  # one micro-batch, nothing recomputed
     activations_with_checkpointing: int = 0
     logits: int = 0
@@ -339,7 +346,8 @@ def plan_stage(
     value_dims, accumulates = d, stage_cfg.gradient_accumulation_steps > 1
     logit_tokens = 0 if classifier else None  # None: at every token
     if ppo:
-        rollout, reward, batches = stage_cfg.ppo.rollout, models.reward, ppo_batches(stage_cfg, key)
+        rollout, batches = stage_cfg.ppo.rollout, ppo_batches(stage_cfg, key)
+        reward = models.rewards[0] if models.rewards else None  # PPO's critic starts from the first
         tokens = batches.micro * (stage_cfg.max_length + rollout.max_new_tokens)
         logit_tokens = batches.micro * (rollout.max_new_tokens + 1)  # the response's (ppo_models.logits_kept)
         accumulates = batches.minibatch > batches.micro
@@ -349,7 +357,7 @@ def plan_stage(
             value = (
                 d.hidden + 1 if stage_cfg.ppo.value_model == "policy_head" else classifier_params(value_dims)
             )
-        frozen = classifier_params(reward.dims) + reward.adapter if reward else 0
+        frozen = sum(classifier_params(r.dims) + r.adapter for r in models.rewards)
         if stage_cfg.gradient_checkpointing and not PPO_HONOURS_CHECKPOINTING:
             notes.append("gradient_checkpointing: rlhf/ppo.py does not turn it on; planned without it")
     elif policy and not (new or stage_cfg.precompute_ref_log_probs):

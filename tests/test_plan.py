@@ -217,6 +217,28 @@ def test_ppo_holds_reference_reward_model_and_value_head(llama_dir: Path, tmp_pa
         )
 
 
+def test_every_reward_model_of_a_rewards_list_is_held_and_a_function_holds_nothing(
+    llama_dir: Path, tmp_path: Path
+) -> None:
+    """`rewards:` with two reward models and a function: both models are frozen beside the reference; with the
+    function alone, the reference is all."""
+
+    def frozen(rewards: list[dict[str, Any]]) -> int:
+        grpo = {"precision": "bf16", "algorithm": "grpo", "max_length": 32, "per_device_train_batch_size": 4,
+                "evaluation": None, "rewards": rewards,
+                "ppo": {"prompts_per_update": 2, "rollout": {"max_new_tokens": 8, "samples_per_prompt": 2}}}  # fmt: skip
+        cfg = config(llama_dir, {"policy": grpo}, tmp_path, num_processes=2, zero_stage=3)
+        return one(
+            cfg, shapes={"registry:rm:v1": str(llama_dir), "registry:rm2:v1": str(llama_dir)}
+        ).components.frozen_models
+
+    function = {"function": "rlhf.rewards:gold", "weight": 0.5}
+    both = [{"model": "registry:rm:v1"}, {"model": "registry:rm2:v1"}, function]
+    assert frozen(both) == (2 * N + 4 * CLASSIFIER) // 2  # bf16, sharded over 2 processes
+    assert frozen([{"model": "registry:rm:v1"}, function]) == (2 * N + 2 * CLASSIFIER) // 2
+    assert frozen([function]) == (2 * N) // 2
+
+
 def test_a_vllm_rollout_engine_in_the_plan(llama_dir: Path, tmp_path: Path) -> None:
     """On a GPU the engine holds its share of the GPU, in the training phase too unless it sleeps; in a
     process on GPUs of its own nothing here; on a CPU its fp32 copy of the policy and its KV cache. The
