@@ -244,6 +244,17 @@ def test_a_reward_model_with_its_own_tokenizer(config_file: Path, trained: dict[
         bert.ref,
     ]
 
+    # Both in one `rewards:` list, weighted: the llama reward model reads the policy's tokens, bert the text
+    rewards = f"[{{model: 'registry:reward-model:v1'}}, {{model: 'registry:{bert.ref}', weight: 0.5}}]"
+    overrides = [*SHORT, "stages.policy.max_steps=2", f"stages.policy.rewards={rewards}"]
+    both = run_standalone("policy", policy.run, str(config_file), overrides, str(config_file.parent / "both"))
+    assert both.metrics["steps"] == 2
+    assert Registry(config_file.parent / "registry").manifest(both.ref).parents == [
+        "sft-policy:v1",
+        "reward-model:v1",
+        bert.ref,
+    ]
+
 
 def test_rollouts_must_split_into_whole_minibatches(config_file: Path, trained: dict[str, float]) -> None:
     overrides = [*SHORT, "stages.policy.ppo.prompts_per_update=10", "stages.policy.ppo.num_mini_batches=3"]
