@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from rlhf import cli_annotate
 from rlhf.errors import DataError, RlhfError
 
 if TYPE_CHECKING:
@@ -37,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_registry_commands(commands, common)
     _add_eval_command(commands, common)
     _add_data_commands(commands, common)
+    cli_annotate.register(commands, common)
     return parser
 
 
@@ -207,7 +209,7 @@ def _add_data_commands(commands: argparse._SubParsersAction, common: argparse.Ar
 
     export = data.add_parser(
         "export-for-annotation",
-        help="sample a model and write a Label Studio pairwise import file",
+        help="sample a model and write Label Studio tasks (pairwise, or ranking for 3+ responses)",
         parents=[common],
     )
     export.add_argument("--prompts", required=True, help='JSONL of {"prompt": text or messages}')
@@ -216,7 +218,7 @@ def _add_data_commands(commands: argparse._SubParsersAction, common: argparse.Ar
     )
     export.add_argument("--out", required=True, help="Label Studio tasks JSON to write")
     export.add_argument(
-        "--responses", type=int, default=2, help="responses per prompt (every pair becomes a task)"
+        "--responses", type=int, default=2, help="responses per prompt: 2 a pairwise task, 3+ a ranking task"
     )
     export.add_argument("--max-new-tokens", type=int, default=64)
     export.add_argument("--temperature", type=float, default=1.0)
@@ -519,8 +521,9 @@ def _export_for_annotation(args: argparse.Namespace) -> None:
     generation = GenerationSpec(max_new_tokens=args.max_new_tokens, temperature=args.temperature)
     counts = export_for_annotation(args.prompts, args.model, args.out, Registry(default_registry_path(args.registry)),
                                    args.responses, generation, args.seed)  # fmt: skip
-    print(f"{counts['tasks']} pairwise tasks from {counts['prompts']} prompts "
-          f"({counts['pairs_skipped']} pairs with an identical or empty answer skipped): {args.out}")  # fmt: skip
+    kind = "pairwise" if args.responses == 2 else "ranking"
+    print(f"{counts['tasks']} {kind} tasks from {counts['prompts']} prompts ({counts['prompts_skipped']} prompts "
+          f"without two distinct non-empty answers skipped): {args.out}")  # fmt: skip
     print(f"Label Studio labeling config: {Path(args.out).with_suffix('.label_config.xml')}")
 
 

@@ -157,3 +157,13 @@ def online_trained(online_config_file: Path) -> dict[str, float]:
     reward_result = run_standalone("reward", reward.run, str(online_config_file), [], str(folder / "rm-run"))
     assert (sft_result.ref, reward_result.ref) == ("sft-policy:v1", "reward-model:v1")
     return sft_result.metrics
+
+
+@pytest.fixture(scope="session")
+def label_studio(tmp_path_factory: pytest.TempPathFactory):
+    """A real Label Studio server shared by the session's `labelstudio` tests (about a minute to start);
+    skipped when `scripts/setup_labelstudio.sh` has not installed one."""
+    from tests.labelstudio_server import running_label_studio
+
+    with running_label_studio(tmp_path_factory.mktemp("label-studio")) as server:
+        yield server

@@ -69,15 +69,17 @@ def test_export_for_annotation_round_trips_through_import(small_task: dict[str, 
     registry.add("tiny-base", tiny_llama_dir)
     out = tmp_path / "ls" / "tasks.json"
     done = run_cli("data", "export-for-annotation", "--prompts", str(small_task["eval_prompts"]),
-                   "--model", "registry:tiny-base:latest", "--out", str(out), "--responses", "3",
+                   "--model", "registry:tiny-base:latest", "--out", str(out), "--responses", "2",
                    "--max-new-tokens", "6", "--registry", str(tmp_path / "registry"))  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     tasks = json.loads(out.read_text())
     prompts = len(small_task["eval_prompts"].read_text().splitlines())
-    assert 0 < len(tasks) <= 3 * prompts  # every pair of 3 distinct samples
+    assert 0 < len(tasks) <= prompts  # one pairwise task a prompt with two distinct samples
     assert all(
-        t["meta"]["model"] == "tiny-base:v1" and t["data"]["answer1"] != t["data"]["answer2"] for t in tasks
+        t["meta"]["rlhf"]["model"] == "tiny-base:v1" and t["data"]["answer1"] != t["data"]["answer2"]
+        for t in tasks
     )
+    assert len({t["meta"]["rlhf"]["key"] for t in tasks}) == len(tasks)
     assert "<Pairwise" in out.with_suffix(".label_config.xml").read_text()
 
     # annotators pick the left answer; their export comes back through the importer

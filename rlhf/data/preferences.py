@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import logging
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import IO, Any
@@ -182,10 +182,13 @@ def import_preferences(
     out_dir: Path,
     settings: ImportSettings,
     count_tokens: Callable[[str], int] | None = None,
+    extra: Mapping[str, Any] | None = None,
 ) -> ImportReport:
     """Import `sources` (files or directories) into the preference dataset `out_dir`, replacing a previous
-    one there. `count_tokens` (the target tokenizer's) is needed when `settings.max_tokens` is set."""
-    return run_import(sources, Path(out_dir), settings, count_tokens, _Run)
+    one there. `count_tokens` (the target tokenizer's) is needed when `settings.max_tokens` is set; `extra`
+    lands as top-level keys of the manifest (e.g. the Label Studio project and snapshot a pull came from),
+    written with the dataset, so no dataset ever lacks them."""
+    return run_import(sources, Path(out_dir), settings, count_tokens, _Run, extra)
 
 
 def run_import(
@@ -194,6 +197,7 @@ def run_import(
     settings: ImportSettings,
     count_tokens: Callable[[str], int] | None,
     run_class: type[_Run],
+    extra: Mapping[str, Any] | None = None,
 ) -> ImportReport:
     """An import of `run_class`'s kind (preferences, or `rlhf.data.unpaired`'s judgements): read every
     source, vote, and write the dataset into a staging folder renamed to `out_dir`."""
@@ -214,7 +218,7 @@ def run_import(
             run.vote()
         finally:
             run.close()
-        manifest = run.finish(sources_json)
+        manifest = run.finish(sources_json, extra)
     return ImportReport.of(out_dir, manifest, run.excluded)
 
 
@@ -358,7 +362,9 @@ class _Run:
         self.quarantine.close()
         self.spool.close()
 
-    def finish(self, sources_json: list[dict[str, Any]]) -> dict[str, Any]:
+    def finish(
+        self, sources_json: list[dict[str, Any]], extra: Mapping[str, Any] | None = None
+    ) -> dict[str, Any]:
         """Resolve duplicates to their originals, then write the manifest and the report."""
         self._write_duplicates()
         kept = sum(writer.rows for writer in self.writers.values())
@@ -404,6 +410,7 @@ class _Run:
                 **final.to_json(),
                 **({"before_exclusion": self.first_pass.to_json()} if self.first_pass else {}),
             },
+            **(extra or {}),
         }
         (self.directory / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
         (self.directory / REPORT).write_text(render_report(manifest), encoding="utf-8")

@@ -1,0 +1,1 @@
+"""Annotation rounds with Label Studio: the tasks we send, the server we talk to, the simulated annotators."""
