@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rlhf import cli_annotate
-from rlhf.errors import DataError, RlhfError
+from rlhf.errors import ConfigError, DataError, RlhfError
 
 if TYPE_CHECKING:
     from rlhf.config import PipelineConfig
@@ -391,6 +391,16 @@ def _run(args: argparse.Namespace) -> int | None:
         print(f"error: {lines[0]} (rlhf run --force-plan to run anyway)", file=sys.stderr)
         return 1
     options = RunOptions(force=frozenset(args.force), start_from=args.start_from, only=args.only)
+    if cfg.rounds is not None:
+        from rlhf.rounds import run_rounds
+
+        if args.run_dir:
+            raise ConfigError("--run-dir: a pipeline with rounds makes a run directory per round")
+
+        rounds = run_rounds(cfg, options)
+        print(rounds.report.read_text(encoding="utf-8"))
+        print(f"rounds: {rounds.folder} (report: {rounds.report})")
+        return None
     print_pipeline_summary(run_pipeline(cfg, Path(args.run_dir) if args.run_dir else None, options))
 
 

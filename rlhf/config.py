@@ -112,6 +112,47 @@ class TrackingConfig(Schema):
         return {"backend": value} if isinstance(value, str) else value
 
 
+class LabelStudioConfig(Schema):
+    """The Label Studio server annotation rounds talk to. No key holds the API key itself: it is read from the
+    environment variable `api_key_env` at the moment of use, so it never lands in a config copy or a log."""
+
+    url: str | None = Field(None, description="Server URL; None: $LABEL_STUDIO_URL.")
+    api_key_env: str = Field("LABEL_STUDIO_API_KEY", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    project_prefix: str | None = Field(
+        None, description="Project titles: '<prefix> round <r>'; None: the run name."
+    )
+    overlap: int = Field(3, ge=1, description="Annotators per task (the project's maximum_annotations).")
+    poll_seconds: float = Field(30.0, gt=0, description="How often a round waiting for annotations asks.")
+
+
+class RoundsConfig(Schema):
+    """Iterative rounds: sample the last round's policy, have the pairs judged, retrain, repeat."""
+
+    count: int = Field(ge=1)
+    prompts: str | None = Field(None, description="JSONL of prompts to sample; None: the synthetic task's.")
+    pairs_per_round: int = Field(ge=1, description="Tasks a round sends to annotators.")
+    responses_per_prompt: int = Field(2, ge=2, description="2: pairwise tasks; 3 or more: ranking tasks.")
+    annotators: Literal["label_studio", "simulated"] = Field(
+        "simulated",
+        description="label_studio: people answer in the server's UI; simulated: the synthetic task's noisy "
+        "annotators answer, through the server when a URL is set, else through files.",
+    )
+    data: Literal["all", "new"] = Field(
+        "all", description="all: train on every round's judgements so far; new: on this round's only."
+    )
+    policy_start: Literal["sft", "previous"] = Field(
+        "sft",
+        description="sft: each round's policy trains from the SFT version; previous: from the last round's "
+        "policy (iterative DPO), which is then also its reference. Gold is always measured against SFT.",
+    )
+    wait_for: float = Field(
+        1.0, gt=0, le=1, description="Share of a round's tasks that must be finished before it is pulled."
+    )
+    policy: str | None = Field(None, description="The policy stage whose model the next round samples.")
+    generation: GenerationSpec = Field(default_factory=lambda: GenerationSpec(max_new_tokens=16))
+    label_studio: LabelStudioConfig = Field(default_factory=LabelStudioConfig)
+
+
 class PipelineConfig(Schema):
     """One pipeline: a model, its data, the stages with their hyperparameters, and where things go."""
 
@@ -130,6 +171,7 @@ class PipelineConfig(Schema):
         None, description="Registry directory; default: $RLHF_REGISTRY, else ./registry."
     )
     runs_dir: str = Field("runs", description="Where each pipeline run gets its directory.")
+    rounds: RoundsConfig | None = Field(None, description="Annotation rounds (rlhf.rounds); None: one pass.")
 
     @model_validator(mode="after")
     def _some_stage(self) -> PipelineConfig:
@@ -148,6 +190,30 @@ class PipelineConfig(Schema):
                     f"{stage_key(name)}: algorithm kto needs unpaired data (thumbs or ratings of single "
                     "completions): set data.unpaired.files, data.synthetic, or the stage's dataset"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _rounds_have_a_policy(self) -> PipelineConfig:
+        """Rounds sample one policy stage's model; say which before any training."""
+        if self.rounds is None:
+            return self
+        policies = [name for name in self.stages.plan() if name.partition("-")[0] == "policy"]
+        wanted = self.rounds.policy
+        if wanted is not None and wanted not in policies and f"policy-{wanted}" not in policies:
+            raise ValueError(
+                f"rounds.policy: no policy stage {wanted!r} (policy stages: {', '.join(policies)})"
+            )
+        if wanted is None and len(policies) != 1:
+            raise ValueError(
+                f"rounds.policy: {len(policies)} policy stages ({', '.join(policies) or 'none'}); name the one "
+                "whose model each round samples"
+            )
+        if self.rounds.prompts is None and self.data.synthetic is None:
+            raise ValueError("rounds.prompts: needed without data.synthetic (the prompts each round samples)")
+        if self.rounds.annotators == "simulated" and self.data.synthetic is None:
+            raise ValueError(
+                "rounds.annotators: simulated needs data.synthetic (its annotators judge by gold)"
+            )
         return self
 
     def distributed_for(self, stage: str) -> DistributedConfig:

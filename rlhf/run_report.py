@@ -208,7 +208,7 @@ def _stage(run_dir: Path, name: str, result: Mapping[str, Any] | None) -> StageO
 # Figures
 
 
-def _figure(panels: int, title: str) -> tuple[Figure, list[Axes]]:
+def figure_row(panels: int, title: str) -> tuple[Figure, list[Axes]]:
     """A row of panels on matplotlib's Agg canvas (no pyplot: no global state, no display needed)."""
     from matplotlib.figure import Figure
 
@@ -227,7 +227,7 @@ def training_curves(stage: StageOutcome) -> Figure | None:
     panels = [p for p in PANELS if any(key in row for row in stage.history for key in p.keys)]
     if not panels:
         return None
-    figure, axes = _figure(len(panels), f"{stage.name}: training")
+    figure, axes = figure_row(len(panels), f"{stage.name}: training")
     from matplotlib.ticker import MaxNLocator
 
     steps = "PPO update" if any("score_raw_mean" in row for row in stage.history) else "optimizer step"
@@ -252,7 +252,7 @@ def reward_accuracy(stages: list[StageOutcome]) -> Figure | None:
     )
     if not bars:
         return None
-    figure, (ax,) = _figure(1, f"{reward.name}: pair accuracy")
+    figure, (ax,) = figure_row(1, f"{reward.name}: pair accuracy")
     drawn = ax.bar(list(bars), list(bars.values()), color=["#9bb7d4", "#3b75af", "#e08a2c"][: len(bars)])
     ax.bar_label(drawn, fmt="%.3f")
     ax.axhline(0.5, linestyle="--", color="gray", label="chance")
@@ -271,7 +271,7 @@ def reward_vs_kl(run: RunOutcome) -> Figure | None:
     ]
     if not panels:
         return None
-    figure, axes = _figure(len(panels), "reward against KL from the SFT policy")
+    figure, axes = figure_row(len(panels), "reward against KL from the SFT policy")
     colors = {
         name: f"C{i}"
         for i, name in enumerate(dict.fromkeys([*run.evaluations, *(s.name for s in run.stages)]))
@@ -349,7 +349,7 @@ def draw_figures(run: RunOutcome, folder: Path) -> list[Drawn]:
 # Markdown
 
 
-def _number(value: object) -> str:
+def format_number(value: object) -> str:
     if isinstance(value, int) and not isinstance(value, bool):
         return str(value)
     return f"{value:.4g}" if isinstance(value, float) else str(value)
@@ -360,13 +360,15 @@ def headline(metrics: Mapping[str, float]) -> str:
     parts = []
     for key, label in HEADLINE.items():
         if key in metrics:
-            parts.append(f"{label} {_number(metrics[key])}")
+            parts.append(f"{label} {format_number(metrics[key])}")
         elif f"{key}_first" in metrics and f"{key}_last" in metrics:
-            parts.append(f"{label} {_number(metrics[f'{key}_first'])} → {_number(metrics[f'{key}_last'])}")
+            parts.append(
+                f"{label} {format_number(metrics[f'{key}_first'])} → {format_number(metrics[f'{key}_last'])}"
+            )
     return ", ".join(parts) or "-"
 
 
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+def markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
     return [
         "| " + " | ".join(header) + " |",
         "|" + "---|" * len(header),
@@ -391,17 +393,23 @@ def _stages_section(stages: list[StageOutcome]) -> list[str]:
         ]
         for stage in stages
     ]
-    return ["## Stages", "", *_table(["stage", "registry version", "time", "metrics"], rows)] if rows else []
+    return (
+        ["## Stages", "", *markdown_table(["stage", "registry version", "time", "metrics"], rows)]
+        if rows
+        else []
+    )
 
 
 def _evaluations_section(evaluations: dict[str, dict[str, float]]) -> list[str]:
     columns = [key for key in EVALUATION if any(key in e for e in evaluations.values())]
     if not columns:
         return []
-    rows = [[name, *(_number(e[k]) if k in e else "-" for k in columns)] for name, e in evaluations.items()]
+    rows = [
+        [name, *(format_number(e[k]) if k in e else "-" for k in columns)] for name, e in evaluations.items()
+    ]
     intro = "Each policy and the SFT policy sampled on the same held-out prompts with the same seed."
     header = ["policy", *(EVALUATION[k] for k in columns)]
-    return ["## Policies against the SFT policy", "", intro, "", *_table(header, rows)]
+    return ["## Policies against the SFT policy", "", intro, "", *markdown_table(header, rows)]
 
 
 def _figures_section(figures: list[Drawn], run_dir: Path) -> list[str]:

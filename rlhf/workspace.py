@@ -159,7 +159,8 @@ def prepare_data(cfg: PipelineConfig, run_dir: Path) -> tuple[dict[str, str], st
         files = write_synthetic_task(run_dir / "data" / "synthetic", cfg.data.synthetic)
         imported = ("preferences", "unpaired")
         inputs.update({role: str(path) for role, path in files.items() if role not in imported})
-        exports.append(files["preferences"])
+        if cfg.data.synthetic.num_preference_tasks:
+            exports.append(files["preferences"])
         if any(getattr(stage, "algorithm", None) == "kto" for stage in cfg.stages.plan().values()):
             unpaired.append(files["unpaired"])
         task = "synthetic"

@@ -157,7 +157,7 @@ class SynthConfig:
     num_sft_train: int = 8000
     num_sft_eval: int = 200
     num_eval_prompts: int | None = None  # None: every held-out prompt
-    num_preference_tasks: int = 2000
+    num_preference_tasks: int = 2000  # 0: none (annotation rounds bring the preferences instead)
     heldout_fraction: float = 0.2
     demo_correct_prob: float = 0.5  # each demo word is from the right category with this probability
     demo_exact_length_prob: float = 0.6  # else the demo has count ± 1 words (at least 1)
@@ -169,8 +169,10 @@ class SynthConfig:
     thumbs_threshold: float = 0.7  # gold reward from which a response deserves a thumbs up
 
     def __post_init__(self) -> None:
-        for key in ("num_sft_train", "num_sft_eval", "num_preference_tasks", "num_thumbs_tasks"):
+        for key in ("num_sft_train", "num_sft_eval", "num_thumbs_tasks"):
             _require(getattr(self, key) >= 1, key, "an integer >= 1", getattr(self, key))
+        _require(self.num_preference_tasks >= 0, "num_preference_tasks", "an integer >= 0",
+                 self.num_preference_tasks)  # fmt: skip
         heldout = _heldout_count(self.heldout_fraction)
         _require(
             self.num_eval_prompts is None or 1 <= self.num_eval_prompts <= heldout,
@@ -249,9 +251,7 @@ def _candidate_pair(rng: random.Random, instr: Instruction, exact_length_prob: f
     return first, second
 
 
-def _judgement(
-    rng: random.Random, cfg: SynthConfig, annotator: int, margin: float
-) -> tuple[bool, str | None]:
+def judgement(rng: random.Random, cfg: SynthConfig, annotator: int, margin: float) -> tuple[bool, str | None]:
     """One simulated annotator on a pair whose gold rewards differ by `margin` (left minus right).
 
     Returns (cancelled, selected side or None): a skip cancels the task; with no clear gold winner the
@@ -305,7 +305,7 @@ def _preference_tasks(cfg: SynthConfig, prompts: list[str]) -> list[dict[str, An
         margin = gold_reward(prompt, answer1) - gold_reward(prompt, answer2)
 
         def judge(annotator: int) -> tuple[bool, Any]:
-            cancelled, selected = _judgement(rng, cfg, annotator, margin)
+            cancelled, selected = judgement(rng, cfg, annotator, margin)
             return cancelled, None if selected is None else (_PAIRWISE, {"selected": selected})
 
         return {"prompt": prompt, "answer1": answer1, "answer2": answer2}, judge
