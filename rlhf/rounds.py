@@ -33,16 +33,19 @@ from pathlib import Path
 from typing import Any
 
 from rlhf import atomic
+from rlhf.annotation.channels import FileChannel, ServerChannel, channel_for
 from rlhf.annotation.tasks import label_config
 from rlhf.config import PipelineConfig
 from rlhf.errors import ConfigError
 from rlhf.pipeline import PipelineRun, RunOptions, run_pipeline
 from rlhf.registry import REF_PREFIX
-from rlhf.rounds_report import write_rounds_report
+from rlhf.rounds_report import log_rounds, write_rounds_report
 from rlhf.stage_table import stage_spec
 from rlhf.workspace import open_registry
 
 log = logging.getLogger(__name__)
+
+Channel = FileChannel | ServerChannel
 
 PHASES = ("new", "sampled", "pushed", "pulled", "trained")
 STATE_FILE = "state.json"
@@ -94,6 +97,8 @@ def run_rounds(cfg: PipelineConfig, options: RunOptions | None = None) -> Rounds
     if options is not None and options != RunOptions():
         raise ConfigError("--force, --from and --only select stages of one run; rounds take none of them")
     folder = rounds_folder(cfg)
+    channel = channel_for(cfg)
+    channel.check()
     with _exclusive(folder):
         # 0. The SFT policy every round starts from (cached by fingerprint after the first run)
         sft = _published(run_pipeline(_sft_only(cfg)), "sft")
@@ -101,21 +106,27 @@ def run_rounds(cfg: PipelineConfig, options: RunOptions | None = None) -> Rounds
         states: list[RoundState] = []
         for number in range(1, cfg.rounds.count + 1):
             previous = states[-1].refs[_policy_stage(cfg)] if states else sft
-            states.append(_run_round(cfg, folder, number, sft, previous, states))
+            states.append(_run_round(cfg, channel, folder, number, sft, previous, states))
         report = write_rounds_report(folder, [asdict(state) for state in states])
+        log_rounds(folder, [asdict(state) for state in states], cfg.tracking)
     log.info("rounds: report %s", report)
     return RoundsRun(folder, sft, states, report)
 
 
 def _run_round(
-    cfg: PipelineConfig, folder: Path, number: int, sft: str, previous: str, earlier: list[RoundState]
+    cfg: PipelineConfig,
+    channel: Channel,
+    folder: Path,
+    number: int,
+    sft: str,
+    previous: str,
+    earlier: list[RoundState],
 ) -> RoundState:
     rounds = cfg.rounds
     assert rounds is not None
     where = folder / f"round-{number}"
     where.mkdir(exist_ok=True)
     state = _load_state(where, number)
-    channel = _channel(cfg, where)
 
     # 1. Sample the last round's policy; the tasks are written before anything is sent, and never resampled
     if not state.done("sampled"):
@@ -134,14 +145,14 @@ def _run_round(
     # 3. Their judgements back, once enough tasks are finished
     if not state.done("pulled"):
         needed = math.ceil(rounds.wait_for * len(tasks))
-        state.export, state.snapshot = channel.pull(_project_title(cfg, number), tasks, needed)
+        state.export, state.snapshot = channel.pull(where, _project_title(cfg, number), tasks, needed)
         _advance(where, state, "pulled")
 
     # 4. Train on the judgements so far (or this round's), publish as round-<r>, evaluate
     if not state.done("trained"):
-        exports = [s.export for s in earlier if s.export] if rounds.data == "all" else []
+        exports = training_exports(rounds.data, earlier, state)
         start = previous if rounds.policy_start == "previous" else None
-        run = run_pipeline(_round_config(cfg, number, sft, start, [*exports, state.export or ""], where))
+        run = run_pipeline(round_config(cfg, number, sft, start, exports, where))
         state.run_dir, state.refs, state.metrics = str(run.run_dir), _refs(run), _metrics(cfg, run)
         registry = open_registry(cfg)
         for ref in state.refs.values():
@@ -206,7 +217,7 @@ def _sft_only(cfg: PipelineConfig) -> PipelineConfig:
     return PipelineConfig.model_validate(raw)
 
 
-def _round_config(
+def round_config(
     cfg: PipelineConfig, number: int, sft: str, policy_start: str | None, exports: list[str], where: Path
 ) -> PipelineConfig:
     """The pipeline as round `number` runs it: SFT taken from the registry, the judgements as its data, and
@@ -223,6 +234,12 @@ def _round_config(
     preferences["files"] = [*preferences["files"], *exports]
     preferences["label_config"] = preferences["label_config"] or str(where / "label_config.xml")
     return PipelineConfig.model_validate(raw)
+
+
+def training_exports(data: str, earlier: list[RoundState], state: RoundState) -> list[str]:
+    """The judgements a round trains on: every round's so far (`all`), or its own (`new`)."""
+    assert state.export is not None, "a round trains once it has pulled"
+    return [*(s.export for s in earlier if s.export and data == "all"), state.export]
 
 
 def _policy_stage(cfg: PipelineConfig) -> str:
@@ -292,21 +309,3 @@ def _exclusive(folder: Path) -> Iterator[None]:
         handle.write(str(os.getpid()))
         handle.flush()
         yield
-
-
-def _channel(cfg: PipelineConfig, where: Path):
-    """How tasks reach the annotators and their judgements come back: a Label Studio server, or files."""
-    from rlhf.annotation.channels import FileChannel, ServerChannel
-
-    rounds = cfg.rounds
-    assert rounds is not None
-    url = rounds.label_studio.url or os.environ.get("LABEL_STUDIO_URL")
-    if url is None and rounds.annotators == "label_studio":
-        raise ConfigError(
-            "rounds.label_studio.url: needed for annotators label_studio (or set LABEL_STUDIO_URL)"
-        )
-    if url is None:
-        return FileChannel(where, cfg.data.synthetic, cfg.seed)
-    return ServerChannel(
-        where, rounds, url, cfg.data.synthetic if rounds.annotators == "simulated" else None, cfg.seed
-    )

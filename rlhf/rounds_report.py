@@ -1,5 +1,6 @@
 """The annotation rounds' report: per round, the policy's gold reward and the reward model's accuracy, as a
-table (`rounds.md`), a figure (`rounds.png`) and the numbers (`rounds.json`) in the rounds' folder."""
+table (`rounds.md`), a figure (`rounds.png`) and the numbers (`rounds.json`) in the rounds' folder, and as a
+wandb run of job type "rounds" (one history row per round, the figure, the report as an artifact)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from rlhf import atomic
+from rlhf.config import TrackingConfig
 from rlhf.run_report import figure_row, format_number, markdown_table
+from rlhf.tracking import Tracker
 
 # metric -> column heading; a round that lacks one shows "-"
 COLUMNS = {
@@ -69,3 +72,22 @@ def _gold_and_accuracy(rounds: list[dict[str, Any]]):
     for axes in (gold, accuracy):
         axes.xaxis.get_major_locator().set_params(integer=True)
     return figure
+
+
+def log_rounds(folder: Path, rounds: list[dict[str, Any]], tracking: TrackingConfig) -> str | None:
+    """The rounds' figures in wandb: a history row per round (step = round), the figure and the report as a
+    `report` artifact, in a run grouped with the rounds' folder name; returns the run id (None: tracking off)."""
+    config = {"rounds": len(rounds), "folder": str(folder)}
+    with Tracker(tracking, group=folder.name, job_type="rounds", name=f"{folder.name}-rounds", config=config,
+                 run_dir=folder) as tracker:  # fmt: skip
+        for state in rounds:
+            tracker.log(
+                {f"rounds/{key}": value for key, value in state["metrics"].items()}, step=state["round"]
+            )
+        files = [
+            folder / name for name in ("rounds.md", "rounds.png", "rounds.json") if (folder / name).is_file()
+        ]
+        if (folder / "rounds.png").is_file():
+            tracker.log_images({"rounds/figure": folder / "rounds.png"})
+        tracker.log_files(f"{folder.name}-rounds", "report", folder, files)
+        return tracker.run_id

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from rlhf.config import load_config
+from rlhf.config import TrackingConfig, load_config
 from rlhf.registry import Registry
-from rlhf.rounds import rounds_folder
+from rlhf.rounds import RoundState, round_config, rounds_folder, training_exports
+from rlhf.rounds_report import log_rounds, write_rounds_report
+from rlhf.tracking import read_offline_run
 from tests.conftest import REPO, run_cli
 
 OFFLINE = REPO / "configs" / "rounds-offline.yaml"
@@ -63,3 +68,74 @@ def test_two_simulated_rounds_offline_improve_the_policy_and_resume_without_resa
     # Raising the count continues these rounds rather than starting others
     assert rounds_folder(load_config(OFFLINE, [*overrides, "rounds.count=3"])) == folder
     assert rounds_folder(load_config(OFFLINE, [*overrides, "rounds.pairs_per_round=10"])) != folder
+
+
+def test_a_round_trains_on_all_judgements_or_its_own_and_its_policy_starts_from_sft_or_the_last_round(
+    tmp_path: Path,
+) -> None:
+    earlier = [RoundState(round=1, export="r1.json"), RoundState(round=2, export="r2.json")]
+    state = RoundState(round=3, export="r3.json")
+    assert training_exports("all", earlier, state) == ["r1.json", "r2.json", "r3.json"]
+    assert training_exports("new", earlier, state) == ["r3.json"]
+
+    cfg = load_config(OFFLINE, [f"runs_dir={tmp_path}", "data.preferences.files=[seed.json]"])
+    from_sft = round_config(cfg, 3, "sft-policy:v1", None, ["r1.json", "r3.json"], tmp_path)
+    assert from_sft.name == "rounds-offline-round3" and from_sft.rounds is None
+    assert from_sft.stages.taken() == {"sft": "registry:sft-policy:v1"}
+    assert from_sft.data.preferences.files == ["seed.json", "r1.json", "r3.json"]
+    assert from_sft.data.preferences.label_config == str(tmp_path / "label_config.xml")
+    assert from_sft.stages.plan()["policy-dpo"].model is None  # the pipeline starts it from the SFT stage
+    iterative = round_config(cfg, 3, "sft-policy:v1", "policy:v2", ["r3.json"], tmp_path)
+    assert iterative.stages.plan()["policy-dpo"].model.name == "registry:policy:v2"
+    assert iterative.stages.plan()["reward"].model.name == "tiny-llama"  # only the sampled policy moves
+
+
+def test_the_rounds_report_tables_plots_and_logs_each_round_to_wandb(tmp_path: Path) -> None:
+    rounds = [
+        {"round": r, "sampled_from": f"policy:v{r - 1}", "tasks": 10, "refs": {"policy-dpo": f"policy:v{r}"},
+         "metrics": {"policy_gold_reward": 0.5 + r / 10, "reference_gold_reward": 0.4, "rm_accuracy": 0.6 + r / 20}}
+        for r in (1, 2, 3)
+    ]  # fmt: skip
+    report = write_rounds_report(tmp_path, rounds)
+    text = report.read_text()
+    assert "| 3 | policy:v2 | 10 | 0.8 |" in text and "SFT policy (round 0) gold reward: 0.4" in text
+    assert (tmp_path / "rounds.png").stat().st_size > 0
+    run_id = log_rounds(tmp_path, rounds, TrackingConfig(project="rounds-test", mode="offline"))
+    (path,) = tmp_path.glob(f"wandb/offline-run-*-{run_id}")
+    run = read_offline_run(path)
+    assert run["job_type"] == "rounds" and run["exit_code"] == 0
+    gold = {
+        row["_step"]: row["rounds/policy_gold_reward"]
+        for row in run["history"]
+        if "rounds/policy_gold_reward" in row
+    }
+    assert gold == {1: pytest.approx(0.6), 2: pytest.approx(0.7), 3: pytest.approx(0.8)}
+    assert {file for artifact in run["artifacts"] for file in artifact["files"]} >= {
+        "rounds.md",
+        "rounds.png",
+    }
+    assert log_rounds(tmp_path, rounds, TrackingConfig(backend="none")) is None
+
+
+def test_rounds_that_cannot_reach_their_annotators_fail_in_one_line_before_anything_trains(
+    tmp_path: Path,
+) -> None:
+    from rlhf.distributed import free_port
+
+    base = [f"runs_dir={tmp_path / 'runs'}", f"registry={tmp_path / 'registry'}", "tracking=none"]
+    closed = f"http://127.0.0.1:{free_port()}"
+    people = REPO / "configs" / "rounds-labelstudio.yaml"
+    for overrides, key, expected in (
+        ([f"rounds.label_studio.url={closed}"], "a-key", f"Label Studio at {closed}: unreachable"),
+        ([f"rounds.label_studio.url={closed}", "rounds.label_studio.api_key_env=OUR_LS_KEY"], "a-key",
+         "rounds.label_studio.api_key_env: set OUR_LS_KEY to the Label Studio API key"),
+        ([], "a-key", "rounds.label_studio.url: needed for annotators label_studio"),
+    ):  # fmt: skip
+        env = {**os.environ, "LABEL_STUDIO_API_KEY": key}
+        env.pop("LABEL_STUDIO_URL", None)
+        done = subprocess.run([sys.executable, "-m", "rlhf.cli", "run", str(people), *base, *overrides], cwd=REPO,
+                              env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+        assert done.returncode == 2 and expected in done.stderr, done.stderr[-2000:]
+        assert done.stderr.strip().splitlines() == [f"error: {done.stderr.strip().removeprefix('error: ')}"]
+        assert key not in done.stderr
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "registry").exists()

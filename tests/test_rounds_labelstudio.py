@@ -133,12 +133,13 @@ def test_simulated_annotators_vote_the_same_through_the_server_as_through_files(
     annotators = SynthConfig(skip_prob=0.0)
     os.environ["LABEL_STUDIO_API_KEY"] = label_studio.token
     try:
-        server = ServerChannel(tmp_path / "server", rounds, label_studio.url, annotators, seed=0)
+        server = ServerChannel(rounds, label_studio.url, annotators, seed=0)
+        server.check()
         server.push("equivalence round 1", tasks)
-        server_export, snapshot = server.pull("equivalence round 1", tasks, needed=len(tasks))
+        server_export, snapshot = server.pull(tmp_path / "server", "equivalence round 1", tasks, len(tasks))
     finally:
         del os.environ["LABEL_STUDIO_API_KEY"]
-    file_export, _ = FileChannel(tmp_path / "files", annotators, seed=0).pull("equivalence round 1", tasks, 0)
+    file_export, _ = FileChannel(annotators, seed=0).pull(tmp_path / "files", "equivalence round 1", tasks, 0)
     assert len(snapshot["task_ids"]) == len(tasks)
 
     (tmp_path / "pairwise.xml").write_text(label_config(2))
