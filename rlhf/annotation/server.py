@@ -19,12 +19,14 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import json
 import os
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -37,6 +39,7 @@ from rlhf.errors import ConfigError, RlhfError
 
 URL_ENV, KEY_ENV = "LABEL_STUDIO_URL", "LABEL_STUDIO_API_KEY"
 PAGE_SIZE = 1000
+DOWNLOAD_CHUNK = 1 << 20  # bytes a snapshot download holds at a time
 REFRESH_MARGIN_S = 30  # exchange the access token this long before it expires
 TITLE_LENGTH = (3, 50)  # Label Studio refuses project titles outside this range
 
@@ -88,11 +91,13 @@ class Credentials:
 
 @dataclass(frozen=True)
 class Snapshot:
-    """An export snapshot as downloaded: its id on the server, the server's md5 and the JSON bytes."""
+    """An export snapshot as downloaded: its id on the server, the server's md5, the file it was streamed
+    to (a project's export can be larger than memory) and that file's sha256."""
 
     id: int
     md5: str
-    body: bytes
+    path: Path
+    sha256: str
 
 
 class LabelStudio:
@@ -166,16 +171,16 @@ class LabelStudio:
 
     # -- snapshots ------------------------------------------------------------------------------------
 
-    def snapshot(self, project_id: int, finished_only: bool, timeout: float = 600.0) -> Snapshot:
+    def snapshot(self, project_id: int, finished_only: bool, dest: Path, timeout: float = 600.0) -> Snapshot:
         """A new export snapshot of the finished tasks (`is_labeled`), or of those with at least one
-        submitted annotation, downloaded as Label Studio JSON."""
+        submitted annotation, streamed to `dest` as Label Studio JSON."""
         filters = {"finished": "only"} if finished_only else {"annotated": "only"}
         title = f"rlhf pull {datetime.now(UTC):%Y-%m-%dT%H:%M:%SZ}"
         path = f"api/projects/{project_id}/exports/"
         export = self._json("POST", path, json={"title": title, "task_filter_options": filters})
         export = self._wait(f"{path}{export['id']}", "export snapshot", export, timeout)
-        body = self._request("GET", f"{path}{export['id']}/download", params={"exportType": "JSON"}).content
-        return Snapshot(int(export["id"]), str(export.get("md5") or ""), body)
+        sha256 = self._download(f"{path}{export['id']}/download", {"exportType": "JSON"}, dest)
+        return Snapshot(int(export["id"]), str(export.get("md5") or ""), dest, sha256)
 
     def delete_snapshot(self, project_id: int, snapshot_id: int) -> None:
         self._request("DELETE", f"api/projects/{project_id}/exports/{snapshot_id}")
@@ -261,6 +266,28 @@ class LabelStudio:
         if response.is_error:
             raise AnnotationServerError(f"{method} /{path}: HTTP {status}: {_detail(response)}")
         return response
+
+    def _download(self, path: str, params: dict[str, Any], dest: Path) -> str:
+        """Stream a GET's body into `dest` a chunk at a time, never whole in memory; returns its sha256."""
+        digest = hashlib.sha256()
+        headers = {"Authorization": self._authorization()}
+        try:
+            with self._http.stream("GET", path, params=params, headers=headers) as response:
+                if response.is_error:
+                    response.read()
+                    if response.status_code in (401, 403):
+                        raise self._refused(response)
+                    raise AnnotationServerError(
+                        f"GET /{path}: HTTP {response.status_code}: {_detail(response)}"
+                    )
+                with dest.open("wb") as out:
+                    for chunk in response.iter_bytes(DOWNLOAD_CHUNK):
+                        digest.update(chunk)
+                        out.write(chunk)
+        except httpx.TransportError as exc:
+            reason = str(exc) or type(exc).__name__
+            raise AnnotationServerError(f"Label Studio at {self.url}: unreachable ({reason})") from None
+        return digest.hexdigest()
 
     def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         try:

@@ -15,10 +15,11 @@ snapshot and tasks the dataset came from, never with the key.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import re
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -28,8 +29,10 @@ from typing import Any
 from rlhf import atomic
 from rlhf.annotation.server import TITLE_LENGTH, AnnotationServerError, LabelStudio, Snapshot
 from rlhf.annotation.tasks import is_comparison_config, task_key
+from rlhf.data import readers
 from rlhf.data.preference_dataset import MANIFEST, fingerprint
 from rlhf.data.preferences import ImportReport, ImportSettings, import_preferences
+from rlhf.data.records import Quarantined
 from rlhf.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -131,12 +134,14 @@ def pull(
     _check_comparison(client, project)
     if wait_for is not None:
         wait_until_labeled(client, project_id, title, wait_for, poll_seconds, progress)
-    snapshot = client.snapshot(project_id, finished_only=not partial)
-    try:
-        result = _land(snapshot, project, Path(out_root), settings, partial, client.url)
-    except BaseException:
-        _forget(client, project_id, snapshot.id)  # no dataset refers to it
-        raise
+    # downloaded outside out_root, which a failed pull leaves as it was
+    with tempfile.TemporaryDirectory(prefix="rlhf-pull-") as staging:
+        snapshot = client.snapshot(project_id, finished_only=not partial, dest=Path(staging) / EXPORT)
+        try:
+            result = _land(snapshot, project, Path(out_root), settings, partial, client.url)
+        except BaseException:
+            _forget(client, project_id, snapshot.id)  # no dataset refers to it
+            raise
     if result.reused:
         _forget(client, project_id, snapshot.id)  # the dataset refers to the first snapshot of these bytes
     return result
@@ -153,8 +158,8 @@ def _land(
     """The snapshot's dataset: the one already imported from the same bytes and settings, else a new import
     (the export and the labeling config written first, beside it)."""
     title, project_id = str(project["title"]), int(project["id"])
-    task_ids = _task_ids(snapshot.body, title, snapshot.id, partial)
-    sha = hashlib.sha256(snapshot.body).hexdigest()
+    task_ids = _task_ids(snapshot.path, title, snapshot.id, partial)
+    sha = snapshot.sha256
     folder = out_root / _slug(title, project_id)
     dataset_dir = folder / f"snap-{sha[:12]}"
     exports = folder / "exports" / dataset_dir.name
@@ -167,11 +172,9 @@ def _land(
         ids = tuple(block["task_ids"])
         snapshot_id = block["snapshot_id"]
         if not (exports / EXPORT).is_file():  # removed since: the same bytes again
-            exports.mkdir(parents=True, exist_ok=True)
-            atomic.write_bytes(exports / EXPORT, snapshot.body)
+            _place(snapshot.path, exports / EXPORT)
         return PullResult(dataset_dir, report, project_id, snapshot_id, sha, ids, True, exports / EXPORT)
-    exports.mkdir(parents=True, exist_ok=True)
-    atomic.write_bytes(exports / EXPORT, snapshot.body)
+    _place(snapshot.path, exports / EXPORT)
     atomic.write_text(exports / LABEL_CONFIG, str(project.get("label_config") or ""))
     options = replace(settings.options, label_config=str(exports / LABEL_CONFIG))  # reads the config
     settings = replace(settings, format="labelstudio", options=options)
@@ -246,16 +249,26 @@ def _check_comparison(client: LabelStudio, project: dict[str, Any]) -> None:
         )
 
 
-def _task_ids(body: bytes, title: str, snapshot_id: int, partial: bool) -> tuple[int, ...]:
-    """The sorted ids of the snapshot's tasks; a snapshot without tasks is an error (nothing to import)."""
+def _place(downloaded: Path, target: Path) -> None:
+    """Move a downloaded snapshot into place: beside the target first, then renamed, so no reader sees half."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    aside = target.with_name(f".{target.name}.partial")
+    shutil.copyfile(downloaded, aside)
+    aside.replace(target)
+
+
+def _task_ids(path: Path, title: str, snapshot_id: int, partial: bool) -> tuple[int, ...]:
+    """The sorted ids of the snapshot's tasks, read a task at a time; a snapshot without tasks is an error
+    (nothing to import)."""
+    tasks: list[int] = []
     try:
-        tasks = json.loads(body)
-    except ValueError as exc:
+        for item in readers.read_records(path):
+            if not isinstance(item, Quarantined) and isinstance(item[1].get("id"), int):
+                tasks.append(item[1]["id"])
+    except DataError as exc:
         raise AnnotationServerError(
             f"project '{title}': snapshot {snapshot_id} is not JSON ({exc})"
         ) from None
-    if not isinstance(tasks, list):
-        raise AnnotationServerError(f"project '{title}': snapshot {snapshot_id} is not a JSON array of tasks")
     if not tasks and partial:
         raise AnnotationServerError(
             f"project '{title}': no tasks to pull yet (none has a submitted annotation)"
@@ -265,7 +278,7 @@ def _task_ids(body: bytes, title: str, snapshot_id: int, partial: bool) -> tuple
             f"project '{title}': no tasks to pull yet (none finished; wait with --wait-for N, or pull the "
             "annotated ones with --partial)"
         )
-    return tuple(sorted(int(task["id"]) for task in tasks if isinstance(task, dict) and "id" in task))
+    return tuple(sorted(tasks))
 
 
 def _slug(title: str, project_id: int) -> str:
