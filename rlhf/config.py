@@ -32,7 +32,7 @@ from rlhf.settings import (  # noqa: F401
     Schema,
     ppo_batches,
 )
-from rlhf.stage_table import SECTION_TAGS, StagesConfig, stage_key
+from rlhf.stage_table import SECTION_TAGS, StagesConfig, stage_key, stage_spec
 
 SyntheticData = pydantic_dataclass(SynthConfig, frozen=True, config=ConfigDict(extra="forbid"))
 
@@ -140,10 +140,11 @@ class RoundsConfig(Schema):
     data: Literal["all", "new"] = Field(
         "all", description="all: train on every round's judgements so far; new: on this round's only."
     )
-    policy_start: Literal["sft", "previous"] = Field(
-        "sft",
-        description="sft: each round's policy trains from the SFT version; previous: from the last round's "
-        "policy (iterative DPO), which is then also its reference. Gold is always measured against SFT.",
+    policy_start: Literal["start", "previous"] = Field(
+        "start",
+        description="start: each round's policy trains from where the pipeline starts it (the SFT version); "
+        "previous: from the last round's policy (iterative DPO), which is then also its reference. Gold is "
+        "always measured against the SFT version.",
     )
     wait_for: float = Field(
         1.0, gt=0, le=1, description="Share of a round's tasks that must be finished before it is pulled."
@@ -197,9 +198,9 @@ class PipelineConfig(Schema):
         """Rounds sample one policy stage's model; say which before any training."""
         if self.rounds is None:
             return self
-        policies = [name for name in self.stages.plan() if name.partition("-")[0] == "policy"]
+        policies = [name for name in self.stages.plan() if stage_spec(name).evaluated]
         wanted = self.rounds.policy
-        if wanted is not None and wanted not in policies and f"policy-{wanted}" not in policies:
+        if wanted is not None and not any(wanted in (name, name.partition("-")[2]) for name in policies):
             raise ValueError(
                 f"rounds.policy: no policy stage {wanted!r} (policy stages: {', '.join(policies)})"
             )

@@ -36,11 +36,11 @@ from rlhf import atomic
 from rlhf.annotation.channels import FileChannel, ServerChannel, channel_for
 from rlhf.annotation.tasks import label_config
 from rlhf.config import PipelineConfig
-from rlhf.errors import ConfigError
+from rlhf.errors import ConfigError, DataError
 from rlhf.pipeline import PipelineRun, RunOptions, run_pipeline
 from rlhf.registry import REF_PREFIX
 from rlhf.rounds_report import log_rounds, write_rounds_report
-from rlhf.stage_table import stage_spec
+from rlhf.stage_table import REWARD_MODEL, root_stage, stage_spec
 from rlhf.workspace import open_registry
 
 log = logging.getLogger(__name__)
@@ -101,7 +101,7 @@ def run_rounds(cfg: PipelineConfig, options: RunOptions | None = None) -> Rounds
     channel.check()
     with _exclusive(folder):
         # 0. The SFT policy every round starts from (cached by fingerprint after the first run)
-        sft = _published(run_pipeline(_sft_only(cfg)), "sft")
+        sft = _published(run_pipeline(_sft_only(cfg)), root_stage().name)
         log.info("rounds: %d rounds from %s in %s", cfg.rounds.count, sft, folder)
         states: list[RoundState] = []
         for number in range(1, cfg.rounds.count + 1):
@@ -131,6 +131,11 @@ def _run_round(
     # 1. Sample the last round's policy; the tasks are written before anything is sent, and never resampled
     if not state.done("sampled"):
         tasks, skipped = _sample(cfg, number, previous)
+        if not tasks:
+            raise DataError(
+                f"round {number}: {previous} gave none of {skipped} prompts two distinct non-empty answers; "
+                "raise rounds.generation.temperature or max_new_tokens"
+            )
         atomic.write_text(where / "tasks.json", json.dumps(tasks, ensure_ascii=False, indent=1))
         atomic.write_text(where / "label_config.xml", label_config(rounds.responses_per_prompt))
         state.sampled_from, state.tasks, state.prompts_skipped = previous, len(tasks), skipped
@@ -213,7 +218,8 @@ def _sft_only(cfg: PipelineConfig) -> PipelineConfig:
     """The pipeline with its SFT stage alone: what every round starts from."""
     raw = cfg.model_dump(mode="json")
     raw["rounds"] = None
-    raw["stages"] = {"sft": raw["stages"]["sft"]}
+    root = root_stage().name
+    raw["stages"] = {root: raw["stages"][root]}
     return PipelineConfig.model_validate(raw)
 
 
@@ -225,9 +231,10 @@ def round_config(
     raw = cfg.model_dump(mode="json")
     raw["rounds"] = None
     raw["name"] = f"{cfg.name}-round{number}"
-    raw["stages"]["sft"] = REF_PREFIX + sft
+    raw["stages"][root_stage().name] = REF_PREFIX + sft
     if policy_start is not None:
-        stage = raw["stages"]["policy"][_policy_stage(cfg).partition("-")[2]]
+        section, _, own = _policy_stage(cfg).partition("-")
+        stage = raw["stages"][section][own]
         model = stage.get("model") or cfg.model.model_dump(mode="json")
         stage["model"] = {**model, "name": REF_PREFIX + policy_start}
     preferences = raw["data"]["preferences"]
@@ -245,11 +252,11 @@ def training_exports(data: str, earlier: list[RoundState], state: RoundState) ->
 def _policy_stage(cfg: PipelineConfig) -> str:
     """The run name of the policy stage whose model the next round samples."""
     assert cfg.rounds is not None
-    policies = [name for name in cfg.stages.plan() if stage_spec(name).name == "policy"]
+    policies = [name for name in cfg.stages.plan() if stage_spec(name).evaluated]
     wanted = cfg.rounds.policy
     if wanted is None:
         return policies[0]
-    return wanted if wanted in policies else f"policy-{wanted}"
+    return next(name for name in policies if wanted in (name, name.partition("-")[2]))
 
 
 def _published(run: PipelineRun, stage: str) -> str:
@@ -257,7 +264,8 @@ def _published(run: PipelineRun, stage: str) -> str:
 
 
 def _refs(run: PipelineRun) -> dict[str, str]:
-    return {result.stage: result.ref for result in run.results if result.ref and result.stage != "sft"}
+    root = root_stage().name
+    return {result.stage: result.ref for result in run.results if result.ref and result.stage != root}
 
 
 def _metrics(cfg: PipelineConfig, run: PipelineRun) -> dict[str, float]:
@@ -269,7 +277,7 @@ def _metrics(cfg: PipelineConfig, run: PipelineRun) -> dict[str, float]:
             if key in evaluation.metrics:
                 metrics[key] = float(evaluation.metrics[key])
     for result in run.results:
-        if stage_spec(result.stage).name == "reward":
+        if stage_spec(result.stage).provides == REWARD_MODEL:
             for key in ("accuracy", "accuracy_gold", "pairs_train"):
                 if key in result.metrics:
                     metrics[f"rm_{key}"] = float(result.metrics[key])

@@ -89,6 +89,11 @@ def stage_key(stage: str) -> str:
     return "stages." + stage.replace("-", ".", 1)
 
 
+def root_stage() -> StageSpec:
+    """The stage every other starts from, directly or not (SFT): the one that starts from the pipeline's model."""
+    return next(spec for spec in STAGES if spec.starts_from is None)
+
+
 def latest_version_of(role: str) -> str:
     """Where an input no stage of this run filled comes from: the latest version published by the stage that
     provides it (`registry:reward-model:latest` for the reward model)."""
