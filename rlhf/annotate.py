@@ -66,14 +66,14 @@ def export_for_annotation(
     """Write `out_path` (tasks) and `<out_path stem>.label_config.xml`; returns counts."""
     prompts = load_prompts(prompts_path)
     tasks, skipped = sample_tasks(prompts, model, registry, responses_per_prompt, generation, seed)
-    write_json(Path(out_path), tasks)
+    _write_json(Path(out_path), tasks)
     Path(out_path).with_suffix(".label_config.xml").write_text(
         label_config(responses_per_prompt), encoding="utf-8"
     )
     return {"prompts": len(prompts), "tasks": len(tasks), "prompts_skipped": skipped}
 
 
-def write_json(path: Path, value: object) -> None:
+def _write_json(path: Path, value: object) -> None:
     """Write beside the target, then rename: a reader never sees half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile(

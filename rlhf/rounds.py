@@ -20,7 +20,6 @@ directory and report) whose SFT stage is the version the rounds started from.
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
 import logging
 import math
@@ -37,6 +36,7 @@ from rlhf.annotation.channels import FileChannel, ServerChannel, channel_for
 from rlhf.annotation.tasks import label_config
 from rlhf.config import PipelineConfig
 from rlhf.errors import ConfigError, DataError
+from rlhf.fingerprints import digest
 from rlhf.pipeline import PipelineRun, RunOptions, run_pipeline
 from rlhf.registry import REF_PREFIX
 from rlhf.rounds_report import log_rounds, write_rounds_report
@@ -87,8 +87,7 @@ def rounds_folder(cfg: PipelineConfig) -> Path:
     raw["rounds"].pop("count")
     raw["rounds"]["label_studio"].pop("poll_seconds")
     raw.pop("tracking")
-    key = hashlib.sha256(json.dumps(raw, sort_keys=True).encode()).hexdigest()[:12]
-    return Path(cfg.runs_dir) / "rounds" / f"{cfg.name}-{key}"
+    return Path(cfg.runs_dir) / "rounds" / f"{cfg.name}-{digest(raw)}"
 
 
 def run_rounds(cfg: PipelineConfig, options: RunOptions | None = None) -> RoundsRun:
