@@ -93,8 +93,8 @@ def check_offload(key: str, stage_cfg: PolicyStageConfig, dist: DistributedConfi
     """`offload_frozen_models` moves the shards of PPO's own ZeRO-3 engines for its frozen models."""
     if stage_cfg.algorithm == "dpo":
         raise ConfigError(
-            f"{key}: distributed.offload_frozen_models is for PPO's frozen models; DPO's reference is TRL's "
-            f"ZeRO-3 engine (sharded, not offloaded): set {key}.precompute_ref_log_probs: true to hold none"
+            f"{key}: distributed.offload_frozen_models is for PPO's frozen models; DPO holds no reference with "
+            f"{key}.precompute_ref_log_probs: true (the default), and without it TRL's sharded ZeRO-3 engine"
         )
     if zero_stage_of(dist) != 3:
         raise ConfigError(

@@ -355,7 +355,12 @@ class PolicyStageConfig(TrainStageConfig):
     loss_type: list[str] = Field(
         default_factory=lambda: ["sigmoid"], description="TRL DPO loss types, combinable."
     )
-    precompute_ref_log_probs: bool = False
+    precompute_ref_log_probs: bool = Field(
+        True,
+        description="DPO and KTO: the frozen reference's log-probs computed once, before the first step, instead "
+        "of a reference forward at every step (identical losses; bench/dpo_reference.py), and no reference model "
+        "held while training. false: TRL's per-step reference forward.",
+    )
     max_length: int = Field(512, gt=0)
     ppo: PPOSpec = Field(
         default_factory=PPOSpec,

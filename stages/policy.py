@@ -144,11 +144,22 @@ def length_counts(trainer: DPOTrainer, given: dict[str, int], max_length: int) -
                 "(a response cut short); raise stages.policy.max_length to keep them whole",
                 split, counts[f"pairs_overlength_dropped_{split}"], max_length, counts[f"pairs_truncated_{split}"],
             )  # fmt: skip
-    if len(trainer.train_dataset) == 0:
-        raise DataError(
-            f"stages.policy.max_length={max_length}: every training prompt fills it, no pair is left; raise it"
-        )
     return counts
+
+
+def check_a_prompt_fits(train: Dataset, tokenizer: PreTrainedTokenizerBase, max_length: int) -> None:
+    """One line when every training prompt alone fills `max_length`: TRL would drop every pair, and its
+    reference pass fail on the empty split. Scans until the first prompt that fits (usually the first)."""
+    for batch in train.select_columns(["prompt"]).iter(batch_size=256):
+        for prompt in batch["prompt"]:
+            text = prompt if isinstance(prompt, str) else tokenizer.apply_chat_template(
+                prompt, tokenize=False, add_generation_prompt=True
+            )  # fmt: skip
+            if len(tokenizer(text, add_special_tokens=False)["input_ids"]) < max_length:
+                return
+    raise DataError(
+        f"stages.policy.max_length={max_length}: every training prompt fills it, no pair is left; raise it"
+    )
 
 
 def truncated(dataset: Dataset, max_length: int) -> int:
@@ -217,6 +228,7 @@ def offline_trainer(
         **settings,
     )
     start = load_start(cfg, ctx)
+    check_a_prompt_fits(data["train"], start.tokenizer, cfg.max_length)
     log.info("%s: %s, beta=%g, reference: %s", ctx.stage, name, cfg.beta, start.reference)
     return trainer_class(
         model=start.model,

@@ -156,7 +156,8 @@ def test_dpo_from_an_sft_adapter_retrains_it_against_a_frozen_copy(config_file: 
 
 
 def test_full_fine_tuning_keeps_an_explicit_frozen_reference(config_file: Path, tmp_path: Path) -> None:
-    trainer, _ = _trainer(config_file, tmp_path / "run", QUICK)
+    per_step = "stages.policy.precompute_ref_log_probs=false"  # TRL's reference forward at every step
+    trainer, _ = _trainer(config_file, tmp_path / "run", [per_step, *QUICK])
     assert trainer.ref_model is not None and trainer.ref_model is not trainer.model
     policy_weights = dict(trainer.model.named_parameters())
     for name, weight in trainer.ref_model.named_parameters():
@@ -164,12 +165,24 @@ def test_full_fine_tuning_keeps_an_explicit_frozen_reference(config_file: Path, 
         assert torch.equal(weight, policy_weights[name])  # of the same starting weights
 
 
+def test_precomputed_reference_gives_the_per_step_losses(config_file: Path, tmp_path: Path) -> None:
+    losses = {}
+    for precompute in ("true", "false"):
+        overrides = [
+            f"stages.policy.precompute_ref_log_probs={precompute}",
+            "stages.policy.logging_steps=1",
+            *QUICK,
+        ]
+        trainer, _ = _trainer(config_file, tmp_path / precompute, overrides)
+        assert (trainer.ref_model is None) == (precompute == "true")
+        trainer.train()
+        losses[precompute] = [row["loss"] for row in trainer.state.log_history if "loss" in row]
+    assert len(losses["true"]) == 4 and len(set(losses["true"])) > 1  # a curve, not one repeated value
+    assert losses["true"] == pytest.approx(losses["false"], abs=1e-5)
+
+
 def test_loss_types_and_precomputed_reference_log_probs(config_file: Path, tmp_path: Path) -> None:
-    overrides = [
-        "stages.policy.loss_type=[sigmoid, sft]",
-        "stages.policy.precompute_ref_log_probs=true",
-        *QUICK,
-    ]
+    overrides = ["stages.policy.loss_type=[sigmoid, sft]", *QUICK]  # precomputed: the default
     trainer, _ = _trainer(config_file, tmp_path / "probe", overrides)
     assert trainer.loss_types == ["sigmoid", "sft"]
     assert trainer.ref_model is None  # computed from the policy before the first step: no copy kept
@@ -200,7 +213,10 @@ def test_over_length_pairs_are_counted_not_lost_silently(config_file: Path, tmp_
     assert len(trainer.train_dataset) == counts["pairs_train"] - dropped
 
 
-def test_no_pair_left_after_truncation_is_an_error(config_file: Path, tmp_path: Path) -> None:
-    trainer, counts = _trainer(config_file, tmp_path / "run", ["stages.policy.max_length=6", *QUICK])
-    with pytest.raises(DataError, match="max_length=6"):
-        policy.length_counts(trainer, {"train": counts["pairs_train"], "eval": counts["pairs_eval"]}, 6)
+@pytest.mark.parametrize("precompute", ["true", "false"])
+def test_no_pair_left_after_truncation_is_an_error(
+    config_file: Path, tmp_path: Path, precompute: str
+) -> None:
+    overrides = ["stages.policy.max_length=6", f"stages.policy.precompute_ref_log_probs={precompute}", *QUICK]
+    with pytest.raises(DataError, match="max_length=6: every training prompt fills it"):
+        _trainer(config_file, tmp_path / "run", overrides)

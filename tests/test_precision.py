@@ -76,7 +76,7 @@ def test_sft_and_reward_models_load_in_the_stage_precision(
 
 
 def test_dpo_reference_and_ppo_frozen_models_load_in_16_bits(config_file: Path, tmp_path: Path) -> None:
-    cfg = load_config(config_file)
+    cfg = load_config(config_file, ["stages.policy.precompute_ref_log_probs=false"])  # a reference is held
     stage_cfg, ctx = standalone_context(cfg, "policy", tmp_path / "dpo")
     start = policy.load_start(stage_cfg, ctx)
     assert dtypes_of(start.model) == {torch.float32}
