@@ -76,3 +76,40 @@ def test_several_files_of_different_formats_make_one_dataset(tmp_path: Path) -> 
     formats = {s["format"] for s in json.loads(report.manifest_path.read_text())["sources"]}
     assert formats == set(SAMPLES)
     assert report.read == report.kept + report.quarantined + report.duplicates and report.kept >= len(SAMPLES)
+
+
+ODD_JSON = [
+    b'{"n": 123456789012345678901234567890, "m": -9223372036854775809}',  # over 64 bits: exact ints
+    b'{"margin": NaN, "x": Infinity}',  # not JSON to orjson, read by json.loads as before
+    b'{"big": 1e400}',  # inf to json.loads, an error to orjson
+    b'{"s": "\\ud800 lone", "t": "\\ud83d\\ude00"}',  # a lone surrogate escape, and a pair
+    b'{"a": 1, "b": 2, "a": 3}',  # the last of a repeated key, in the first one's place
+    b'{"bad": "\xff"}',  # not UTF-8: quarantined with json's reason
+    b"[1, 2]",  # not an object
+]
+
+
+@pytest.mark.parametrize("kind", ["jsonl", "json"])
+def test_records_read_as_json_loads_reads_them(kind: str, tmp_path: Path) -> None:
+    """The fast parser (orjson) gives what `json.loads` gives, or leaves the record to it."""
+    from rlhf.data import readers
+    from rlhf.data.records import Quarantined
+
+    path = tmp_path / f"odd.{kind}"
+    path.write_bytes(b"\n".join(ODD_JSON) + b"\n" if kind == "jsonl" else b"[" + b",\n".join(ODD_JSON) + b"]")
+    items = list(readers.read_records(path))
+    records = [record for item in items if not isinstance(item, Quarantined) for record in [item[1]]]
+    readable = [line for line in ODD_JSON if b"\xff" not in line and line.startswith(b"{")]
+    expected = [json.loads(line.decode("utf-8")) for line in readable]
+    if kind == "json":  # an array item's bad byte is a U+FFFD for the quality checks, not a quarantine
+        expected.insert(5, {"bad": "\ufffd"})
+    assert repr(records) == repr(expected)
+    assert [type(value) for value in records[0].values()] == [int, int]
+    reasons = [item.reason for item in items if isinstance(item, Quarantined)]
+    if kind == "jsonl":
+        assert reasons == [
+            "not valid UTF-8 (invalid start byte at byte 9)",
+            "expected a JSON object, got list",
+        ]
+    else:
+        assert reasons == ["expected a JSON object, got list"]

@@ -46,6 +46,9 @@ def majority(choices: Iterable[Choice]) -> Choice:
 
 def counted_votes(votes: list[Vote], excluded: frozenset[str]) -> list[Vote]:
     """The votes that count: every anonymous vote, and each named annotator's first unless excluded."""
+    if len(votes) == 1:  # most comparisons: one vote, counted unless its annotator is excluded
+        annotator = votes[0].annotator
+        return [] if annotator is not None and annotator in excluded else list(votes)
     seen = set(excluded)
     counted = []
     for vote in votes:
@@ -72,7 +75,7 @@ def aggregate(
     """
     if len(votes) < min_votes:
         return f"too few votes: {len(votes)} < min_votes {min_votes}"
-    outcome = majority(vote.choice for vote in votes)
+    outcome = votes[0].choice if len(votes) == 1 else majority(vote.choice for vote in votes)
     if outcome == "tie" and ties == "drop":
         return "tie dropped (ties=drop)"
     swap = outcome == "b"
@@ -150,6 +153,8 @@ class AgreementTracker:
 
     def add(self, votes: list[Vote]) -> None:
         named = [vote for vote in votes if vote.annotator is not None]
+        if not named:  # anonymous votes (public datasets) take no part in agreement
+            return
         for vote in named:
             self._annotators.setdefault(str(vote.annotator), [0, 0, 0])[0] += 1
         raters = len(named)

@@ -245,7 +245,7 @@ class _Run:
     """The state of one import: the reading pass sets units aside (`add`), the voting pass decides and
     writes them (`vote`), and `finish` writes what was left out and the manifest.
 
-    The hooks (`_check`, `_keys`, `_decide`, `_counts` and the class attributes) are what a kind of data
+    The hooks (`_admit`, `_raw`, `_decide`, `_counts` and the class attributes) are what a kind of data
     does its own way; `rlhf.data.unpaired` overrides them for unpaired judgements."""
 
     kind: Kind = PREFERENCES
@@ -274,12 +274,9 @@ class _Run:
         self.by_reason: Counter[str] = Counter()
         self.duplicates: Counter[str] = Counter()
 
-    def _check(self, item: Any) -> str | None:
-        """Why a unit cannot be trained on (`quality`), or None."""
-        return quality.check(item, self.count_tokens, self.settings.max_tokens)
-
-    def _keys(self, item: Any) -> quality.RowKeys:
-        return quality.row_keys(item.prompt, item.response_a, item.response_b)
+    def _admit(self, item: Any) -> str | quality.RowKeys:
+        """Why a unit cannot be trained on (`quality`), else its duplicate keys."""
+        return quality.admit(item, self.count_tokens, self.settings.max_tokens)
 
     def _raw(self, item: Any) -> str:
         return _raw_comparison(item)
@@ -301,10 +298,10 @@ class _Run:
         if isinstance(item, Quarantined):
             self._quarantine(item)
             return
-        if reason := self._check(item):
-            self._quarantine(Quarantined(item.source, reason, self._raw(item)))
+        keys = self._admit(item)
+        if isinstance(keys, str):
+            self._quarantine(Quarantined(item.source, keys, self._raw(item)))
             return
-        keys = self._keys(item)
         repeat = self.index.first(keys, self.pending.handle(item))
         if repeat is None:
             split = split_of(keys.prompt, self.settings.split_seed, self.settings.test_fraction)
@@ -329,23 +326,25 @@ class _Run:
                 tracker.add(counted_votes(unit.votes, frozenset()))
             self.first_pass = tracker.result()
             self.excluded = self.first_pass.below(threshold)
+        excluded, add_agreement, repeated = self.excluded, self.agreement.add, self.repeated
         for row, unit, test, merged in self.pending.comparisons():
             if (row + 1) % PROGRESS_EVERY == 0:
                 log.info("import: %d %s decided", row + 1, self.kind.units)
-            votes = counted_votes(unit.votes, self.excluded)
-            self.agreement.add(votes)
-            self.merged += merged
-            self.conflicts += merged and len({vote.choice for vote in votes}) > 1
+            votes = counted_votes(unit.votes, excluded)
+            add_agreement(votes)
+            if merged:
+                self.merged += 1
+                self.conflicts += len({vote.choice for vote in votes}) > 1
             record = self._decide(unit, votes)
             if isinstance(record, str):
                 self._quarantine(Quarantined(unit.source, record, self._raw(unit)))
                 outcome: dict[str, Any] = {"quarantined": record}
             else:
-                split = SPLITS[test]
-                outcome = {"split": split, "row": self.writers[split].rows}
+                writer = self.writers[SPLITS[test]]
+                outcome = {"split": SPLITS[test], "row": writer.rows}
                 self.ties_kept += getattr(record, "tie", False)
-                self.writers[split].add(record)
-            if row in self.repeated:
+                writer.add(record)
+            if row in repeated:
                 source = unit.source
                 self.originals[row] = {**outcome, "source_file": source.file, "source_row": source.row}
         self.pending.remove()

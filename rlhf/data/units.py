@@ -40,6 +40,7 @@ def file_units(
     head = _head(records)
     importer = _importer_for(head, fmt, options, kind)
     entry["format"] = importer.name if importer else None
+    unit_type, units = kind.unit, kind.units
     for item in itertools.chain(head, records):
         entry["records"] += 1
         if isinstance(item, Quarantined):
@@ -47,7 +48,7 @@ def file_units(
             continue
         assert importer is not None  # a readable record in the head chose one
         for out in record_units(importer, *item, options, kind):
-            entry[kind.units] += isinstance(out, kind.unit)
+            entry[units] += isinstance(out, unit_type)
             yield out
 
 
@@ -119,6 +120,8 @@ def record_units(
     if not produced:
         what = "no pair to compare" if kind is PREFERENCES else "no judged completion"
         return [Quarantined(source, f"no {kind.units}: the record holds {what}", raw_excerpt(record))]
+    if all(type(out) is kind.unit for out in produced):  # the common case, told by exact types
+        return produced
     return [
         out
         if isinstance(out, kind.unit | Quarantined)

@@ -107,6 +107,9 @@ class _UnpairedRun(_Run):
         super().__init__(*args)
         self.labels: Counter[str] = Counter()
 
+    def _admit(self, item: Judged) -> str | quality.RowKeys:
+        return self._check(item) or self._keys(item)
+
     def _check(self, item: Judged) -> str | None:
         texts = {"completion": item.completion}
         labels = quality.written_labels(item.prompt, item.votes)

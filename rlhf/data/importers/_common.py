@@ -63,7 +63,9 @@ def array(value: Any, what: str) -> list[Any]:
 
 def get(record: Any, key: str) -> Any:
     """A required field of a record."""
-    if key not in obj(record, "record") or record[key] is None:
+    if type(record) is not dict:  # a dict is an object: skip the abstract type check
+        obj(record, "record")
+    if key not in record or record[key] is None:
         raise BadRow(f"missing '{key}'")
     return record[key]
 
@@ -162,6 +164,8 @@ def explicit_pair(prompt: Any, chosen: Any, rejected: Any) -> tuple[list[Message
     Where chosen and rejected carry the whole conversation (UltraFeedback binarized does), that shared
     conversation is the prompt: it is what the replies answer.
     """
+    if isinstance(chosen, str) and isinstance(rejected, str):  # plain replies: no context to share
+        return prompt_messages(prompt), chosen, rejected
     chosen_context, chosen_text = reply(chosen, "chosen")
     rejected_context, rejected_text = reply(rejected, "rejected")
     context = shared_context(chosen_context, rejected_context, "chosen", "rejected")
