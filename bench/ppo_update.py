@@ -27,7 +27,7 @@ reward; the SFT start is sampled the same way, for reference.
 Matched: model directories, prompt file, rollout size, minibatches, PPO epochs, response length, temperature
 (plain sampling: top_k 0, top_p 1), kl_coef (k1 estimator), missing-EOS penalty, learning rate (linear to 0,
 no warm-up), AdamW eps 1e-5 (ours' fixed value), fp32, the value model (a trainable copy of the reward
-model), gamma 1, lam 0.95, clip ranges 0.2, vf_coef 0.1, whitened advantages, threads. With `--recipe
+model; `--value-model policy_head` gives ours a value head on the policy's trunk instead), gamma 1, lam 0.95, clip ranges 0.2, vf_coef 0.1, whitened advantages, threads. With `--recipe
 matched` (the default) ours also optimizes the raw reward-model score, unclipped and without gradient
 clipping (max_grad_norm 1e9: the norm is still computed), as trl does: the same objective on both sides.
 `--recipe ours` runs ours with its stage defaults instead (scores normalized by the reward model's stored
@@ -108,6 +108,7 @@ class Settings:
     eval_samples: int
     threads: int
     recipe: str
+    value_model: str = "reward"  # ours' (trl's is always a trainable copy of the reward model)
     seed: int = 0
     engine: str = "hf"  # ours' rollout engine (bench/rollout_engine.py compares hf and vllm)
 
@@ -200,7 +201,7 @@ def ours_worker(models: Models, settings: Settings) -> dict[str, Any]:
     rollout = {"max_new_tokens": s.max_new_tokens, "temperature": s.temperature, "samples_per_prompt": 1,
                "batch_size": s.batch, "engine": s.engine}  # fmt: skip
     ppo = {"prompts_per_update": s.batch, "ppo_epochs": s.ppo_epochs, "num_mini_batches": s.mini_batches,
-           "kl_coef": s.kl_coef, "value_model": "reward", "missing_eos_penalty": s.missing_eos_penalty,
+           "kl_coef": s.kl_coef, "value_model": s.value_model, "missing_eos_penalty": s.missing_eos_penalty,
            "normalize_rewards": recipe["normalize_rewards"], "reward_clip": recipe["reward_clip"]}  # fmt: skip
     cfg = timed_stage("ppo", s.updates, s.learning_rate, recipe["max_grad_norm"], rollout, ppo)
     reward = RewardSource(model=ModelSpec(name=models.reward))
@@ -293,6 +294,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--learning-rate", type=float, default=2e-4)
     parser.add_argument("--missing-eos-penalty", type=float, default=1.0)
     parser.add_argument("--recipe", choices=list(RECIPES), default="matched")
+    parser.add_argument("--value-model", choices=("reward", "policy_head"), default="reward",
+                        help="ours' critic: a trainable copy of the reward model (as trl's) or a head on the policy")  # fmt: skip
     add_common_arguments(parser, SIDES, ["ours", "setup", "start"])
     args = parser.parse_args(argv)
     if args.batch % args.mini_batches:

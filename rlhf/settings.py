@@ -247,9 +247,10 @@ class PPOSpec(Schema):
     ppo_epochs: int = Field(4, gt=0)
     num_mini_batches: int = Field(1, gt=0)
     value_model: Literal["reward", "policy_head"] = Field(
-        "reward",
-        description="reward: a trainable copy of the reward model (a copy of the policy's backbone when the "
-        "tokenizers differ); policy_head: a zero-initialized value head on the policy.",
+        "policy_head",
+        description="policy_head: a zero-initialized value head on the policy's trunk, trained with it (one "
+        "model's forward and backward instead of two; bench/ppo_update.py); reward: a trainable copy of the "
+        "reward model (a copy of the policy's backbone when the tokenizers differ).",
     )
     kl_coef: float = Field(
         0.05, ge=0.0, description="beta of the per-token KL penalty (the start, if adaptive)."
