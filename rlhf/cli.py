@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rlhf import cli_annotate
-from rlhf.cpu_threads import prefer_yielding_threads
 from rlhf.errors import ConfigError, DataError, RlhfError
 
 if TYPE_CHECKING:
@@ -539,7 +538,6 @@ def _export_for_annotation(args: argparse.Namespace) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    prefer_yielding_threads()  # before anything imports torch (rlhf.cpu_threads)
     args = build_parser().parse_args(argv)
     try:
         code = args.handler(args)

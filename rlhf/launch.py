@@ -20,6 +20,7 @@ from contextlib import nullcontext
 from pathlib import Path
 
 from rlhf.config import PipelineConfig, dump_config, load_config
+from rlhf.cpu_threads import stage_threads
 from rlhf.distributed import (
     check_deepspeed_batches,
     configure_logging,
@@ -121,8 +122,8 @@ def run_stage(run: StageRun, stage_cfg: TrainStageConfig, ctx: StageContext) -> 
     import torch
 
     started = time.perf_counter()
-    if stage_cfg.num_threads:  # before anything loads: every library sizes its pools from it
-        torch.set_num_threads(stage_cfg.num_threads)
+    # before anything loads: every library sizes its pools from it
+    torch.set_num_threads(stage_threads(stage_cfg.num_threads, ctx.stage))
     with Tracker(
         ctx.pipeline.tracking,
         group=ctx.run_dir.name,

@@ -1,4 +1,4 @@
-"""Every process `rlhf` starts waits at OpenMP barriers passively unless the user chose a policy."""
+"""A stage runs no more threads than the cores other processes leave free."""
 
 from __future__ import annotations
 
@@ -8,36 +8,27 @@ import sys
 
 import pytest
 
-from tests.conftest import REPO
+from rlhf.cpu_threads import busy_cores, stage_threads, threads_for_load
 
-PRINT_POLICY = "import os; print(os.environ.get('OMP_WAIT_POLICY'))"
-ENTRY_POINTS = {
-    "stages": f"import stages; {PRINT_POLICY}",
-    "cli": "from rlhf.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
-    + PRINT_POLICY,
-}
+CORES = len(os.sched_getaffinity(0))
 
 
-def policy_in_child(code: str, user_policy: str | None) -> str:
-    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
-    if user_policy:
-        env["OMP_WAIT_POLICY"] = user_policy
-    out = subprocess.run(
-        [sys.executable, "-c", code], env=env, cwd=REPO, capture_output=True, text=True, check=True
-    )
-    return out.stdout.strip().splitlines()[-1]
+@pytest.mark.parametrize(
+    ("wanted", "cores", "busy", "threads"),
+    [(2, 2, 0.1, 2), (2, 2, 0.9, 1), (2, 2, 2.0, 1), (4, 16, 10.2, 4), (8, 16, 10.2, 6), (2, 2, 5.0, 1)],
+)
+def test_threads_fit_the_free_cores(wanted: int, cores: int, busy: float, threads: int) -> None:
+    assert threads_for_load(wanted, cores, busy) == threads
 
 
-@pytest.mark.parametrize("entry", sorted(ENTRY_POINTS))
-def test_entry_points_set_a_passive_wait_before_torch_loads(entry: str) -> None:
-    assert policy_in_child(ENTRY_POINTS[entry], None) == "PASSIVE"
-
-
-@pytest.mark.parametrize("entry", sorted(ENTRY_POINTS))
-def test_a_policy_the_user_chose_is_kept(entry: str) -> None:
-    assert policy_in_child(ENTRY_POINTS[entry], "ACTIVE") == "ACTIVE"
-
-
-def test_stages_set_it_before_torch_is_imported() -> None:
-    code = "import sys, stages; print('torch' in sys.modules)"
-    assert policy_in_child(code, None) == "False"
+def test_busy_processes_are_seen_and_leave_the_stage_one_thread() -> None:
+    spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(CORES)]
+    try:
+        busy = busy_cores(interval=1.0)
+        assert busy is not None and busy > CORES - 0.5, busy
+        assert stage_threads(CORES, "test") == 1
+    finally:
+        for spinner in spinners:
+            spinner.kill()
+            spinner.wait()
+    assert busy_cores(interval=1.0) < busy - 0.5  # they are gone
