@@ -45,7 +45,11 @@ def one_run(overrides: list[str]) -> dict[str, Any]:
     gold = {
         s["stage"]: s["metrics"]["gold_reward"] for s in summary["stages"] if "gold_reward" in s["metrics"]
     }
-    gold |= {name: m["gold_reward"] for name, m in summary["evaluations"].items() if "gold_reward" in m}
+    gold |= {
+        name: m["policy_gold_reward"]
+        for name, m in summary["evaluations"].items()
+        if "policy_gold_reward" in m
+    }
     return {"wall_s": wall, "stage_s": {s["stage"]: s["seconds"] for s in summary["stages"]}, "gold": gold}
 
 
