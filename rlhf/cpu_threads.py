@@ -48,11 +48,10 @@ def threads_for_load(wanted: int, cores: int, busy: float) -> int:
     return max(1, min(wanted, cores - round(busy)))
 
 
-def stage_threads(configured: int | None, stage: str) -> int:
-    """The thread count a stage starts torch with: `configured` (default: every core this process may run on),
-    fewer where other processes keep cores busy."""
+def stage_threads(wanted: int, stage: str) -> int:
+    """The thread count a stage starts torch with: `wanted` (the stage's `num_threads`, else torch's own
+    default, which a launcher's OMP_NUM_THREADS sets), fewer where other processes keep cores busy."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    wanted = configured or cores
     busy = busy_cores()
     if busy is None:
         return wanted

@@ -123,7 +123,7 @@ def run_stage(run: StageRun, stage_cfg: TrainStageConfig, ctx: StageContext) -> 
 
     started = time.perf_counter()
     # before anything loads: every library sizes its pools from it
-    torch.set_num_threads(stage_threads(stage_cfg.num_threads, ctx.stage))
+    torch.set_num_threads(stage_threads(stage_cfg.num_threads or torch.get_num_threads(), ctx.stage))
     with Tracker(
         ctx.pipeline.tracking,
         group=ctx.run_dir.name,
