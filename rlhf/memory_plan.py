@@ -360,7 +360,7 @@ def plan_stage(
         frozen = sum(classifier_params(r.dims) + r.adapter for r in models.rewards)
         if stage_cfg.gradient_checkpointing and not PPO_HONOURS_CHECKPOINTING:
             notes.append("gradient_checkpointing: rlhf/ppo.py does not turn it on; planned without it")
-    elif policy and not (new or stage_cfg.precompute_ref_log_probs):
+    elif policy and not (new or stage_cfg.precomputes_reference(setup.world)):
         reference = own or body  # an adapter start: TRL keeps a frozen copy of the adapter alone
     frozen = 0 if setup.offload_frozen else int(setup.share((frozen + reference) * setup.frozen_bytes, 3))
     weights, gradients, optimizer = trained_states(full + value, adapter, base, setup)
@@ -487,7 +487,7 @@ def candidate_changes(cfg: PipelineConfig, planned: StagePlan) -> list[list[Chan
         changes.append([((f"{key}.distributed.zero_stage=3",), 2)])
     if ppo and not cfg.distributed_for(planned.stage).offload_frozen_models:
         changes.append([((f"{key}.distributed.offload_frozen_models=true",), 2)])
-    if planned.kind in ("dpo", "kto") and not stage_cfg.precompute_ref_log_probs:
+    if planned.kind in ("dpo", "kto") and not stage_cfg.precomputes_reference(planned.world_size):
         changes.append([((f"{key}.precompute_ref_log_probs=true",), 1)])
     batch, steps = stage_cfg.per_device_train_batch_size, stage_cfg.gradient_accumulation_steps
     changes.append([((f"{key}.per_device_train_batch_size={batch >> n}",

@@ -94,7 +94,7 @@ def check_offload(key: str, stage_cfg: PolicyStageConfig, dist: DistributedConfi
     if stage_cfg.algorithm == "dpo":
         raise ConfigError(
             f"{key}: distributed.offload_frozen_models is for PPO's frozen models; DPO holds no reference with "
-            f"{key}.precompute_ref_log_probs: true (the default), and without it TRL's sharded ZeRO-3 engine"
+            f"{key}.precompute_ref_log_probs: true, and without it TRL's sharded ZeRO-3 engine"
         )
     if zero_stage_of(dist) != 3:
         raise ConfigError(

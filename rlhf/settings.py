@@ -356,11 +356,12 @@ class PolicyStageConfig(TrainStageConfig):
     loss_type: list[str] = Field(
         default_factory=lambda: ["sigmoid"], description="TRL DPO loss types, combinable."
     )
-    precompute_ref_log_probs: bool = Field(
-        True,
+    precompute_ref_log_probs: bool | None = Field(
+        None,
         description="DPO and KTO: the frozen reference's log-probs computed once, before the first step, instead "
         "of a reference forward at every step (identical losses; bench/dpo_reference.py), and no reference model "
-        "held while training. false: TRL's per-step reference forward.",
+        "held while training. None: so on one process; on several, TRL's per-step forward (TRL's rank 0 writes "
+        "the precomputed values into its copy of the data's cache, which ranks reading their own copies miss).",
     )
     max_length: int = Field(512, gt=0)
     ppo: PPOSpec = Field(
@@ -379,6 +380,12 @@ class PolicyStageConfig(TrainStageConfig):
     def online(self) -> bool:
         """Trained on its own samples (`rlhf.ppo`), not on a fixed dataset (the TRL trainers)."""
         return self.algorithm in ONLINE_ALGORITHMS
+
+    def precomputes_reference(self, world_size: int) -> bool:
+        """Whether DPO / KTO precompute the reference's log-probs on `world_size` processes."""
+        if self.precompute_ref_log_probs is not None:
+            return self.precompute_ref_log_probs
+        return world_size == 1
 
     @model_validator(mode="after")
     def _online_settings(self) -> PolicyStageConfig:

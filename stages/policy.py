@@ -189,7 +189,7 @@ def load_start(cfg: PolicyStageConfig, ctx: StageContext) -> Start:
         return Start(model, tokenizer, None, training.new_adapter, "SFT weights, adapters disabled")
     if is_adapter(ctx.model.name):
         return Start(model, tokenizer, None, None, "frozen copy of the SFT adapter")
-    if cfg.precompute_ref_log_probs:
+    if cfg.precomputes_reference(ctx.rank.world_size):
         return Start(model, tokenizer, None, None, "precomputed from the SFT weights")
     ref_model, _ = load_causal_lm(ctx.model, dtypes.frozen)
     return Start(model, tokenizer, ref_model, None, "frozen copy of the SFT weights")
@@ -223,7 +223,7 @@ def offline_trainer(
         **trainer_arguments(cfg, ctx, evaluates=has_eval),
         eval_on_start=has_eval,
         beta=cfg.beta,
-        precompute_ref_log_probs=cfg.precompute_ref_log_probs,
+        precompute_ref_log_probs=cfg.precomputes_reference(ctx.rank.world_size),
         max_length=cfg.max_length,
         **settings,
     )

@@ -17,7 +17,7 @@ from rlhf.errors import DataError
 from rlhf.launch import run_standalone
 from rlhf.models import load_causal_lm, registry_model
 from rlhf.registry import Registry
-from rlhf.settings import ModelSpec
+from rlhf.settings import ModelSpec, PolicyStageConfig
 from rlhf.workspace import standalone_context
 from stages import policy, sft
 from tests.conftest import pipeline_config
@@ -179,6 +179,13 @@ def test_precomputed_reference_gives_the_per_step_losses(config_file: Path, tmp_
         losses[precompute] = [row["loss"] for row in trainer.state.log_history if "loss" in row]
     assert len(losses["true"]) == 4 and len(set(losses["true"])) > 1  # a curve, not one repeated value
     assert losses["true"] == pytest.approx(losses["false"], abs=1e-5)
+
+
+def test_the_reference_is_precomputed_by_default_on_one_process_only() -> None:
+    assert PolicyStageConfig().precomputes_reference(1)
+    assert not PolicyStageConfig().precomputes_reference(2)  # TRL's cache file is rank 0's alone
+    assert PolicyStageConfig(precompute_ref_log_probs=True).precomputes_reference(2)
+    assert not PolicyStageConfig(precompute_ref_log_probs=False).precomputes_reference(1)
 
 
 def test_loss_types_and_precomputed_reference_log_probs(config_file: Path, tmp_path: Path) -> None:

@@ -181,9 +181,9 @@ def test_lora_trains_its_adapter_in_16_bytes_on_a_frozen_16_bit_base(llama_dir: 
 @pytest.mark.parametrize(
     ("settings", "zero_stage", "reference"),
     [
-        ({}, 3, 0),  # the default: reference log-probs precomputed, no reference held
-        ({"precompute_ref_log_probs": False}, 2, 2 * N),  # a frozen bf16 copy, whole at ZeRO-2 (TRL's engine)
-        ({"precompute_ref_log_probs": False}, 3, 2 * N // 2),  # sharded at ZeRO-3
+        ({}, 2, 2 * N),  # 2 processes: by default a frozen bf16 copy, whole at ZeRO-2 (TRL engine)
+        ({}, 3, 2 * N // 2),  # sharded at ZeRO-3
+        ({"precompute_ref_log_probs": True}, 3, 0),
         ({"lora": {"r": 8}}, 3, 0),  # the policy with its adapters disabled
     ],
 )
