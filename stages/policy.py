@@ -35,6 +35,7 @@ from rlhf.errors import DataError
 from rlhf.eval import PromptRow, load_prompt_rows
 from rlhf.launch import stage_main
 from rlhf.models import is_adapter, load_causal_lm, policy_training
+from rlhf.pair_lengths import check_a_prompt_fits, length_counts
 from rlhf.precision import mixed_precision
 from rlhf.settings import ONLINE_ALGORITHMS, PolicyStageConfig, RewardSource
 from rlhf.stage import ResolvedModel, StageContext, StageResult
@@ -50,7 +51,7 @@ from rlhf.training import (
 from rlhf.workspace import rank_folder, resolve_model
 
 if TYPE_CHECKING:
-    from datasets import Dataset, DatasetDict
+    from datasets import DatasetDict
     from peft import LoraConfig
     from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer
     from trl import DPOTrainer
@@ -125,50 +126,6 @@ def preference_pairs(cfg: PolicyStageConfig, ctx: StageContext) -> tuple[Dataset
         log.info("policy: dropped %d tied pairs (no preference to learn)", ties)
     counts = {"pairs_train": len(pairs["train"]), "pairs_eval": len(pairs["test"]), "ties_dropped": ties}
     return pairs, counts
-
-
-def length_counts(trainer: DPOTrainer, given: dict[str, int], max_length: int) -> dict[str, float]:
-    """Pairs TRL dropped (prompt alone fills `max_length`) or will truncate (a response cut short), per split.
-
-    TRL filters the first without a word and cuts the second in its collator; both are counted and logged here.
-    """
-    counts: dict[str, float] = {}
-    for split, dataset in (("train", trainer.train_dataset), ("eval", trainer.eval_dataset)):
-        if dataset is None:
-            continue
-        counts[f"pairs_overlength_dropped_{split}"] = given[split] - len(dataset)
-        counts[f"pairs_truncated_{split}"] = truncated(dataset, max_length)
-        if counts[f"pairs_overlength_dropped_{split}"] or counts[f"pairs_truncated_{split}"]:
-            log.warning(
-                "policy: %s split: %d pairs dropped (prompt alone reaches max_length=%d), %d truncated "
-                "(a response cut short); raise stages.policy.max_length to keep them whole",
-                split, counts[f"pairs_overlength_dropped_{split}"], max_length, counts[f"pairs_truncated_{split}"],
-            )  # fmt: skip
-    return counts
-
-
-def check_a_prompt_fits(train: Dataset, tokenizer: PreTrainedTokenizerBase, max_length: int) -> None:
-    """One line when every training prompt alone fills `max_length`: TRL would drop every pair, and its
-    reference pass fail on the empty split. Scans until the first prompt that fits (usually the first)."""
-    for batch in train.select_columns(["prompt"]).iter(batch_size=256):
-        for prompt in batch["prompt"]:
-            text = prompt if isinstance(prompt, str) else tokenizer.apply_chat_template(
-                prompt, tokenize=False, add_generation_prompt=True
-            )  # fmt: skip
-            if len(tokenizer(text, add_special_tokens=False)["input_ids"]) < max_length:
-                return
-    raise DataError(
-        f"stages.policy.max_length={max_length}: every training prompt fills it, no pair is left; raise it"
-    )
-
-
-def truncated(dataset: Dataset, max_length: int) -> int:
-    """Tokenized pairs whose prompt + longer response exceeds `max_length` (batched: bounded memory)."""
-    count = 0
-    for batch in dataset.select_columns(["prompt_ids", "chosen_ids", "rejected_ids"]).iter(batch_size=4096):
-        for prompt, chosen, rejected in zip(*batch.values(), strict=True):
-            count += len(prompt) + max(len(chosen), len(rejected)) > max_length
-    return count
 
 
 # --------------------------------------------------------------------------------------------------

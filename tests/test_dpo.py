@@ -16,6 +16,7 @@ from rlhf.data.files import fingerprint
 from rlhf.errors import DataError
 from rlhf.launch import run_standalone
 from rlhf.models import load_causal_lm, registry_model
+from rlhf.pair_lengths import length_counts
 from rlhf.registry import Registry
 from rlhf.settings import ModelSpec, PolicyStageConfig
 from rlhf.workspace import standalone_context
@@ -213,7 +214,7 @@ def test_over_length_pairs_are_counted_not_lost_silently(config_file: Path, tmp_
     # (TRL drops those pairs) and every other pair has its responses cut
     overrides = ["stages.policy.max_length=7", *QUICK]
     trainer, counts = _trainer(config_file, tmp_path / "run", overrides)
-    lengths = policy.length_counts(trainer, {"train": counts["pairs_train"], "eval": counts["pairs_eval"]}, 7)
+    lengths = length_counts(trainer, {"train": counts["pairs_train"], "eval": counts["pairs_eval"]}, 7)
     dropped, cut = lengths["pairs_overlength_dropped_train"], lengths["pairs_truncated_train"]
     assert dropped > 0 and cut > 0, lengths
     assert dropped + cut == counts["pairs_train"]
