@@ -8,7 +8,7 @@ demonstrations can look better than the policy really is.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from statistics import fmean
@@ -27,6 +27,8 @@ from rlhf.tracking import Tracker
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+    from rlhf.generation_record import GenerationRecorder
 
 Messages = list[dict[str, str]]
 
@@ -80,11 +82,13 @@ def generate(
     prompts: Sequence[Messages],
     spec: GenerationSpec,
     seed: int | None = 0,
+    recorder: GenerationRecorder | None = None,
 ) -> list[Sample]:
     """Sample `spec.samples_per_prompt` responses per prompt, batched and left-padded; cut at the first EOS.
 
     `seed` reseeds torch first (evaluations compare models on the same draws); None continues the caller's
-    random stream (PPO rollouts, whose RNG state is checkpointed).
+    random stream (PPO rollouts, whose RNG state is checkpointed). A `recorder` keeps each sample's token
+    log-probs (and hidden states) as the sampling forward computed them (PPO's old log-probs).
     """
     import torch
 
@@ -98,7 +102,9 @@ def generate(
             return [
                 sample
                 for start in range(0, len(prompts), spec.batch_size)
-                for sample in _sample_batch(model, tokenizer, prompts[start : start + spec.batch_size], spec)
+                for sample in _sample_batch(
+                    model, tokenizer, prompts[start : start + spec.batch_size], spec, recorder
+                )
             ]
     finally:
         tokenizer.padding_side = side
@@ -109,9 +115,10 @@ def _sample_batch(
     tokenizer: PreTrainedTokenizerBase,
     batch: Sequence[Messages],
     spec: GenerationSpec,
+    recorder: GenerationRecorder | None,
 ) -> list[Sample]:
     """One batch of prompts sampled; each response cut at its first EOS, its token ids kept for log-probs."""
-    from transformers import GenerationConfig
+    from transformers import GenerationConfig, LogitsProcessorList
 
     texts = [tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=False) for p in batch]
     enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
@@ -122,18 +129,23 @@ def _sample_batch(
                                                eos_token_id=tokenizer.eos_token_id,
                                                bos_token_id=tokenizer.bos_token_id)  # fmt: skip
     try:
-        out = model.generate(**enc, do_sample=True, temperature=spec.temperature, top_p=spec.top_p,
-                             top_k=spec.top_k, max_new_tokens=spec.max_new_tokens)  # fmt: skip
+        with recorder.watching(model) if recorder else nullcontext():
+            out = model.generate(**enc, do_sample=True, temperature=spec.temperature, top_p=spec.top_p,
+                                 top_k=spec.top_k, max_new_tokens=spec.max_new_tokens,
+                                 logits_processor=LogitsProcessorList([recorder] if recorder else []))  # fmt: skip
     finally:
         model.generation_config = checkpoints_own
     width = enc["input_ids"].shape[1]
     rows = zip(
         batch, enc["input_ids"].tolist(), enc["attention_mask"].tolist(), out[:, width:].tolist(), strict=True
     )
-    return [
+    samples = [
         sample_from_tokens(tokenizer, prompt, [t for t, keep in zip(ids, mask, strict=True) if keep], row)
         for prompt, ids, mask, row in rows
     ]
+    if recorder:
+        recorder.finish_batch(out[:, width:], [len(s.response_ids) for s in samples])
+    return samples
 
 
 def sample_from_tokens(

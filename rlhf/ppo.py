@@ -93,6 +93,8 @@ from rlhf.rollout import (
     generation_ready,
     make_engine,
     policy_weights,
+    recorded_columns,
+    records_old_logprobs,
 )
 from rlhf.settings import PolicyStageConfig, ppo_batches
 from rlhf.sharding import frozen_engine, log_held_shares
@@ -307,14 +309,18 @@ class PPOTrainer:
     def _start_engine(self) -> RolloutEngine:
         """The configured engine, holding the current policy (version = updates done so far)."""
         workdir = self.run.checkpoint_dir.parent / "rollout-engine" / f"rank{self.accelerator.process_index}"
+        trained, precision = self.accelerator.unwrap_model(self.model), resolve_precision(self.cfg.precision)
+        record = records_old_logprobs(self.spec.rollout, precision, trained.value is not None)
         engine = make_engine(self.spec.rollout, self._policy(), self.models.tokenizer, self._generation_policy,
-                             resolve_precision(self.cfg.precision), workdir)  # fmt: skip
+                             precision, workdir, record, trained.value_head)  # fmt: skip
         engine.sync(lambda: policy_weights(self._policy()), self.state.update)
         return engine
 
     @contextmanager
     def _generation_policy(self) -> Iterator[PreTrainedModel]:
-        with generation_ready(self.accelerator, self.model) as unwrapped:
+        """The policy as the hf engine samples with it: gathered, in the precision the training forward runs
+        (so that log-probs recorded while sampling are the ones a training forward computes)."""
+        with generation_ready(self.accelerator, self.model) as unwrapped, self.accelerator.autocast():
             yield unwrapped.policy
 
     def sync_engine(self, version: int, timer: Timer) -> None:
@@ -344,7 +350,7 @@ class PPOTrainer:
     @torch.no_grad()
     def rollout(self, prompts: list[PromptRow], timer: Timer) -> tuple[Rollout, list[Sample]]:
         """Sample responses (`samples_per_prompt` consecutive ones per prompt: a group), score them, and
-        compute the old log-probs, reference log-probs and (with a critic) values."""
+        compute the old log-probs (unless the engine recorded them), reference log-probs and values."""
         models, spec, device = self.models, self.spec, self.accelerator.device
         temperature, chunk = spec.rollout.temperature, spec.rollout.batch_size
         with timer.phase("generation"):
@@ -361,14 +367,18 @@ class PPOTrainer:
             for start in range(0, len(samples), chunk):
                 part = slice(start, start + chunk)
                 with self.accelerator.autocast():
-                    logp, _, value = response_forward(self.model, ids[part], attention[part], context,
-                                                      temperature)  # fmt: skip
-                    ref = reference_logprobs(models, policy, ids[part], attention[part], context,
-                                             temperature)  # fmt: skip
-                parts.append((logp, ref, torch.zeros_like(logp) if value is None else value))
+                    ref = reference_logprobs(models, policy, ids[part], attention[part], context, temperature)
+                    if drawn.recorded is None:
+                        logp, _, value = response_forward(self.model, ids[part], attention[part], context,
+                                                          temperature)  # fmt: skip
+                        parts.append((ref, logp, torch.zeros_like(logp) if value is None else value))
+                    else:
+                        parts.append((ref,))
         mask = attention[:, context:].float()
         # [9] nothing counted past EOS
-        logprobs, ref_logprobs, values = (torch.cat(column) * mask for column in zip(*parts, strict=True))
+        columns = [torch.cat(column) * mask for column in zip(*parts, strict=True)]
+        ref_logprobs = columns[0]
+        logprobs, values = columns[1:] if drawn.recorded is None else recorded_columns(drawn.recorded, mask)
         ended = torch.tensor([s.ended_with_eos for s in samples], device=device)
         if self.spec.normalize_rewards:
             self._first_rollout_stats(raw)

@@ -10,7 +10,8 @@
 
 Both engines return the same `Sample`s (`rlhf.eval.sample_from_tokens`): prompts templated and tokenized by
 the policy's tokenizer, responses cut at the first EOS. The trainer's log-probs decide (PPO's old log-probs
-come from its own forward pass); vLLM's log-probs of the sampled tokens are returned only to be measured
+come from the trained model's own forward pass: a separate one, or with hf the one that sampled, recorded as
+it ran, `rollout.old_logprobs`); vLLM's log-probs of the sampled tokens are returned only to be measured
 against them (the train/inference mismatch) and, optionally, corrected for (`ppo_math.truncated_is_weights`).
 
 The sampling is the config's and nothing else's: temperature, top-p/top-k, max_new_tokens, EOS as the only
@@ -40,6 +41,8 @@ if TYPE_CHECKING:
     from torch import Tensor, nn
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+    from rlhf.generation_record import GenerationRecorder
+
 log = logging.getLogger(__name__)
 
 INSTALL_HINT = (
@@ -51,13 +54,24 @@ Weights = Iterator[tuple[str, "Tensor"]]
 
 
 @dataclass
+class RecordedScores:
+    """What the hf engine's sampling forward computed for each sample (`rlhf.generation_record`): the trained
+    policy's own log-prob of each response token and, with a value head, the value before each."""
+
+    logprobs: list[Tensor]  # per sample: [n], its response tokens (EOS included)
+    values: list[Tensor] | None  # per sample: [n]; None without a value head
+
+
+@dataclass
 class EngineRollout:
     """What an engine sampled: the samples, the engine's log-prob of each response token (vLLM; None for hf,
-    whose log-probs are the trainer's own) and the policy version the engine sampled with."""
+    whose log-probs are the trainer's own), the policy version the engine sampled with and (hf, when asked)
+    the old log-probs and values its sampling forward computed."""
 
     samples: list[Sample]
     logprobs: list[list[float]] | None
     version: int
+    recorded: RecordedScores | None = None
 
 
 class RolloutEngine(Protocol):
@@ -89,17 +103,35 @@ def check_engine_available(spec: RolloutSpec, key: str) -> None:
 
 class HFEngine:
     """`model.generate()` on the trained policy, as `policy_ready()` hands it over (gathered under ZeRO-3).
-    Its random draws come from the process's torch RNG, which the trainer checkpoints."""
+    Its random draws come from the process's torch RNG, which the trainer checkpoints. With `record` it also
+    returns the old log-probs, and the `value_head`'s values when there is one, as the sampling forward
+    computed them (`rollout.old_logprobs`)."""
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase, spec: RolloutSpec,
-                 policy_ready: Callable[[], AbstractContextManager[PreTrainedModel]]) -> None:  # fmt: skip
+                 policy_ready: Callable[[], AbstractContextManager[PreTrainedModel]], record: bool = False,
+                 value_head: nn.Module | None = None) -> None:  # fmt: skip
         self.tokenizer, self.spec, self.policy_ready = tokenizer, spec, policy_ready
+        self.record, self.value_head = record, value_head
         self.version = 0
 
     def sample(self, prompts: Sequence[Messages], seed: int) -> EngineRollout:
-        with self.policy_ready() as policy:
-            samples = generate(policy, self.tokenizer, prompts, self.spec, seed=None)
-        return EngineRollout(samples, None, self.version)
+        from rlhf.generation_record import GenerationRecorder
+
+        recorder = (
+            GenerationRecorder(self.spec.temperature, self.value_head is not None) if self.record else None
+        )
+        with self.policy_ready() as policy:  # the value head too is gathered here under ZeRO-3
+            samples = generate(policy, self.tokenizer, prompts, self.spec, seed=None, recorder=recorder)
+            recorded = recorder and RecordedScores(recorder.logprobs, self._values(recorder))
+        return EngineRollout(samples, None, self.version, recorded)
+
+    def _values(self, recorder: GenerationRecorder) -> list[Tensor] | None:
+        """The value head over the recorded hidden states, one pass for the whole rollout."""
+        if self.value_head is None:
+            return None
+        hidden = torch.cat(recorder.hidden).to(self.value_head.weight.dtype)  # [sum n, H]
+        values = self.value_head(hidden).squeeze(-1).float()
+        return list(values.split([len(row) for row in recorder.logprobs]))
 
     def sync(self, weights: Callable[[], Weights], version: int) -> None:
         self.version = version  # it samples the training model itself: always current
@@ -278,8 +310,22 @@ def engine_logprobs(drawn: EngineRollout, mask: Tensor) -> Tensor | None:
     engine's log-probs are the trainer's own, hf). mask: [B, T]."""
     if drawn.logprobs is None:
         return None
-    rows = [torch.tensor(values, dtype=torch.float32) for values in drawn.logprobs]
-    padded = torch.nn.utils.rnn.pad_sequence(rows, batch_first=True)[:, : mask.shape[1]].to(mask.device)
+    return as_responses([torch.tensor(values, dtype=torch.float32) for values in drawn.logprobs], mask)
+
+
+def recorded_columns(recorded: RecordedScores, mask: Tensor) -> tuple[Tensor, Tensor]:
+    """The recorded old log-probs and values as the rollout holds them: (logprobs: [B, T], values: [B, T],
+    0 without a value head). mask: [B, T]."""
+    logprobs = as_responses(recorded.logprobs, mask)
+    return logprobs, torch.zeros_like(logprobs) if recorded.values is None else as_responses(
+        recorded.values, mask
+    )
+
+
+def as_responses(rows: Sequence[Tensor], mask: Tensor) -> Tensor:
+    """Per-sample values over each response's tokens (rows: [n_i] each), right-padded and masked as the
+    responses are: [B, T]. mask: [B, T]."""
+    padded = torch.nn.utils.rnn.pad_sequence(list(rows), batch_first=True)[:, : mask.shape[1]].to(mask.device)
     return torch.nn.functional.pad(padded, (0, mask.shape[1] - padded.shape[1])) * mask
 
 
@@ -414,13 +460,22 @@ def gathered(params: list[Any]) -> AbstractContextManager[object]:
     return deepspeed.zero.GatheredParameters(partitioned)
 
 
+def records_old_logprobs(spec: RolloutSpec, precision: str, separate_value_model: bool) -> bool:
+    """Whether the hf engine records the old log-probs (and a value head's values) as it samples
+    (`rollout.old_logprobs`; `precision` resolved: fp32 | bf16 | fp16). A separate value model needs a forward
+    over the sequences anyway, which then gives the log-probs too."""
+    wanted = spec.old_logprobs == "generation" or (spec.old_logprobs == "auto" and precision == "fp32")
+    return spec.engine == "hf" and wanted and not separate_value_model
+
+
 def make_engine(spec: RolloutSpec, policy: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
                 policy_ready: Callable[[], AbstractContextManager[PreTrainedModel]], precision: str,
-                workdir: Path) -> RolloutEngine:  # fmt: skip
+                workdir: Path, record: bool = False, value_head: nn.Module | None = None) -> RolloutEngine:  # fmt: skip
     """The engine the config names (`rollout.engine`); a vLLM engine in the stage's precision (`precision`:
-    fp32 | bf16 | fp16, resolved) unless `rollout.vllm.dtype` says otherwise."""
+    fp32 | bf16 | fp16, resolved) unless `rollout.vllm.dtype` says otherwise. `record`, `value_head`: see
+    `HFEngine`."""
     if spec.engine == "hf":
-        return HFEngine(tokenizer, spec, policy_ready)
+        return HFEngine(tokenizer, spec, policy_ready, record, value_head)
     dtype = {"bf16": "bfloat16", "fp16": "float16"}.get(precision, "float32")
     return VLLMEngine(
         policy, tokenizer, spec, dtype if spec.vllm.dtype == "auto" else spec.vllm.dtype, workdir

@@ -104,6 +104,14 @@ class RolloutSpec(GenerationSpec):
         description="vllm: weight each token's policy loss by min(p_trainer / p_engine, tis_cap), the truncated "
         "importance-sampling correction for the engine's numerical drift from the trainer; None: off.",
     )
+    old_logprobs: Literal["auto", "generation", "forward"] = Field(
+        "auto",
+        description="hf: where the old log-probs (and a value head's values) come from. generation: recorded "
+        "as generate() samples (one policy forward fewer per rollout; equal to a separate forward's to float "
+        "rounding in fp32, while bf16's cached decode differs by more); forward: a forward over the finished "
+        "sequences, so the first ratio is exactly 1; auto: generation in fp32, forward otherwise. A separate value "
+        "model (`value_model: reward`) and vllm always take the forward.",
+    )
     vllm: VLLMSpec = Field(default_factory=VLLMSpec)
 
     @field_validator("top_p", "top_k")
@@ -119,9 +127,11 @@ class RolloutSpec(GenerationSpec):
         return value
 
     @model_validator(mode="after")
-    def _tis_needs_an_engine(self) -> RolloutSpec:
+    def _engine_settings_need_their_engine(self) -> RolloutSpec:
         if self.tis_cap is not None and self.engine != "vllm":
             raise ValueError("tis_cap corrects for a rollout engine's drift: it needs engine: vllm")
+        if self.old_logprobs == "generation" and self.engine != "hf":
+            raise ValueError("old_logprobs: generation records them in generate(): it needs engine: hf")
         return self
 
 

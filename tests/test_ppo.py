@@ -359,3 +359,25 @@ def test_gradient_accumulation_takes_one_step_per_minibatch(
     assert whole.norm() > 0
     assert 0.8 < float(accumulated.norm() / whole.norm()) < 1.25
     assert torch.nn.functional.cosine_similarity(whole, accumulated, dim=0) > 0.9
+
+
+def test_old_log_probs_recorded_while_sampling_train_as_the_forward_pass_does(
+    config_file: Path, trained: dict[str, float]
+) -> None:
+    """`rollout.old_logprobs: generation` (the default in fp32) takes the old log-probs and the value head's
+    values from the sampling forward instead of a second pass: the same rollouts, the same first ratio (an
+    approx KL of 0 in the first minibatch up to float rounding), the same training."""
+    runs = {}
+    for source in ("generation", "forward"):
+        overrides = [*SHORT, "stages.policy.max_steps=2", f"stages.policy.ppo.rollout.old_logprobs={source}"]
+        run_dir = config_file.parent / f"old-{source}"
+        result = run_standalone("policy", policy.run, str(config_file), overrides, str(run_dir))
+        history = json.loads((run_dir / "policy" / "history.json").read_text(encoding="utf-8"))
+        runs[source] = (history, _weights(result.output_dir))
+    (recorded, recorded_weights), (forward, forward_weights) = runs["generation"], runs["forward"]
+    for row_recorded, row_forward in zip(recorded, forward, strict=True):
+        assert row_recorded["score_mean"] == row_forward["score_mean"]  # the same responses
+        for key in ("kl", "policy_loss", "value_loss", "approx_kl", "value_mean"):
+            assert row_recorded[key] == pytest.approx(row_forward[key], abs=1e-4), key
+    for name, tensor in forward_weights.items():
+        torch.testing.assert_close(recorded_weights[name], tensor, rtol=0, atol=1e-4, msg=name)

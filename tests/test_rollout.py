@@ -1,6 +1,7 @@
 """Rollout engines, the parts that need no vLLM: the weights an engine is given (names as in the checkpoint,
 LoRA merged), the engine's log-probs laid out as the trainer's, sampling that reads nothing from the
-checkpoint's generation_config.json, and a config asking for vLLM where it is not installed."""
+checkpoint's generation_config.json, old log-probs and values recorded while sampling equal to a forward's, and
+a config asking for vLLM where it is not installed."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import copy
 import importlib.util
 import json
 import shutil
+from contextlib import nullcontext
 from pathlib import Path
 
 import pytest
@@ -15,10 +17,22 @@ import torch
 from pydantic import ValidationError
 from safetensors.torch import load_file
 
+from rlhf.builtin_models import materialize
 from rlhf.errors import ConfigError
 from rlhf.eval import Sample, generate
 from rlhf.models import load_causal_lm
-from rlhf.rollout import EngineRollout, check_engine_available, engine_logprobs, policy_weights
+from rlhf.policy_forward import response_forward
+from rlhf.ppo_models import PolicyAndValue
+from rlhf.rollout import (
+    EngineRollout,
+    HFEngine,
+    check_engine_available,
+    collate,
+    engine_logprobs,
+    policy_weights,
+    recorded_columns,
+    records_old_logprobs,
+)
 from rlhf.settings import GenerationSpec, ModelSpec, RolloutSpec
 
 HAS_VLLM = importlib.util.find_spec("vllm") is not None
@@ -114,3 +128,47 @@ def test_the_importance_sampling_cap_needs_a_vllm_engine() -> None:
     with pytest.raises(ValidationError, match="tis_cap"):
         RolloutSpec(engine="hf", tis_cap=2.0)
     assert RolloutSpec(engine="vllm", tis_cap=2.0).tis_cap == 2.0
+
+
+@pytest.mark.parametrize("architecture", ["tiny-llama", "tiny-gpt2"])
+def test_log_probs_and_values_recorded_while_sampling_equal_a_forward_over_the_samples(
+    architecture: str, tmp_path: Path
+) -> None:
+    """What the hf engine records as generate() runs (`old_logprobs: generation`) is what the separate forward
+    over the finished, re-padded sequences computes (`forward`): every response token's log-prob at the
+    temperature and the value head's value before it, over batches of uneven response lengths."""
+    source = materialize(ModelSpec(name=architecture), tmp_path / architecture, seed=0)
+    model, tokenizer = load_causal_lm(ModelSpec(name=str(source)), "float32")
+    trained = PolicyAndValue(model, None)
+    with torch.no_grad():  # a value head that has learned something: it starts at 0
+        trained.value_head.weight.normal_(std=0.5)
+    spec = RolloutSpec(max_new_tokens=10, temperature=0.7, batch_size=3)
+    engine = HFEngine(tokenizer, spec, lambda: nullcontext(model), record=True, value_head=trained.value_head)
+    prompts = [[{"role": "user", "content": text}] for text in ("name 3 fruits", "list four tools please",
+                                                                "give me five animals", "cat", "name 2 cities")]  # fmt: skip
+    torch.manual_seed(1)
+    drawn = engine.sample(prompts, seed=0)
+    samples = drawn.samples
+    assert len({len(s.response_ids) for s in samples}) > 1, "every response has the same length"
+    ids, attention, context = collate(samples, tokenizer.pad_token_id, torch.device("cpu"))
+    mask = attention[:, context:].float()
+    with torch.no_grad():
+        logprobs, _, values = response_forward(trained, ids, attention, context, spec.temperature)
+    recorded_logprobs, recorded_values = recorded_columns(drawn.recorded, mask)
+    torch.testing.assert_close(recorded_logprobs, logprobs * mask, rtol=0, atol=1e-5)
+    torch.testing.assert_close(recorded_values, values * mask, rtol=0, atol=1e-5)
+    assert values.abs().max() > 0.1  # the head is not all zeros
+
+
+def test_recording_is_used_where_it_is_exact_and_asked_for() -> None:
+    """auto: in fp32 on the hf engine; never with vLLM (another engine's numbers) or a separate value model
+    (whose forward gives the log-probs too)."""
+    hf, vllm = RolloutSpec(), RolloutSpec(engine="vllm")
+    assert records_old_logprobs(hf, "fp32", separate_value_model=False)
+    assert not records_old_logprobs(hf, "bf16", separate_value_model=False)
+    assert not records_old_logprobs(hf, "fp32", separate_value_model=True)
+    assert not records_old_logprobs(vllm, "fp32", separate_value_model=False)
+    assert records_old_logprobs(RolloutSpec(old_logprobs="generation"), "bf16", separate_value_model=False)
+    assert not records_old_logprobs(RolloutSpec(old_logprobs="forward"), "fp32", separate_value_model=False)
+    with pytest.raises(ValidationError, match=r"old_logprobs: generation .* needs engine: hf"):
+        RolloutSpec(engine="vllm", old_logprobs="generation")
