@@ -17,13 +17,16 @@ from stages import policy
 from tests.conftest import pipeline_config, run_cli
 
 GOLD = "stages.policy.rewards=[{function: 'rlhf.rewards:gold'}]"
+# the session's first reward model by name: test_ppo publishes a tiny-bert one after it, and pytest may run it first
+RM = "stages.policy.ppo.reward_model=registry:reward-model:v1"
 COMMON = ["tracking=wandb", "stages.policy.max_steps=40", "stages.policy.ppo.prompts_per_update=16",
           "stages.policy.ppo.rollout.samples_per_prompt=4", "stages.policy.ppo.ppo_epochs=2"]  # fmt: skip
 ALGORITHMS = {
     "grpo-gold": ["stages.policy.algorithm=grpo", "stages.policy.learning_rate=5e-4", GOLD],
-    "rloo-rm": ["stages.policy.algorithm=rloo", "stages.policy.learning_rate=5e-4"],
+    "rloo-rm": ["stages.policy.algorithm=rloo", "stages.policy.learning_rate=5e-4", RM],
     "reinforce_pp-rm": [
         "stages.policy.algorithm=reinforce_pp",
+        RM,
         "stages.policy.ppo.group_baseline=true",
         "stages.policy.learning_rate=5e-4",
     ],
