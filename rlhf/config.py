@@ -194,6 +194,19 @@ class PipelineConfig(Schema):
         return self
 
     @model_validator(mode="after")
+    def _precompute_on_one_process(self) -> PipelineConfig:
+        """TRL's rank 0 writes the precomputed reference log-probs into its copy of the data's cache, which the
+        other ranks (each reading its own copy) never find: refused before training, not a crash after it."""
+        for name, stage in self.stages.plan().items():
+            dist = self.distributed_for(name)
+            if getattr(stage, "precompute_ref_log_probs", None) and dist.num_processes * dist.num_nodes > 1:
+                raise ValueError(
+                    f"{stage_key(name)}.precompute_ref_log_probs: true works on one process only (TRL writes "
+                    "the values into rank 0's data cache); leave it unset on several"
+                )
+        return self
+
+    @model_validator(mode="after")
     def _rounds_have_a_policy(self) -> PipelineConfig:
         """Rounds sample one policy stage's model; say which before any training."""
         if self.rounds is None:

@@ -487,7 +487,8 @@ def candidate_changes(cfg: PipelineConfig, planned: StagePlan) -> list[list[Chan
         changes.append([((f"{key}.distributed.zero_stage=3",), 2)])
     if ppo and not cfg.distributed_for(planned.stage).offload_frozen_models:
         changes.append([((f"{key}.distributed.offload_frozen_models=true",), 2)])
-    if planned.kind in ("dpo", "kto") and not stage_cfg.precomputes_reference(planned.world_size):
+    precomputable = planned.kind in ("dpo", "kto") and planned.world_size == 1  # see the config's check
+    if precomputable and not stage_cfg.precomputes_reference(planned.world_size):
         changes.append([((f"{key}.precompute_ref_log_probs=true",), 1)])
     batch, steps = stage_cfg.per_device_train_batch_size, stage_cfg.gradient_accumulation_steps
     changes.append([((f"{key}.per_device_train_batch_size={batch >> n}",

@@ -16,7 +16,7 @@ import pytest
 
 from rlhf.config import PipelineConfig, load_config, validate_config
 from rlhf.errors import ConfigError
-from rlhf.memory_plan import GiB, Hardware, StagePlan, plan
+from rlhf.memory_plan import GiB, Hardware, StagePlan, candidate_changes, plan
 from rlhf.model_sizes import Shapes, adapter_params, causal_params, classifier_params
 from rlhf.plan_command import format_plan, parse_shapes, parse_size, reasons, summary
 from tests.conftest import REPO, run_cli
@@ -179,21 +179,47 @@ def test_lora_trains_its_adapter_in_16_bytes_on_a_frozen_16_bit_base(llama_dir: 
 
 
 @pytest.mark.parametrize(
-    ("settings", "zero_stage", "reference"),
+    ("settings", "processes", "zero_stage", "reference"),
     [
-        ({}, 2, 2 * N),  # 2 processes: by default a frozen bf16 copy, whole at ZeRO-2 (TRL engine)
-        ({}, 3, 2 * N // 2),  # sharded at ZeRO-3
-        ({"precompute_ref_log_probs": True}, 3, 0),
-        ({"lora": {"r": 8}}, 3, 0),  # the policy with its adapters disabled
+        ({}, 2, 2, 2 * N),  # 2 processes: by default a frozen bf16 copy, whole at ZeRO-2 (TRL engine)
+        ({}, 2, 3, 2 * N // 2),  # sharded at ZeRO-3
+        ({"precompute_ref_log_probs": True}, 1, 3, 0),
+        ({"lora": {"r": 8}}, 2, 3, 0),  # the policy with its adapters disabled
     ],
 )
 def test_dpo_reference_and_pairs(
-    llama_dir: Path, tmp_path: Path, settings: dict[str, Any], zero_stage: int, reference: int
+    llama_dir: Path, tmp_path: Path, settings: dict[str, Any], processes: int, zero_stage: int, reference: int
 ) -> None:
     policy = {**SFT, "algorithm": "dpo", **settings}
-    stage = one(config(llama_dir, {"policy": policy}, tmp_path, num_processes=2, zero_stage=zero_stage))
+    cfg = config(llama_dir, {"policy": policy}, tmp_path, num_processes=processes, zero_stage=zero_stage)
+    stage = one(cfg)
     assert stage.kind == "dpo" and stage.components.frozen_models == reference
     assert stage.components.activations == 2 * LAYER_BYTES * (2 * 4 * 32)  # chosen + rejected per pair
+
+
+def test_precomputing_the_reference_on_several_processes_is_refused_and_never_suggested(
+    llama_dir: Path, tmp_path: Path
+) -> None:
+    """TRL writes the precomputed values into rank 0's data cache alone: an explicit true on 2 processes is one
+    line naming the key, and the planner's fixes for an over-budget DPO stage on 2 processes never include it."""
+    policy = {**SFT, "algorithm": "dpo", "precompute_ref_log_probs": True}
+    with pytest.raises(
+        ConfigError, match=r"stages\.policy\.precompute_ref_log_probs: true works on one process"
+    ):
+        config(llama_dir, {"policy": policy}, tmp_path, num_processes=2, zero_stage=3)
+    per_step = {**SFT, "algorithm": "dpo", "precompute_ref_log_probs": False}
+    suggested = {}
+    for processes in (1, 2):
+        cfg = config(llama_dir, {"policy": per_step}, tmp_path, num_processes=processes, zero_stage=3)
+        planned = plan(cfg, Hardware(processes, 1, 80 * GiB), device="gpu").stages[0]
+        changes = [
+            override
+            for group in candidate_changes(cfg, planned)
+            for change, _ in group
+            for override in change
+        ]
+        suggested[processes] = "stages.policy.precompute_ref_log_probs=true" in changes
+    assert suggested == {1: True, 2: False}
 
 
 def test_ppo_holds_reference_reward_model_and_value_head(llama_dir: Path, tmp_path: Path) -> None:
