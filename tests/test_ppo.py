@@ -263,22 +263,32 @@ def test_rollouts_must_split_into_whole_minibatches(config_file: Path, trained: 
 
 
 @pytest.mark.distributed
-@pytest.mark.parametrize(("algorithm", "zero_stages"), [("ppo", (2, 3)), ("grpo", (2,))])
+@pytest.mark.parametrize(
+    ("algorithm", "value_model", "zero_stages"),
+    [("ppo", "reward", (2, 3)), ("ppo", "policy_head", (2, 3)), ("grpo", None, (2,))],
+)
 def test_two_processes_at_zero_2_and_zero_3(
-    config_file: Path, trained: dict[str, float], algorithm: str, zero_stages: tuple[int, ...]
+    config_file: Path,
+    trained: dict[str, float],
+    algorithm: str,
+    value_model: str | None,
+    zero_stages: tuple[int, ...],
 ) -> None:
     """Both ZeRO stages train the same policy (same seeds, same rollouts; ZeRO-3 generates from gathered
     shards); every log line names its rank, metrics are averaged over ranks, and rank 0 alone publishes.
-    GRPO's groups stay within a rank; REINFORCE++-style batch statistics are summed over ranks."""
+    GRPO's groups stay within a rank; REINFORCE++-style batch statistics are summed over ranks. PPO runs with
+    the reward model's copy as critic (a fourth model to shard, its log-probs from a forward of their own) and
+    with the default value head (its values and the old log-probs recorded from the gathered sampling forward)."""
     overrides = [*SHORT, "stages.policy.max_steps=3", "stages.policy.save_steps=2",
                  "stages.policy.evaluation={max_new_tokens: 12, samples_per_prompt: 2}",
-                 *(GRPO if algorithm == "grpo" else ["stages.policy.ppo.value_model=reward"])]  # fmt: skip
-    # PPO with the reward model's copy as its critic: a fourth model to shard (the default value head is not)
+                 *(GRPO if algorithm == "grpo" else [f"stages.policy.ppo.value_model={value_model}"])]  # fmt: skip
     registry = Registry(config_file.parent / "registry")
     outputs = {}
+    separate_critic = value_model == "reward"
     for stage in zero_stages:
         zero = [*overrides, f"distributed.zero_stage={stage}"]
-        done = launch_stage("policy", config_file, config_file.parent / f"zero{stage}-{algorithm}", zero)
+        run_dir = config_file.parent / f"zero{stage}-{algorithm}-{value_model}"
+        done = launch_stage("policy", config_file, run_dir, zero)
         assert done.returncode == 0, done.stderr[-4000:]
         log = done.stderr + done.stdout
         assert f"{algorithm}: 3 updates of 16 responses per process (2 processes)" in log
@@ -292,24 +302,23 @@ def test_two_processes_at_zero_2_and_zero_3(
         assert "gold_reward=" in log  # held-out sampling after training, from gathered shards under ZeRO-3
         published = [line for line in log.splitlines() if "policy: published policy:" in line]
         assert len(published) == 1 and "[rank 0]" in published[0]
-        checkpoint = (
-            config_file.parent / f"zero{stage}-{algorithm}" / "policy" / "checkpoints" / "checkpoint-2"
-        )
+        checkpoint = run_dir / "policy" / "checkpoints" / "checkpoint-2"
         assert {"random_states_0.pkl", "random_states_1.pkl"} <= {p.name for p in checkpoint.iterdir()}
         # every model, frozen ones too, is partitioned at ZeRO-3 (from loading on), whole at ZeRO-2
         shares = held_shares(log)
         assert set(shares) == {"0", "1"}
         for rank in shares.values():
-            held = {"trained policy", "reference"} | (
-                {"value", "reward model"} if algorithm == "ppo" else set()
+            held = (
+                {"trained policy", "reference"}
+                | ({"reward model"} if algorithm == "ppo" else set())
+                | ({"value"} if separate_critic else set())
             )
             assert set(rank) == held
             assert all(share < 0.6 for share in rank.values()) if stage == 3 else set(rank.values()) == {1.0}
-        reads = reads_from_log(
-            log
-        )  # policy, reference, reward and value models: each rank read its partition
+        reads = reads_from_log(log)  # policy, reference, reward (and value) models: each rank its partition
+        models = 4 if separate_critic else 3
         assert {rank: len(shares) for rank, shares in reads.items()} == (
-            {"0": 4, "1": 4} if stage == 3 else {}
+            {"0": models, "1": models} if stage == 3 else {}
         )
         assert all(0.4 < share < 0.6 for rank in reads.values() for share in rank), reads
         ref = published[0].rsplit("published ", 1)[1].strip()
