@@ -13,7 +13,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from rlhf import cli_annotate
+from rlhf import cli_annotate, cli_json, cli_registry
+from rlhf.cli_args import parse_with_overrides
+from rlhf.console import print_json
 from rlhf.errors import ConfigError, DataError, RlhfError
 
 if TYPE_CHECKING:
@@ -35,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     _add_pipeline_commands(commands, common)
     _add_plan_command(commands, common)
-    _add_registry_commands(commands, common)
+    cli_registry.register(commands, common)
     _add_eval_command(commands, common)
     _add_data_commands(commands, common)
     cli_annotate.register(commands, common)
@@ -58,7 +60,11 @@ def _add_pipeline_commands(commands: argparse._SubParsersAction, common: argpars
     run.add_argument(
         "--from", dest="start_from", metavar="STAGE", help="train STAGE and every stage after it"
     )
-    run.add_argument("--only", metavar="STAGE", help="run STAGE alone; the stages before it must be cached")
+    run.add_argument(
+        "--only",
+        metavar="STAGE",
+        help="run STAGE and stop: the stages before it must be cached, later ones are skipped",
+    )
     run.add_argument(
         "--force-plan", action="store_true", help="run even when `rlhf plan` says a stage does not fit"
     )
@@ -67,6 +73,7 @@ def _add_pipeline_commands(commands: argparse._SubParsersAction, common: argpars
     status = commands.add_parser("status", help="list pipeline runs and their stages", parents=[common])
     status.add_argument("run", nargs="?", help="one run directory, shown stage by stage")
     status.add_argument("--runs-dir", default="runs", help="where the runs are (a config's runs_dir)")
+    status.add_argument("--json", action="store_true", help="the runs (or the run) as JSON (format 1)")
     status.set_defaults(handler=_status)
 
     stage = commands.add_parser("stage", help="run one stage of a pipeline config", parents=[common])
@@ -122,6 +129,9 @@ def _add_eval_command(commands: argparse._SubParsersAction, common: argparse.Arg
     evaluate.add_argument("--registry", help="registry directory (default: $RLHF_REGISTRY, else ./registry)")
     evaluate.add_argument("--run-dir", default="runs/eval", help="where the wandb run goes")
     evaluate.add_argument("--tracking", choices=["wandb", "none"], default="wandb")
+    evaluate.add_argument(
+        "--json", action="store_true", help="metrics and every sample row as JSON (format 1)"
+    )
     evaluate.set_defaults(handler=_eval)
 
 
@@ -205,6 +215,7 @@ def _add_data_commands(commands: argparse._SubParsersAction, common: argparse.Ar
         help="unpaired: a thumbs label and what it means, repeated (replaces the built-in 👍/👎, good/bad, ... map)",
     )  # fmt: skip
     imp.add_argument("--registry", help="registry directory, for a --tokenizer given as a registry ref")
+    imp.add_argument("--json", action="store_true", help="the counts and paths as JSON (format 1)")
     imp.set_defaults(handler=_import)
 
     export = data.add_parser(
@@ -227,140 +238,6 @@ def _add_data_commands(commands: argparse._SubParsersAction, common: argparse.Ar
     export.set_defaults(handler=_export_for_annotation)
 
 
-def _add_registry_commands(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    registry = argparse.ArgumentParser(add_help=False, parents=[common])
-    registry.add_argument("--registry", help="registry directory (default: $RLHF_REGISTRY, else ./registry)")
-    sub = commands.add_parser("registry", help="model registry: versions, aliases, lineage, integrity")
-    verbs = sub.add_subparsers(dest="registry_command", required=True)
-
-    def verb(name: str, handler: object, help: str) -> argparse.ArgumentParser:
-        parser = verbs.add_parser(name, help=help, parents=[registry])
-        parser.set_defaults(handler=handler)
-        return parser
-
-    verb("ls", _registry_ls, "list models, versions and aliases")
-    verb("show", _registry_show, "a version's manifest and metrics").add_argument(
-        "ref", help="NAME[:VERSION|ALIAS]"
-    )
-    verb("lineage", _registry_lineage, "the tree back to the base model and datasets").add_argument("ref")
-    verify = verb("verify", _registry_verify, "re-hash files; report corrupt or missing ones")
-    verify.add_argument("ref", nargs="?", help="one version (default: all)")
-    add = verb("add", _registry_add, "register an existing HF model directory as a new version")
-    add.add_argument("name")
-    add.add_argument("dir")
-    add.add_argument("--base-model", help="what it was trained from, for lineage")
-    alias = verb("alias", _registry_alias, "point an alias at a version")
-    alias.add_argument("ref", help="NAME:VERSION")
-    alias.add_argument("alias")
-    promote = verb("promote", _registry_promote, "give the best version by a metric an alias (default: best)")
-    promote.add_argument(
-        "ref", help="NAME (best of all versions) or NAME:VERSION (this one, if at least as good)"
-    )
-    promote.add_argument("--metric", required=True)
-    promote.add_argument("--lower-is-better", action="store_true")
-    promote.add_argument("--alias", default="best")
-    promote.add_argument("--force", action="store_true", help="promote NAME:VERSION even if it is worse")
-    remove = verb("rm", _registry_rm, "remove a version (refused while others descend from it)")
-    remove.add_argument("ref")
-    remove.add_argument("--force", action="store_true")
-    verb("gc", _registry_gc, "delete leftovers of interrupted publishes")
-    export = verb("export", _registry_export, "write a version as a standalone HF model directory")
-    export.add_argument("ref")
-    export.add_argument("--to", required=True, help="output directory (must not exist or be empty)")
-    export.add_argument("--merge-lora", action="store_true", help="merge an adapter into its base model")
-
-
-def _registry(args: argparse.Namespace):
-    from rlhf.registry import Registry, default_registry_path
-
-    return Registry(default_registry_path(args.registry))
-
-
-def _registry_ls(args: argparse.Namespace) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title=f"registry {_registry(args).root}")
-    for column in ("model", "version", "aliases", "stage", "parents", "metrics", "created"):
-        table.add_column(column)
-    for name, entry in _registry(args).list().items():
-        for manifest in entry.versions:
-            aliases = ", ".join(a for a, v in entry.aliases.items() if v == manifest.version)
-            metrics = " ".join(f"{k}={v:.3g}" for k, v in list(manifest.metrics.items())[:3])
-            table.add_row(name, manifest.version, aliases, manifest.stage or "", ", ".join(manifest.parents),
-                          metrics, manifest.created_at[:19])  # fmt: skip
-    Console().print(table)
-
-
-def _registry_show(args: argparse.Namespace) -> None:
-    print(_registry(args).manifest(args.ref).to_json())
-
-
-def _registry_lineage(args: argparse.Namespace) -> None:
-    from rich.console import Console
-    from rich.tree import Tree
-
-    def grow(tree: Tree, node: dict) -> None:
-        for dataset in node.get("datasets", []):
-            tree.add(f"dataset {dataset['name']} {dataset['fingerprint'][:12]} ({dataset.get('path', '')})")
-        for parent in node.get("parents", []):
-            grow(tree.add(f"{parent['ref']} [{parent.get('stage') or ''}]"), parent)
-        if not node.get("parents") and node.get("base_model"):
-            tree.add(f"base model {node['base_model']}")
-
-    lineage = _registry(args).lineage(args.ref)
-    root = Tree(f"{lineage['ref']} [{lineage.get('stage') or ''}]")
-    grow(root, lineage)
-    Console().print(root)
-
-
-def _registry_verify(args: argparse.Namespace) -> None:
-    problems = _registry(args).verify(args.ref)
-    for problem in problems:
-        print(problem)
-    if problems:
-        raise RlhfError(f"registry: {len(problems)} problem(s) found")
-    print("registry: all files intact")
-
-
-def _registry_add(args: argparse.Namespace) -> None:
-    manifest = _registry(args).add(args.name, args.dir, stage="external", base_model=args.base_model)
-    print(f"added {manifest.ref}")
-
-
-def _registry_alias(args: argparse.Namespace) -> None:
-    _registry(args).set_alias(args.ref, args.alias)
-    print(f"{args.alias} -> {args.ref}")
-
-
-def _registry_promote(args: argparse.Namespace) -> None:
-    name, _, version = args.ref.partition(":")
-    chosen = _registry(args).promote(
-        name, args.metric, version=version or None, higher_is_better=not args.lower_is_better,
-        alias=args.alias, force=args.force,
-    )  # fmt: skip
-    print(f"{args.alias} -> {name}:{chosen}")
-
-
-def _registry_rm(args: argparse.Namespace) -> None:
-    _registry(args).remove(args.ref, force=args.force)
-    print(f"removed {args.ref}")
-
-
-def _registry_gc(args: argparse.Namespace) -> None:
-    removed = _registry(args).gc()
-    print(f"registry: removed {len(removed)} leftover(s)")
-
-
-def _registry_export(args: argparse.Namespace) -> None:
-    from rlhf.models import export_model, registry_model
-    from rlhf.settings import ModelSpec
-
-    spec, manifest = registry_model(_registry(args), ModelSpec(name=args.ref))
-    out = export_model(spec, Path(args.to), merge_lora=args.merge_lora)
-    print(f"exported {manifest.ref} to {out}")
-
-
 def _eval(args: argparse.Namespace) -> None:
     from rlhf.config import TrackingConfig
     from rlhf.eval import evaluate_and_record
@@ -370,10 +247,13 @@ def _eval(args: argparse.Namespace) -> None:
     gen = GenerationSpec(samples_per_prompt=args.samples_per_prompt, max_new_tokens=args.max_new_tokens,
                          temperature=args.temperature)  # fmt: skip
     evaluation = evaluate_and_record(
-        _registry(args), args.evaluated, args.reference, args.prompts, gen, args.gold,
+        cli_registry.open_registry(args), args.evaluated, args.reference, args.prompts, gen, args.gold,
         TrackingConfig(backend=args.tracking, project="rlhf-eval"), Path(args.run_dir), args.seed, args.judge,
     )  # fmt: skip
-    print_evaluation(evaluation)
+    if args.json:
+        print_json(cli_json.evaluation(evaluation))
+    else:
+        print_evaluation(evaluation)
 
 
 def _run(args: argparse.Namespace) -> int | None:
@@ -450,8 +330,15 @@ def _gpu_memory() -> int | None:
 
 
 def _status(args: argparse.Namespace) -> None:
-    from rlhf.report import print_run, print_runs
     from rlhf.runs import RunRecord, list_runs
+
+    if args.json:  # without rlhf.report, which imports torch
+        if args.run:
+            print_json(cli_json.one_run(RunRecord.load(Path(args.run))))
+        else:
+            print_json(cli_json.runs(Path(args.runs_dir), list_runs(Path(args.runs_dir))))
+        return
+    from rlhf.report import print_run, print_runs
 
     if args.run:
         print_run(RunRecord.load(Path(args.run)))
@@ -505,9 +392,14 @@ def _import(args: argparse.Namespace) -> None:
     unpaired = args.kind == "unpaired" or (args.kind == "auto" and detect_kind(sources, settings) is UNPAIRED)
     importer = import_unpaired if unpaired else import_preferences
     report = importer(sources, Path(args.out), settings, count_tokens)
+    kind = "unpaired" if unpaired else "preferences"
+    if args.json:
+        print_json(cli_json.data_import(report, kind))
     if (nothing := report.nothing_kept()) is not None:
         raise DataError(nothing)  # the outputs stay for inspection
-    print(f"{'unpaired' if unpaired else 'preferences'}: {report.identity}")
+    if args.json:
+        return
+    print(f"{kind}: {report.identity}")
     print(f"train {report.train}, test {report.test}; quarantine: {report.quarantine_path}")
     print(f"dataset {report.out_dir} (fingerprint {report.fingerprint[:12]}); report: {report.report_path}")
 
@@ -538,7 +430,7 @@ def _export_for_annotation(args: argparse.Namespace) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_with_overrides(build_parser(), argv)
     try:
         code = args.handler(args)
     except RlhfError as exc:

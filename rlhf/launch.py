@@ -19,6 +19,7 @@ import time
 from contextlib import nullcontext
 from pathlib import Path
 
+from rlhf.cli_args import parse_with_overrides
 from rlhf.config import PipelineConfig, dump_config, load_config
 from rlhf.cpu_threads import stage_threads
 from rlhf.distributed import (
@@ -40,7 +41,7 @@ from rlhf.settings import PolicyStageConfig, TrainStageConfig
 from rlhf.sharding import peak_memory_gib
 from rlhf.stage import RESULT_FILE, StageContext, StageResult, StageRun
 from rlhf.stage_logs import logged_to, run_logged
-from rlhf.stage_table import REWARD_MODEL, program_spec, stage_key, stage_spec
+from rlhf.stage_table import REWARD_MODEL, StageSpec, program_spec, stage_key, stage_spec
 from rlhf.tracking import Tracker
 from rlhf.workspace import (
     CONFIG_FILE,
@@ -274,18 +275,7 @@ def stage_main(run: StageRun, argv: list[str] | None = None) -> int:
     """Entry of every stage program: `python -m stages.<name> --config FILE [key=value ...]`, alone (it
     launches itself on several processes when its settings ask for them) or on each rank of a launch."""
     spec = program_spec(_module_of(run))
-    parser = argparse.ArgumentParser(
-        prog=f"python -m {spec.program}", description=f"Run the {spec.name} stage."
-    )
-    parser.add_argument("--config", required=True, help="pipeline YAML")
-    parser.add_argument("--run-dir", help="run directory (default: a new one under runs_dir)")
-    parser.add_argument("--name", help=f"which of several named {spec.name} stages, e.g. {spec.name}-ppo")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks")
-    parser.add_argument("--fingerprint", help=argparse.SUPPRESS)  # given by the pipeline that launches it
-    # the deepspeed launcher passes the local rank as an argument too; we read it from LOCAL_RANK
-    parser.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)
-    parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. stages.sft.max_steps=50")
-    args = parser.parse_args(argv)
+    args = parse_with_overrides(stage_parser(spec), argv)
     configure_logging(rank_info(), args.debug)
     try:
         result = run_standalone(args.name or spec.name, run, args.config, args.overrides, args.run_dir,
@@ -299,6 +289,23 @@ def stage_main(run: StageRun, argv: list[str] | None = None) -> int:
     if rank_info().is_main and LAUNCHED_BY_RLHF not in os.environ:  # else the launching process says it
         print(f"{result.stage}: done in {result.seconds:.0f}s; {result.describe()}")
     return 0
+
+
+def stage_parser(spec: StageSpec) -> argparse.ArgumentParser:
+    """A stage program's arguments, apart from `stage_main` so that what a user or a launcher passes can be
+    checked without starting the stage."""
+    parser = argparse.ArgumentParser(
+        prog=f"python -m {spec.program}", description=f"Run the {spec.name} stage."
+    )
+    parser.add_argument("--config", required=True, help="pipeline YAML")
+    parser.add_argument("--run-dir", help="run directory (default: a new one under runs_dir)")
+    parser.add_argument("--name", help=f"which of several named {spec.name} stages, e.g. {spec.name}-ppo")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    parser.add_argument("--fingerprint", help=argparse.SUPPRESS)  # given by the pipeline that launches it
+    # the deepspeed launcher passes the local rank as an argument too; we read it from LOCAL_RANK
+    parser.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. stages.sft.max_steps=50")
+    return parser
 
 
 def run_standalone(

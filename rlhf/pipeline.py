@@ -57,8 +57,9 @@ DATA, EVALUATE = "data", "evaluate"
 @dataclass(frozen=True)
 class RunOptions:
     """Which stages train though a version with their fingerprint exists: `force` (these), `start_from`
-    (this one and every one after it), `only` (this one alone; every other must be cached or taken).
-    A name is a run name (`policy-ppo`) or a section (`policy`: each policy stage)."""
+    (this one and every one after it), `only` (this one alone: the stages before it must be cached or taken,
+    and the steps after it, the evaluation included, are skipped). A name is a run name (`policy-ppo`) or a
+    section (`policy`: each policy stage)."""
 
     force: frozenset[str] = frozenset()
     start_from: str | None = None
@@ -72,6 +73,7 @@ class PipelineRun:
     base_metrics: dict[str, float] = field(default_factory=dict)
     results: list[StageResult] = field(default_factory=list)
     evaluations: dict[str, PolicyEvaluation] = field(default_factory=dict)  # evaluated stage -> vs its start
+    skipped: list[str] = field(default_factory=list)  # the steps after the `--only` one
     report: Path | None = None
 
 
@@ -144,7 +146,7 @@ def _run_steps(
     registry = open_registry(cfg)
     steps = _Steps(cfg, run_dir, local, options, graph, record, registry, inputs, data, task)
     base = resolve_model(cfg.model, local, cfg.seed, registry)
-    run = PipelineRun(run_dir=run_dir, base_model=base.spec)
+    run = PipelineRun(run_dir=run_dir, base_model=base.spec, skipped=_after_only(options, graph))
     lead = is_first_node()
     evaluating = (
         cfg.evaluation is not None and "eval_prompts" in inputs and _selected(options, EVALUATE, graph)
@@ -155,6 +157,10 @@ def _run_steps(
     # 2. The stages in order, each taken from the registry, reused, or trained
     plan, taken = cfg.stages.plan(), cfg.stages.taken()
     for name in graph[1:-1]:
+        if name in run.skipped:
+            record.stage(name, "skipped")
+            log.info("%s: skipped (after --only %s)", name, options.only)
+            continue
         if name in taken:
             ref = registry.manifest(taken[name].removeprefix(REF_PREFIX)).ref
             record.stage(name, "taken", ref=ref)
@@ -264,6 +270,14 @@ def _selected(options: RunOptions, stage: str, graph: list[str], forced: bool = 
         first = next(i for i, name in enumerate(graph) if _matches(options.start_from, name))
         return graph.index(stage) >= first
     return False
+
+
+def _after_only(options: RunOptions, graph: list[str]) -> list[str]:
+    """The steps `--only` leaves out: every one after the last it names (all the policy stages for `policy`)."""
+    if options.only is None:
+        return []
+    last = max(i for i, name in enumerate(graph) if _matches(options.only, name))
+    return graph[last + 1 :]
 
 
 def _check_options(options: RunOptions, graph: list[str]) -> None:

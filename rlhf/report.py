@@ -7,6 +7,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from rlhf.console import output_console
 from rlhf.eval import PolicyEvaluation
 from rlhf.pipeline import PipelineRun
 from rlhf.runs import RunRecord
@@ -49,6 +50,8 @@ def print_pipeline_summary(run: PipelineRun, console: Console | None = None) -> 
         )
     for result in run.results:
         console.print(f"{result.stage}: {result.describe()}", soft_wrap=True)
+    if run.skipped:
+        console.print(f"skipped, after the --only stage: {', '.join(run.skipped)}", soft_wrap=True)
     console.print(f"run directory (config, record, logs, wandb): {run.run_dir}", soft_wrap=True)
     if run.report:
         console.print(f"report: {run.report}", soft_wrap=True)
@@ -60,7 +63,7 @@ def _cells(metrics: dict[str, float]) -> list[str]:
 
 def print_evaluation(evaluation: PolicyEvaluation, console: Console | None = None, samples: int = 8) -> None:
     """The headline metrics, then a few sample generations side by side."""
-    console = console or Console()
+    console = console or output_console()
     metrics = Table(title="policy vs reference")
     metrics.add_column("metric")
     metrics.add_column("value", justify="right")
@@ -77,7 +80,7 @@ def print_evaluation(evaluation: PolicyEvaluation, console: Console | None = Non
 
 def print_runs(records: list[RunRecord], console: Console | None = None) -> None:
     """`rlhf status`: one line per run, oldest first, with each stage's state."""
-    console = console or Console()
+    console = console or output_console()
     if not records:
         console.print("no runs yet")
         return
@@ -95,7 +98,7 @@ def print_runs(records: list[RunRecord], console: Console | None = None) -> None
 
 def print_run(record: RunRecord, console: Console | None = None) -> None:
     """`rlhf status RUN`: the run's stages, each with its state, version, time and log; its error, report."""
-    console = console or Console()
+    console = console or output_console()
     table = Table(title=f"{record.run_dir} ({record.state}, started {record.started_at})")
     for column in ("stage", "status", "version", "fingerprint", "time", "log"):
         table.add_column(column)

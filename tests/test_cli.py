@@ -64,6 +64,30 @@ def test_run_trains_tracks_and_says_where_results_went(config_file: Path, tmp_pa
     assert run["exit_code"] == 0
 
 
+@pytest.mark.slow
+def test_only_runs_its_stage_and_skips_the_rest(tmp_path: Path) -> None:
+    """`--only sft` on a fresh registry trains SFT, publishes it, and stops: exit 0, nothing after it runs."""
+    reward = "  reward: {model: tiny-llama, max_steps: 3, per_device_train_batch_size: 8, max_length: 64}\n"
+    config = pipeline_config(tmp_path, CONFIG.replace("tracking:", reward + "tracking:"))
+    run_dir = tmp_path / "runs" / "only"
+    done = rlhf("run", str(config), "--only", "sft", "tracking=none", "--run-dir", str(run_dir))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "sft: published sft-policy:v1" in done.stdout
+    assert "skipped, after the --only stage: reward, evaluate" in done.stdout
+    assert list(Registry(tmp_path / "registry").list()) == ["sft-policy"]  # no reward model
+
+    record = json.loads((run_dir / "run.json").read_text())
+    assert record["status"] == "done"
+    assert {name: stage["status"] for name, stage in record["stages"].items()} == {
+        "data": "done", "sft": "done", "reward": "skipped", "evaluate": "skipped"
+    }  # fmt: skip
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert [stage["stage"] for stage in summary["stages"]] == ["sft"]
+    assert "sft" in (run_dir / "report.md").read_text()
+    status = rlhf("status", str(run_dir))
+    assert status.returncode == 0 and "skipped" in status.stdout
+
+
 def test_tracking_none_writes_no_wandb_run(config_file: Path, tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     overrides = ["tracking=none", "stages.sft.max_steps=2", "stages.sft.evaluation=null"]
