@@ -17,10 +17,13 @@ from rlhf import cli_annotate, cli_json, cli_registry
 from rlhf.cli_args import parse_with_overrides
 from rlhf.console import print_json
 from rlhf.errors import ConfigError, DataError, RlhfError
+from rlhf.quiet_console import make_verbose
 
 if TYPE_CHECKING:
     from rlhf.config import PipelineConfig
     from rlhf.memory_plan import Device, Hardware
+
+VERBOSE_HELP = "show the libraries' own output (trainer logs, warnings) on the console, not only in stage.log"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,10 +33,12 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument(
         "--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks"
     )
+    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=VERBOSE_HELP)
     parser = argparse.ArgumentParser(
         prog="rlhf", description="A staged RLHF pipeline: SFT, reward model, DPO/PPO."
     )
     parser.add_argument("--debug", action="store_true", help="show full tracebacks")
+    parser.add_argument("-v", "--verbose", action="store_true", help=VERBOSE_HELP)
     commands = parser.add_subparsers(dest="command", required=True)
     _add_pipeline_commands(commands, common)
     _add_plan_command(commands, common)
@@ -431,6 +436,8 @@ def _export_for_annotation(args: argparse.Namespace) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_with_overrides(build_parser(), argv)
+    if getattr(args, "verbose", False):
+        make_verbose()
     try:
         code = args.handler(args)
     except RlhfError as exc:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from rlhf.config import PipelineConfig
 from rlhf.errors import ConfigError
+from rlhf.quiet_console import quiet_console
 from rlhf.settings import DistributedConfig, PolicyStageConfig, TrainStageConfig, ppo_batches
 from rlhf.stage_table import stage_key
 
@@ -48,7 +49,8 @@ def rank_info() -> RankInfo:
 
 def configure_logging(info: RankInfo, debug: bool = False) -> None:
     """Log lines carry the rank, so interleaved output from several processes stays readable; the process
-    that launches a node's ranks in a run of several nodes carries its node's."""
+    that launches a node's ranks in a run of several nodes carries its node's. The console shows our own lines
+    unless -v asks for everything (`rlhf.quiet_console`)."""
     who = (
         f"node {node_rank()}"
         if "NODE_RANK" in os.environ and "RANK" not in os.environ
@@ -62,6 +64,7 @@ def configure_logging(info: RankInfo, debug: bool = False) -> None:
     )
     for noisy in ("httpx", "urllib3", "filelock", "datasets", "wandb"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    quiet_console()
 
 
 def deepspeed_config(dist: DistributedConfig) -> dict[str, Any] | None:

@@ -36,11 +36,12 @@ from rlhf.distributed import (
 from rlhf.errors import RlhfError, StageError
 from rlhf.models import is_adapter
 from rlhf.precision import check_precision
+from rlhf.quiet_console import LAUNCHED_BY_RLHF, make_verbose
 from rlhf.registry import REF_PREFIX, Manifest
 from rlhf.settings import PolicyStageConfig, TrainStageConfig
 from rlhf.sharding import peak_memory_gib
 from rlhf.stage import RESULT_FILE, StageContext, StageResult, StageRun
-from rlhf.stage_logs import logged_to, run_logged
+from rlhf.stage_logs import STAGE_LOG, logged_to, run_logged
 from rlhf.stage_table import REWARD_MODEL, StageSpec, program_spec, stage_key, stage_spec
 from rlhf.tracking import Tracker
 from rlhf.workspace import (
@@ -54,8 +55,6 @@ from rlhf.workspace import (
 )
 
 log = logging.getLogger(__name__)
-
-LAUNCHED_BY_RLHF = "RLHF_LAUNCHED"  # set for the processes `launch_stage` starts
 
 
 def start_stage(
@@ -72,8 +71,8 @@ def start_stage(
 
     `prepared`: what a pipeline resolved for it (otherwise the stage prepares its data and model itself, and
     records the config it ran with); `fingerprint`: its pipeline fingerprint (checkpoints live under it);
-    `log_file`: where its output is also written; `run`: the program's `run` when the caller already holds it
-    (default: imported from the stage table's program).
+    `log_file`: where its output is also written (alone, by default `<run dir>/<stage>/stage.log`); `run`: the
+    program's `run` when the caller already holds it (default: imported from the stage table's program).
     """
     stage_cfg = stage_section(cfg, stage)  # a missing section fails here, not once per process
     alone = prepared is None  # else a pipeline checked every stage's batches and recorded the config
@@ -84,6 +83,8 @@ def start_stage(
     run_path = run_dir_for(cfg, run_dir)
     if alone and rank_info().is_main and LAUNCHED_BY_RLHF not in os.environ:  # else the launcher's parent did
         dump_config(cfg, node_folder(run_path) / CONFIG_FILE)
+    if log_file is None and alone and rank_info().world_size == 1 and LAUNCHED_BY_RLHF not in os.environ:
+        log_file = node_folder(run_path) / stage / STAGE_LOG  # `rlhf stage`: a log, as in a pipeline run
     if needs_launcher(cfg.distributed_for(stage)):
         overrides = launch_overrides(stage, stage_cfg, prepared) if prepared else []
         return launch_stage(cfg, stage, run_path, overrides, fingerprint, log_file)
@@ -276,6 +277,8 @@ def stage_main(run: StageRun, argv: list[str] | None = None) -> int:
     launches itself on several processes when its settings ask for them) or on each rank of a launch."""
     spec = program_spec(_module_of(run))
     args = parse_with_overrides(stage_parser(spec), argv)
+    if args.verbose:
+        make_verbose()  # else as the environment says: a launching `rlhf run -v` sets it for its ranks
     configure_logging(rank_info(), args.debug)
     try:
         result = run_standalone(args.name or spec.name, run, args.config, args.overrides, args.run_dir,
@@ -301,6 +304,9 @@ def stage_parser(spec: StageSpec) -> argparse.ArgumentParser:
     parser.add_argument("--run-dir", help="run directory (default: a new one under runs_dir)")
     parser.add_argument("--name", help=f"which of several named {spec.name} stages, e.g. {spec.name}-ppo")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="the libraries' output on the console too"
+    )
     parser.add_argument("--fingerprint", help=argparse.SUPPRESS)  # given by the pipeline that launches it
     # the deepspeed launcher passes the local rank as an argument too; we read it from LOCAL_RANK
     parser.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)

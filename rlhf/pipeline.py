@@ -36,6 +36,7 @@ from rlhf.run_report import log_report, write_report
 from rlhf.runs import RunRecord
 from rlhf.settings import ModelSpec, TrainStageConfig
 from rlhf.stage import HISTORY_FILE, StageResult
+from rlhf.stage_logs import STAGE_LOG
 from rlhf.stage_table import REWARD_MODEL, STAGES, stage_spec
 from rlhf.workspace import (
     CONFIG_FILE,
@@ -225,7 +226,7 @@ def _train_or_reuse(steps: _Steps, name: str, stage_cfg: TrainStageConfig) -> St
             f"--only {steps.options.only} needs this stage published with fingerprint {fingerprint}, and no "
             "version has it; run without --only first"
         )
-    stage_log = steps.local / name / "stage.log"  # each node its own
+    stage_log = steps.local / name / STAGE_LOG  # each node its own
     record.stage(name, "running", fingerprint=fingerprint, log=str(stage_log))
     log.info("stage %s: starting from %s (fingerprint %s, log %s)", name, start.name, fingerprint, stage_log)
     prepared = Prepared(start, dict(steps.inputs), steps.task, steps.local)

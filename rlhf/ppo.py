@@ -85,6 +85,7 @@ from rlhf.ppo_math import (
 )
 from rlhf.ppo_models import PolicyAndValue, PPOModels
 from rlhf.precision import resolve_precision
+from rlhf.progress import stage_progress
 from rlhf.reward_sources import RewardTerm, combined, metrics_of, raw_matrix
 from rlhf.rollout import (
     RolloutEngine,
@@ -271,6 +272,9 @@ class PPOTrainer:
         log.info("%s: %d updates of %d responses per process (%d processes), %d PPO epochs x %d minibatches",
                  self.cfg.algorithm, self.total_updates, self.batches.rollout, self.world, self.spec.ppo_epochs,
                  self.spec.num_mini_batches)  # fmt: skip
+        bar = stage_progress(
+            self.cfg.algorithm, "updates", self.total_updates, self.accelerator.is_main_process
+        )
         while self.state.update < self.total_updates:
             timer = Timer()
             batch, samples = self.rollout(self.prompts_for(self.state.update), timer)
@@ -283,6 +287,7 @@ class PPOTrainer:
             update = self.state.update
             self.state.history.append({"update": update, **metrics})
             self.run.log_metrics({f"policy/{k}": v for k, v in metrics.items()}, update)
+            bar.advance(update, {"score": metrics["score_raw_mean"], "KL": metrics["kl"]})
             if update % self.cfg.logging_steps == 0 or update in (1, self.total_updates):
                 critic = (f", value loss {metrics['value_loss']:.4f}, expl. var {metrics['explained_variance']:.2f}"
                           if self.recipe.critic else "")  # fmt: skip
@@ -296,6 +301,7 @@ class PPOTrainer:
                 )  # fmt: skip
             if update % self.cfg.save_steps == 0 and update < self.total_updates:
                 self.save_checkpoint()
+        bar.close()
         self.engine.close()
         return PPOOutcome(self._policy(), self.state.history, self.state.update, resumed_from)
 

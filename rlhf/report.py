@@ -25,23 +25,16 @@ HEADLINE = {
 
 
 def print_pipeline_summary(run: PipelineRun, console: Console | None = None) -> None:
-    """One table: the base model, then each stage's product, with the run's headline numbers."""
-    console = console or Console()
-    table = Table(title=f"run {run.run_dir.name}")
-    table.add_column("model", no_wrap=True)
-    for heading in HEADLINE.values():
-        table.add_column(heading, justify="right")
-    table.add_column("time", justify="right")
-    if run.base_metrics:
-        table.add_row("base", *_cells(run.base_metrics), "")
-    for result in run.results:
-        metrics = dict(result.metrics)
-        if evaluation := run.evaluations.get(result.stage):  # against the SFT policy on the same prompts
-            evaluated = evaluation.metrics
-            metrics |= {k.removeprefix("policy_"): v for k, v in evaluated.items() if k.startswith("policy_")}
-            metrics["kl"] = evaluated.get("kl", float("nan"))
-        time_cell = "cached" if result.cached else f"{result.seconds:.0f}s"
-        table.add_row(result.stage, *_cells(metrics), time_cell)
+    """One table: the base model, then each stage's product, with the run's headline numbers; on a terminal too
+    narrow for every column, the last ones are left out (summary.json and report.md hold them all)."""
+    console = console or output_console()
+    rows = _summary_rows(run)
+    headings = list(HEADLINE)
+    while len(headings) > 1 and _narrowest(_summary_table(run, rows, headings)) > console.width:
+        headings.pop()
+    table = _summary_table(run, rows, headings)
+    if left_out := len(HEADLINE) - len(headings):
+        table.caption = f"{left_out} more column(s) in report.md and summary.json"
     console.print(table)
     for stage, evaluation in run.evaluations.items():
         shown = {k: v for k, v in evaluation.metrics.items() if "win_rate" in k}
@@ -57,8 +50,39 @@ def print_pipeline_summary(run: PipelineRun, console: Console | None = None) -> 
         console.print(f"report: {run.report}", soft_wrap=True)
 
 
-def _cells(metrics: dict[str, float]) -> list[str]:
-    return [f"{metrics[key]:.3f}" if key in metrics else "-" for key in HEADLINE]
+def _narrowest(table: Table) -> int:
+    """The fewest columns `table` takes with no cell cut: headings wrapped at spaces, cells whole (each column
+    its padding and one border)."""
+    widest = [max([*map(len, str(column.header).split()), *(len(str(cell)) for cell in column.cells)])
+              for column in table.columns]  # fmt: skip
+    return 1 + sum(width + 3 for width in widest)
+
+
+def _summary_rows(run: PipelineRun) -> list[tuple[str, dict[str, float], str]]:
+    """(model, its metrics, time) for the base model and each stage; a policy's with its closing evaluation."""
+    rows = [("base", run.base_metrics, "")] if run.base_metrics else []
+    for result in run.results:
+        metrics = dict(result.metrics)
+        if evaluation := run.evaluations.get(result.stage):  # against the SFT policy on the same prompts
+            evaluated = evaluation.metrics
+            metrics |= {k.removeprefix("policy_"): v for k, v in evaluated.items() if k.startswith("policy_")}
+            metrics["kl"] = evaluated.get("kl", float("nan"))
+        rows.append((result.stage, metrics, "cached" if result.cached else f"{result.seconds:.0f}s"))
+    return rows
+
+
+def _summary_table(
+    run: PipelineRun, rows: list[tuple[str, dict[str, float], str]], headings: list[str]
+) -> Table:
+    table = Table(title=f"run {run.run_dir.name}")
+    table.add_column("model", no_wrap=True)
+    for key in headings:
+        table.add_column(HEADLINE[key], justify="right", min_width=max(map(len, HEADLINE[key].split())))
+    table.add_column("time", justify="right", no_wrap=True)
+    for model, metrics, seconds in rows:
+        cells = [f"{metrics[key]:.3f}" if key in metrics else "-" for key in headings]
+        table.add_row(model, *cells, seconds)
+    return table
 
 
 def print_evaluation(evaluation: PolicyEvaluation, console: Console | None = None, samples: int = 8) -> None:

@@ -1,12 +1,14 @@
-"""Every stage of a pipeline run keeps its own log file beside its console output, so a failure can name the
-file that holds the whole story (the trainer's progress, warnings, the traceback's last words).
+"""Every stage of a pipeline run keeps its own log file, so a failure can name the file that holds the whole
+story (the trainer's progress, warnings, the traceback's last words); the console gets what
+`rlhf.quiet_console` sorts onto it (everything, with -v).
 
-Written by hand: the output must still reach the console as it happens (a tee), from this process's streams
-and loggers or from a launcher's child processes, which no logging library does for both.
+Written by hand: the output must reach the log and the console as it happens, from this process's streams and
+loggers or from a launcher's child processes, which no logging library does for both.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import subprocess
@@ -16,22 +18,31 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, TextIO
 
+from rlhf.progress import MARK, MarkReader
+from rlhf.quiet_console import is_console_line, verbose
+
+STAGE_LOG = "stage.log"  # in the stage's folder of the run directory
+TAIL_LINES = 30  # of a failed launch's output, shown on a quiet console
+
 
 class _Tee:
-    """A text stream that writes to the console stream and to the log file."""
+    """A text stream that writes to the log file, and to the console stream unless the console is quiet."""
 
-    def __init__(self, console: TextIO, log: IO[str]) -> None:
-        self.console, self.log = console, log
+    def __init__(self, console: TextIO, log: IO[str], quiet: bool) -> None:
+        self.console, self.log, self.quiet = console, log, quiet
 
     def write(self, text: str) -> int:
-        self.log.write(text)
-        return self.console.write(text)
+        written = self.log.write(text)
+        return written if self.quiet else self.console.write(text)
 
     def flush(self) -> None:
         self.log.flush()
         self.console.flush()
 
-    def __getattr__(self, name: str) -> object:  # isatty, fileno, encoding...: the console's
+    def isatty(self) -> bool:  # a library that draws bars on a terminal must not draw them into the log
+        return not self.quiet and self.console.isatty()
+
+    def __getattr__(self, name: str) -> object:  # fileno, encoding...: the console's
         return getattr(self.console, name)
 
 
@@ -47,7 +58,8 @@ def logged_to(path: Path) -> Iterator[None]:
             handler.setFormatter(root.handlers[0].formatter)
         root.addHandler(handler)
         stdout, stderr = sys.stdout, sys.stderr
-        sys.stdout, sys.stderr = _Tee(stdout, log), _Tee(stderr, log)
+        quiet = not verbose()
+        sys.stdout, sys.stderr = _Tee(stdout, log, quiet), _Tee(stderr, log, quiet)
         try:
             yield
         finally:
@@ -56,15 +68,23 @@ def logged_to(path: Path) -> Iterator[None]:
 
 
 def run_logged(command: list[str], env: dict[str, str], path: Path) -> int:
-    """Run `command`, its stdout and stderr passed through to ours and both appended to `path`; its exit code."""
+    """Run `command` with its stdout and stderr appended to `path` and passed on to ours: all of it with -v,
+    else our ranks' own lines, their progress as one bar and, when it fails, the last lines of its output."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    quiet, marks, tail = not verbose(), MarkReader(), collections.deque(maxlen=TAIL_LINES)
     with path.open("a", encoding="utf-8", buffering=1) as log:
         lock = threading.Lock()
 
         def pump(source: IO[str], console: TextIO) -> None:
             for line in source:
                 with lock:
+                    if line.startswith(MARK):
+                        marks.read(line)
+                        continue
                     log.write(line)
+                    if quiet and not is_console_line(line):
+                        tail.append(line)
+                        continue
                 console.write(line)
                 console.flush()
 
@@ -79,4 +99,7 @@ def run_logged(command: list[str], env: dict[str, str], path: Path) -> int:
                 thread.start()
             for thread in pumps:
                 thread.join()
-            return process.wait()
+            marks.close()
+            if (code := process.wait()) != 0 and tail:
+                sys.stderr.write(f"last lines of {path}:\n" + "".join(tail))
+            return code

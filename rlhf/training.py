@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from transformers import TrainerCallback
+from transformers import TrainerCallback, TrainingArguments
 
 from rlhf import atomic
 from rlhf.checkpoints import last_complete_checkpoint, step_of, write_aside_then_rename
@@ -29,6 +29,8 @@ from rlhf.distributed import (
 from rlhf.errors import StageError
 from rlhf.eval import generate, load_prompts, summarize
 from rlhf.precision import LoadDtypes, load_dtypes, precision_flags
+from rlhf.progress import Bar, NoBar, stage_progress
+from rlhf.quiet_console import verbose
 from rlhf.settings import GenerationSpec, TrainStageConfig
 from rlhf.sharding import log_held_shares
 from rlhf.stage import HISTORY_FILE, StageContext
@@ -41,13 +43,18 @@ if TYPE_CHECKING:
         Trainer,
         TrainerControl,
         TrainerState,
-        TrainingArguments,
     )
 
 log = logging.getLogger(__name__)
 
 TRACKED = {"loss": "train_loss"}  # trainer log key -> our metric name (first and last values reported)
-TRAINER_WRITES_LAST = "trainer_state.json"  # of a checkpoint: one without it was cut short
+TRAINER_WRITES_LAST = "trainer_state.json"
+# transformers renamed `gradient_checkpointing` during 5.x and warns at every stage when given the old name
+CHECKPOINTING_ARGUMENT = next(
+    name
+    for name in ("activation_checkpointing", "gradient_checkpointing")
+    if name in TrainingArguments.__dataclass_fields__
+)  # of a checkpoint: one without it was cut short
 
 
 def stage_dtypes(cfg: TrainStageConfig, ctx: StageContext) -> LoadDtypes:
@@ -81,10 +88,10 @@ def trainer_arguments(cfg: TrainStageConfig, ctx: StageContext, evaluates: bool)
         save_strategy="steps",
         save_steps=cfg.save_steps,
         save_total_limit=cfg.save_total_limit,
-        gradient_checkpointing=cfg.gradient_checkpointing,
+        **{CHECKPOINTING_ARGUMENT: cfg.gradient_checkpointing},
         use_cpu=not has_gpu(),
         report_to=ctx.tracker.report_to if ctx.tracker else "none",
-        disable_tqdm=not ctx.rank.is_main,
+        disable_tqdm=not (ctx.rank.is_main and verbose()),  # else the stage's own bar (`TrainerProgress`)
         dataloader_num_workers=0,
         **precision_flags(cfg.precision),
     )
@@ -105,6 +112,41 @@ def deepspeed_arguments(ctx: StageContext) -> dict[str, Any]:
         return {}
     start_cpu_deepspeed()
     return {"deepspeed": config, "use_cpu": False, "accelerator_config": {"use_configured_state": True}}
+
+
+class TrainerProgress(TrainerCallback):
+    """A TRL trainer's steps, with its last logged loss, on the stage's bar."""
+
+    def __init__(self, stage: str) -> None:
+        self.stage = stage
+        self.bar: Bar = NoBar()
+        self.numbers: dict[str, float] = {}
+
+    def on_train_begin(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        self.bar = stage_progress(self.stage, "steps", state.max_steps, state.is_world_process_zero)
+
+    def on_log(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        logs: dict[str, float] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if logs and "loss" in logs:
+            self.numbers["loss"] = float(logs["loss"])
+
+    def on_step_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        self.bar.advance(state.global_step, self.numbers)
+
+    def on_train_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        self.bar.close()
 
 
 class LossWatch(TrainerCallback):
@@ -219,6 +261,7 @@ def train_and_save(
     )
     watch = LossWatch()
     trainer.add_callback(watch)
+    trainer.add_callback(TrainerProgress(ctx.stage))
     resumed_from = train_with_resume(trainer)
     save_history(ctx, trainer.state.log_history)
     if before_save is not None:

@@ -46,6 +46,9 @@ def test_run_trains_tracks_and_says_where_results_went(config_file: Path, tmp_pa
         in done.stdout
     )
     assert "│ base " in done.stdout  # the untrained baseline row of the table
+    console = done.stdout + done.stderr  # a quiet console: the trainer's dicts and warnings only in stage.log
+    assert "'loss':" not in console and "Warning" not in console and "sft: done in" in console
+    assert "'loss':" in (run_dir / "sft" / "stage.log").read_text()
 
     saved = yaml.safe_load((run_dir / "config.yaml").read_text())
     assert saved["stages"]["sft"]["learning_rate"] == pytest.approx(4e-3)  # the override, resolved
@@ -95,6 +98,7 @@ def test_tracking_none_writes_no_wandb_run(config_file: Path, tmp_path: Path) ->
     assert done.returncode == 0, done.stderr[-3000:]
     assert (tmp_path / "registry" / "models" / "sft-policy" / "v1" / "model.safetensors").is_file()
     assert not (run_dir / "wandb").exists()
+    assert "'train_runtime':" in (run_dir / "sft" / "stage.log").read_text()  # `rlhf stage` keeps a log too
 
 
 def test_data_synth_writes_the_task(tmp_path: Path) -> None:
