@@ -126,13 +126,21 @@ class MarkReader:
     def __init__(self) -> None:
         self.bar: Bar | None = None
 
-    def read(self, line: str) -> None:
-        mark = json.loads(line.removeprefix(MARK))
+    def read(self, line: str) -> bool:
+        """Draw a marker line; False for a line that only looks like one (it is output like any other)."""
+        try:
+            mark = json.loads(line.removeprefix(MARK))
+            stage, unit, total, done, numbers = (
+                mark[k] for k in ("stage", "unit", "total", "done", "numbers")
+            )
+        except (ValueError, KeyError, TypeError):
+            return False
         if self.bar is None:
             console_file = console_stream()
             tty = console_file.isatty() and not verbose()
-            self.bar = RichBar(mark["stage"], mark["unit"], mark["total"], console_file) if tty else NoBar()
-        self.bar.advance(mark["done"], mark["numbers"])
+            self.bar = RichBar(stage, unit, total, console_file) if tty else NoBar()
+        self.bar.advance(done, numbers)
+        return True
 
     def close(self) -> None:
         if self.bar is not None:

@@ -78,8 +78,7 @@ def run_logged(command: list[str], env: dict[str, str], path: Path) -> int:
         def pump(source: IO[str], console: TextIO) -> None:
             for line in source:
                 with lock:
-                    if line.startswith(MARK):
-                        marks.read(line)
+                    if line.startswith(MARK) and marks.read(line):
                         continue
                     log.write(line)
                     if quiet and not is_console_line(line):
