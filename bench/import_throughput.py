@@ -8,7 +8,11 @@ Two generated exports (stdlib generators, fixed seed, written to a temporary dir
   annotations each, from a pool of annotators of varying accuracy. It is written one task per line so
   that the baseline can parse it row by row; the import streams it as an array.
 
-Baseline: read the file and `json.loads` every row, nothing else. Each (dataset, variant, repeat) runs in its
+Baseline: read the file and `json.loads` every row, nothing else. Floor (`floor_import`): the least an import of
+the same shape must do, as bare columnar Python with no accounting: parse each row (orjson), take its texts
+(Label Studio: and its annotations' majority), check them (ASCII and printable: this data's common case),
+hash exact and normalized duplicate keys and the split, keep the first of each, and write both splits as parquet
+in the dataset's schema; it shows how far any import written in Python can go on this machine. Each (dataset, variant, repeat) runs in its
 own process, so peak RSS (`ru_maxrss`) is that run's alone; the table reports medians over repeats. Peak RSS
 includes the interpreter and the libraries each side imports (pyarrow is most of the import's floor);
 "growth" is peak minus the process's RSS just before the work started.
@@ -140,8 +144,77 @@ def rss_now_kib() -> int:
         return int(handle.read().split()[1]) * resource.getpagesize() // 1024
 
 
+def floor_import(file: Path, out: Path) -> int:
+    """The floor variant: rows read, by the least work an import of this shape does (see the module's doc)."""
+    import hashlib
+
+    import orjson
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from rlhf.data.preference_dataset import SCHEMA
+
+    def messages(role: str, texts: list[str]) -> pa.Array:
+        structs = pa.StructArray.from_arrays(
+            [pa.array([role] * len(texts)), pa.array(texts)], ["role", "content"]
+        )
+        return pa.ListArray.from_arrays(pa.array(range(len(texts) + 1), pa.int32()), structs)
+
+    def key(parts: tuple[str, str, str]) -> int:
+        return int.from_bytes(hashlib.blake2b("\x1d".join(parts).encode(), digest_size=8).digest())
+
+    out.mkdir(parents=True)
+    writers = {split: pq.ParquetWriter(out / f"{split}.parquet", SCHEMA) for split in ("train", "test")}
+    seen: set[int] = set()
+    rows, batch = 0, 4096
+    with file.open("rb") as handle:
+        while lines := handle.readlines(batch * 700):
+            records = []
+            for line in lines:
+                text = line.strip().rstrip(b",")
+                if text in (b"", b"[", b"]"):
+                    continue
+                rows += 1
+                try:
+                    records.append(orjson.loads(text))
+                except orjson.JSONDecodeError:
+                    continue
+            if records and "data" in records[0]:  # Label Studio: the majority of each task's annotations
+                texts = []
+                for record in records:
+                    picks = [a["result"][0]["value"]["selected"] for a in record["annotations"]]
+                    data = record["data"]
+                    first = picks.count("left") * 2 >= len(picks)
+                    a, b = (data["answer1"], data["answer2"]) if first else (data["answer2"], data["answer1"])
+                    texts.append((data["prompt"], a, b))
+            else:
+                texts = [(r["prompt"], r["chosen"], r["rejected"]) for r in records]
+            kept = [t for t in texts if all(part.isascii() and part.isprintable() for part in t)]
+            exact = [key((p, *sorted((a, b)))) for p, a, b in kept]
+            normalized = [key((p.casefold(), *sorted((a.casefold(), b.casefold())))) for p, a, b in kept]
+            first_seen = []
+            for row, (_, norm) in enumerate(zip(exact, normalized, strict=True)):
+                if norm not in seen:
+                    seen.add(norm)
+                    first_seen.append(kept[row])
+            tests = [hashlib.sha256(p.casefold().encode()).digest()[0] < 26 for p, _, _ in first_seen]
+            for split, test in (("train", False), ("test", True)):
+                chosen = [row for row, is_test in zip(first_seen, tests, strict=True) if is_test == test]
+                if not chosen:
+                    continue
+                prompts, good, bad = (list(column) for column in zip(*chosen, strict=True))
+                columns = {"prompt": messages("user", prompts), "chosen": messages("assistant", good),
+                           "rejected": messages("assistant", bad)}  # fmt: skip
+                table = pa.table({field.name: columns.get(field.name, pa.nulls(len(prompts), field.type))
+                                  for field in SCHEMA})  # fmt: skip
+                writers[split].write_table(table)
+    for writer in writers.values():
+        writer.close()
+    return rows
+
+
 def worker(variant: str, file: Path, out: Path) -> dict[str, float]:
-    """One timed run in this process: the baseline parse, or the import."""
+    """One timed run in this process: the baseline parse, the floor, or the import."""
     if variant == "import":
         from rlhf.data.preferences import ImportSettings, import_preferences
     start_rss = rss_now_kib()
@@ -158,6 +231,8 @@ def worker(variant: str, file: Path, out: Path) -> dict[str, float]:
                     json.loads(text)
                 except ValueError:
                     continue
+    elif variant == "floor":
+        rows = floor_import(file, out)
     else:
         rows = import_preferences([file], out, ImportSettings()).read
     seconds = time.perf_counter() - start
@@ -187,7 +262,7 @@ def main(argv: list[str] | None = None) -> None:
         "--scale", type=float, default=1.0, help="fraction of the full sizes (1M rows, 200k tasks)"
     )
     parser.add_argument("--compare-tree", type=Path, help="another checkout whose import is timed too")
-    parser.add_argument("--worker", choices=("baseline", "import"), help=argparse.SUPPRESS)
+    parser.add_argument("--worker", choices=("baseline", "floor", "import"), help=argparse.SUPPRESS)
     parser.add_argument("--file", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -202,7 +277,7 @@ def main(argv: list[str] | None = None) -> None:
         write_trl(files["trl"], rows)
         write_labelstudio(files["labelstudio"], tasks, annotations=3)
         for name, file in files.items():
-            runs: dict[str, list[dict[str, float]]] = {"baseline": [], "import": []}
+            runs: dict[str, list[dict[str, float]]] = {"baseline": [], "floor": [], "import": []}
             if args.compare_tree:
                 runs["compared"] = []
             for repeat in range(args.repeats):
@@ -222,12 +297,14 @@ def main(argv: list[str] | None = None) -> None:
     print(f"\nmedian of {args.repeats} runs, each in its own process\n")
     rows = []
     for name, size, median in table:
-        base, imp = median["baseline"], median["import"]
+        base, floor, imp = median["baseline"], median["floor"], median["import"]
         rows.append([name, f"{size:.0f}", f"{imp['rows']:.0f}", f"{base['rows'] / base['seconds']:,.0f}",
-                     f"{imp['rows'] / imp['seconds']:,.0f}", f"{imp['seconds'] / base['seconds']:.1f}×",
+                     f"{floor['rows'] / floor['seconds']:,.0f}", f"{imp['rows'] / imp['seconds']:,.0f}",
+                     f"{imp['seconds'] / base['seconds']:.1f}×", f"{imp['seconds'] / floor['seconds']:.1f}×",
                      f"{base['peak_mib']:.0f}", f"{imp['peak_mib']:.0f}", f"{imp['growth_mib']:.0f}",
                      f"{imp['peak_mib'] / base['peak_mib']:.1f}×"])  # fmt: skip
-    print_table(["export", "MiB", "rows", "baseline rows/s", "import rows/s", "time ratio", "baseline peak MiB",
+    print_table(["export", "MiB", "rows", "baseline rows/s", "floor rows/s", "import rows/s", "time ratio",
+                 "vs floor", "baseline peak MiB",
                  "import peak MiB", "import growth MiB", "peak ratio"], rows)  # fmt: skip
     if args.compare_tree:
         print(f"\nthis import against {args.compare_tree}'s\n")

@@ -41,7 +41,9 @@ def one_run(overrides: list[str]) -> dict[str, Any]:
         if done.returncode != 0:
             sys.stderr.write(done.stdout[-3000:] + done.stderr[-6000:])
             raise SystemExit(f"the quickstart failed (exit {done.returncode})")
-        summary = json.loads(next(Path(tmp, "runs").glob("*/summary.json")).read_text())
+        run_dir = next(Path(tmp, "runs").glob("*/summary.json")).parent
+        summary = json.loads((run_dir / "summary.json").read_text())
+        loops = {s["stage"]: loop_seconds(run_dir / s["stage"] / "history.json") for s in summary["stages"]}
     gold = {
         s["stage"]: s["metrics"]["gold_reward"] for s in summary["stages"] if "gold_reward" in s["metrics"]
     }
@@ -50,7 +52,19 @@ def one_run(overrides: list[str]) -> dict[str, Any]:
         for name, m in summary["evaluations"].items()
         if "policy_gold_reward" in m
     }
-    return {"wall_s": wall, "stage_s": {s["stage"]: s["seconds"] for s in summary["stages"]}, "gold": gold}
+    stage_s = {s["stage"]: s["seconds"] for s in summary["stages"]}
+    return {"wall_s": wall, "stage_s": stage_s, "loop_s": loops, "gold": gold}
+
+
+def loop_seconds(history: Path) -> float:
+    """A stage's seconds inside its training loop: TRL's `train_runtime`, or the sum of PPO's per-update
+    generation, scoring, training and weight-sync times (the floor no set-up, I/O or evaluation work adds to)."""
+    entries = json.loads(history.read_text())
+    runtime = [entry["train_runtime"] for entry in entries if "train_runtime" in entry]
+    if runtime:
+        return runtime[-1]
+    parts = ("generation_s", "scoring_s", "training_s", "weight_sync_s")
+    return sum(entry.get(part, 0.0) for entry in entries for part in parts)
 
 
 def main() -> None:
@@ -72,12 +86,17 @@ def main() -> None:
     print(
         f"quickstart, {args.runs} runs, median wall time {statistics.median(walls):.1f} s (per run: {per_run})"
     )
-    print("| stage | s (median) | gold reward (median) |")
-    print("|---|---:|---:|")
+    print("| stage | s (median) | of which in the training loop | gold reward (median) |")
+    print("|---|---:|---:|---:|")
     for stage in runs[0]["stage_s"]:
         seconds = statistics.median(r["stage_s"][stage] for r in runs)
+        loop = statistics.median(r["loop_s"][stage] for r in runs)
         gold = [r["gold"][stage] for r in runs if stage in r["gold"]]
-        print(f"| {stage} | {seconds:.1f} | {statistics.median(gold) if gold else float('nan'):.3f} |")
+        print(
+            f"| {stage} | {seconds:.1f} | {loop:.1f} | {statistics.median(gold) if gold else float('nan'):.3f} |"
+        )
+    loops = statistics.median(sum(r["loop_s"].values()) for r in runs)
+    print(f"the training loops alone: {loops:.1f} s of the {statistics.median(walls):.1f} s")
 
 
 if __name__ == "__main__":
