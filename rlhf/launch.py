@@ -36,7 +36,7 @@ from rlhf.distributed import (
 from rlhf.errors import RlhfError, StageError
 from rlhf.models import is_adapter
 from rlhf.precision import check_precision
-from rlhf.quiet_console import LAUNCHED_BY_RLHF, make_verbose
+from rlhf.quiet_console import LAUNCHED_BY_RLHF, launched, make_verbose
 from rlhf.registry import REF_PREFIX, Manifest
 from rlhf.settings import PolicyStageConfig, TrainStageConfig
 from rlhf.sharding import peak_memory_gib
@@ -81,9 +81,9 @@ def start_stage(
         check_precision(cfg, [stage])
         check_data_files(cfg, [stage])
     run_path = run_dir_for(cfg, run_dir)
-    if alone and rank_info().is_main and LAUNCHED_BY_RLHF not in os.environ:  # else the launcher's parent did
+    if alone and rank_info().is_main and not launched():  # else the launcher's parent did
         dump_config(cfg, node_folder(run_path) / CONFIG_FILE)
-    if log_file is None and alone and rank_info().world_size == 1 and LAUNCHED_BY_RLHF not in os.environ:
+    if log_file is None and alone and rank_info().world_size == 1 and not launched():
         log_file = node_folder(run_path) / stage / STAGE_LOG  # `rlhf stage`: a log, as in a pipeline run
     if needs_launcher(cfg.distributed_for(stage)):
         overrides = launch_overrides(stage, stage_cfg, prepared) if prepared else []
@@ -289,7 +289,7 @@ def stage_main(run: StageRun, argv: list[str] | None = None) -> int:
             raise
         print(f"error: [rank {rank_info().rank}] {exc}", file=sys.stderr)
         return 2
-    if rank_info().is_main and LAUNCHED_BY_RLHF not in os.environ:  # else the launching process says it
+    if rank_info().is_main and not launched():  # else the launching process says it
         print(f"{result.stage}: done in {result.seconds:.0f}s; {result.describe()}")
     return 0
 

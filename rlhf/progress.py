@@ -109,10 +109,14 @@ def stage_progress(stage: str, unit: str, total: int, is_main: bool) -> Bar:
     """The bar a stage reports its steps to: drawn here, marked for the launching process, or none."""
     if not is_main or verbose():
         return NoBar()
-    if launched():
-        return _Marks(stage, unit, total)
+    return _Marks(stage, unit, total) if launched() else _terminal_bar(stage, unit, total)
+
+
+def _terminal_bar(stage: str, unit: str, total: int) -> Bar:
+    """A bar on the console where it is a terminal and not -v, else none."""
     console_file = console_stream()
-    return RichBar(stage, unit, total, console_file) if console_file.isatty() else NoBar()
+    tty = console_file.isatty() and not verbose()
+    return RichBar(stage, unit, total, console_file) if tty else NoBar()
 
 
 def console_stream() -> IO[str]:
@@ -136,9 +140,7 @@ class MarkReader:
         except (ValueError, KeyError, TypeError):
             return False
         if self.bar is None:
-            console_file = console_stream()
-            tty = console_file.isatty() and not verbose()
-            self.bar = RichBar(stage, unit, total, console_file) if tty else NoBar()
+            self.bar = _terminal_bar(stage, unit, total)
         self.bar.advance(done, numbers)
         return True
 
